@@ -1,0 +1,1 @@
+"""The genms agent: command-line interface, planner, search graph and servers."""

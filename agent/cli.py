@@ -1,0 +1,227 @@
+"""The ``genms`` command line: rich tables for people, ``--json`` for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="genms: ask for crystals in plain language; check, rank and validate them.", no_args_is_help=True)
+formula_app = typer.Typer(help="Check chemical formulas.", no_args_is_help=True)
+structure_app = typer.Typer(help="Check crystal structures (CIF files).", no_args_is_help=True)
+family_app = typer.Typer(help="The crystal families catalogue.", no_args_is_help=True)
+app.add_typer(formula_app, name="formula")
+app.add_typer(structure_app, name="structure")
+app.add_typer(family_app, name="family")
+
+console = Console()
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def _emit_json(payload: object) -> None:
+    typer.echo(json.dumps(payload, indent=2, allow_nan=False))
+
+
+def _mark(value: object) -> str:
+    if value is None:
+        return "[dim]-[/dim]"
+    return "[green]yes[/green]" if value else "[red]no[/red]"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _exit_if_all_failed(reports: list[dict]) -> None:
+    if reports and all(report["error"] for report in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(as_json: JsonOption = False) -> None:
+    """Report Python, torch, CHGNet weights, data, API key, and which features run offline."""
+    from agent.doctor import diagnose
+
+    report = diagnose()
+    if as_json:
+        _emit_json(report)
+        return
+    table = Table(title="genms doctor", show_header=False)
+    table.add_row("Python", report["python"])
+    for name, version in report["packages"].items():
+        table.add_row(name, version or "[red]not installed[/red]")
+    table.add_row("CHGNet weights", ", ".join(report["chgnet_weights"]) or "[red]none found[/red]")
+    data = report["data"]
+    missing = [name for name, present in data["files"].items() if not present]
+    table.add_row("data dir", data["data_dir"] or f"[red]{data['error']}[/red]")
+    table.add_row("data files", "all present" if not missing else f"[red]missing: {', '.join(missing)}[/red]")
+    table.add_row("formula index", f"{report['formula_index']['formulas']:,} formulas")
+    table.add_row("ANTHROPIC_API_KEY", "set" if report["anthropic_api_key"] else "not set")
+    table.add_row("planner", "Claude" if report["planner"] == "claude" else "offline planner (no network needed)")
+    console.print(table)
+    features = Table(title="features")
+    for column in ("feature", "available", "offline"):
+        features.add_column(column)
+    for row in report["features"]:
+        features.add_row(row["feature"], _mark(row["available"]), _mark(row["offline"]))
+    console.print(features)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror or exc}")
+    return []
+
+
+@formula_app.command("check")
+def formula_check(
+    formulas: Annotated[list[str] | None, typer.Argument(help="Formulas, e.g. SrTiO3 MgAl2O4 ('-' reads stdin).")] = None,
+    from_file: Annotated[Path | None, typer.Option("--from-file", help="Read formulas, one per line.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="A formula to treat as known (repeatable).")] = None,
+    exclude_file: Annotated[Path | None, typer.Option("--exclude-file", help="Formulas to treat as known, one per line.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validity, charge balance (SMACT), electronegativity, uniqueness and family fit of formulas."""
+    from tools.checks import check_formulas
+
+    inputs = list(formulas or [])
+    if inputs == ["-"]:
+        inputs = [line.strip() for line in sys.stdin if line.strip()]
+    if from_file:
+        inputs += _read_lines(from_file)
+    if not inputs:
+        _fail("no formulas given (pass them as arguments, '-' for stdin, or --from-file)")
+    exclusions = list(exclude or []) + (_read_lines(exclude_file) if exclude_file else [])
+    try:
+        reports = check_formulas(inputs, exclude=exclusions)
+    except ValueError as exc:  # a malformed exclusion list
+        _fail(str(exc))
+    if as_json:
+        _emit_json(reports)
+    else:
+        _print_formula_table(reports)
+    _exit_if_all_failed(reports)
+
+
+def _species(symbol: str, charge: int) -> str:
+    return f"{symbol}{abs(charge) if abs(charge) != 1 else ''}{'+' if charge > 0 else '-' if charge < 0 else ''}"
+
+
+def _print_formula_table(reports: list[dict]) -> None:
+    table = Table(title="formula check")
+    for column in ("input", "reduced", "charge balanced", "oxidation states", "EN ok", "known in", "families"):
+        table.add_column(column)
+    for r in reports:
+        if r["error"]:
+            table.add_row(r["input"][:40] or "(empty)", "[red]invalid[/red]", "", "", "", "", "")
+            continue
+        states = " ".join(_species(el, q) for el, qs in (r["oxidation_states"] or {}).items() for q in sorted(set(qs)))
+        known = ", ".join(r["known_in"]) or "[green]novel[/green]"
+        table.add_row(
+            r["input"], r["reduced_formula"], _mark(r["charge_balanced"]), states,
+            _mark(r["electronegativity_ok"]), known, ", ".join(r["families"]) or "-",
+        )
+    console.print(table)
+    _print_errors((r["input"][:40] or "(empty)", r["error"]) for r in reports)
+
+
+def _print_errors(items) -> None:
+    for label, error in items:
+        if error:
+            console.print(f"[red]{label}:[/red] {error}")
+
+
+@structure_app.command("check")
+def structure_check(
+    files: Annotated[list[Path], typer.Argument(help="CIF files to check.")],
+    as_json: JsonOption = False,
+) -> None:
+    """CIF validity, structural validity (> 0.5 Å), composition validity, space group, uniqueness."""
+    from tools.checks import check_cif_file
+
+    reports = [check_cif_file(path) for path in files]
+    if as_json:
+        _emit_json(reports)
+    else:
+        table = Table(title="structure check")
+        for column in ("file", "formula", "CIF ok", "structure ok", "min dist (Å)", "composition ok", "space group", "sites", "known in"):
+            table.add_column(column)
+        for r in reports:
+            group = f"{r['spacegroup_symbol']} ({r['spacegroup_number']})" if r["spacegroup_number"] else "-"
+            table.add_row(
+                Path(r["file"]).name, r["reduced_formula"] or "-", _mark(r["cif_valid"]),
+                _mark(r["structurally_valid"]), f"{r['min_distance']:.3f}" if r["min_distance"] else "-",
+                _mark(r["composition_valid"]), group, str(r["n_sites"] or "-"), ", ".join(r["known_in"] or []) or "-",
+            )
+        console.print(table)
+        _print_errors((Path(r["file"]).name, r["error"]) for r in reports)
+    _exit_if_all_failed(reports)
+
+
+@family_app.command("list")
+def family_list(as_json: JsonOption = False) -> None:
+    """The crystal families genms knows, with templates, prototypes and space groups."""
+    from tools.families import FAMILIES
+
+    if as_json:
+        _emit_json([family.as_dict() for family in FAMILIES])
+        return
+    table = Table(title="crystal families")
+    for column in ("name", "templates", "anions", "prototypes", "space groups"):
+        table.add_column(column)
+    for f in FAMILIES:
+        table.add_row(
+            f.name, ", ".join(f"{t.name} ({t.ratio})" for t in f.templates), " ".join(sorted(f.anions)) or "-",
+            "; ".join(f.prototypes), " ".join(map(str, f.spacegroups)),
+        )
+    console.print(table)
+
+
+@family_app.command("references")
+def family_references(
+    name: Annotated[str, typer.Argument(help="Family name or alias, e.g. perovskite, 'double perovskite'.")],
+    limit: Annotated[int, typer.Option(min=1, max=100000, help="Show at most this many.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """MP structures of a family from the shared data (the reference set for match rates)."""
+    from generators.datasets import DataNotFoundError
+    from tools.families import get_family, reference_entries
+
+    try:
+        family = get_family(name)
+        with console.status(f"scanning the shared MP data for {family.name} structures..."):
+            entries = reference_entries(family.name)
+    except (KeyError, DataNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+    rows = [
+        {"material_id": e.material_id, "formula": e.formula, "spacegroup_number": e.spacegroup_number, "dataset": e.dataset}
+        for e in entries[:limit]
+    ]
+    if as_json:
+        _emit_json({"family": family.name, "total": len(entries), "entries": rows})
+        return
+    table = Table(title=f"{family.title}: {len(entries)} MP reference structures (showing {len(rows)})")
+    for column in ("material_id", "formula", "space group", "dataset"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["material_id"], row["formula"], str(row["spacegroup_number"]), row["dataset"])
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""``genms doctor``: what this installation has and which features run offline."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from pathlib import Path
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def chgnet_weights() -> list[str]:
+    """Pretrained CHGNet checkpoints shipped inside the installed ``chgnet`` package."""
+    spec = importlib.util.find_spec("chgnet")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(list(spec.submodule_search_locations)[0]) / "pretrained"
+    return sorted(str(p.relative_to(root)) for p in root.glob("*/*.pth.tar"))
+
+
+def _index_status() -> dict[str, object]:
+    from tools.uniqueness import INDEX_PATH, known_formula_index
+
+    try:
+        return {"path": str(INDEX_PATH), "present": INDEX_PATH.is_file(), "formulas": len(known_formula_index())}
+    except Exception as exc:  # a missing index with no data to rebuild it from
+        return {"path": str(INDEX_PATH), "present": False, "formulas": 0, "error": str(exc)}
+
+
+def diagnose() -> dict[str, object]:
+    """Collect the installation report (no network, no model loading)."""
+    from generators.datasets import data_status
+
+    data = data_status()
+    index = _index_status()
+    weights = chgnet_weights()
+    have_data = all(data["files"].values())
+    api_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    features = [
+        {"feature": "formula checks (parse, SMACT, families)", "available": True, "offline": True},
+        {"feature": "structure checks (CIF, distances, space group)", "available": True, "offline": True},
+        {"feature": "uniqueness vs MP/ICSD/OQMD", "available": index["formulas"] > 0, "offline": True},
+        {"feature": "family reference structures (shared data)", "available": have_data, "offline": True},
+    ]
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _package_version(name) for name in ("genms", "torch", "pymatgen", "smact", "pyxtal", "chgnet")},
+        "chgnet_weights": weights,
+        "data": data,
+        "formula_index": index,
+        "anthropic_api_key": api_key,
+        "planner": "claude" if api_key else "offline",
+        "features": features,
+        "ok": bool(have_data and index["formulas"] > 0 and weights and _package_version("torch")),
+    }

@@ -1,0 +1,1 @@
+"""Persistent state of genms: vector collections, run records, the chat checkpointer."""

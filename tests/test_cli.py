@@ -1,0 +1,146 @@
+"""The ``genms`` command line, driven as a user would: arguments in, JSON or tables out."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+
+runner = CliRunner()
+
+
+def run_json(*args):
+    result = runner.invoke(app, [*args, "--json"])
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else None
+
+
+def by_input(reports):
+    return {report["input"]: report for report in reports}
+
+
+def test_acceptance_formulas():
+    code, reports = run_json("formula", "check", "SrTiO3", "MgAl2O4", "Sr4Ti4O12")
+    assert code == 0
+    reports = by_input(reports)
+    srtio3 = reports["SrTiO3"]
+    assert srtio3["valid"] and srtio3["error"] is None
+    assert {"MP", "ICSD"} <= set(srtio3["known_in"])
+    assert srtio3["charge_balanced"] and srtio3["electronegativity_ok"]
+    assert srtio3["oxidation_states"] == {"Sr": [2], "Ti": [4], "O": [-2]}
+    assert srtio3["elements"] == ["Sr", "Ti", "O"]
+    assert "perovskite" in srtio3["families"]
+    assert "spinel" in reports["MgAl2O4"]["families"] and reports["MgAl2O4"]["known_in"]
+    assert reports["Sr4Ti4O12"]["reduced_formula"] == "SrTiO3"
+    assert not reports["Sr4Ti4O12"]["unique"]
+
+
+def test_bad_formulas_give_per_item_errors():
+    bad = ["Xx2O", "H2O)(", "", "Fe-1", "Na" * 5000]
+    code, reports = run_json("formula", "check", *bad)
+    assert code == 1  # every input invalid
+    assert [r["input"] for r in reports] == bad
+    assert all(not r["valid"] and r["error"] for r in reports)
+    messages = [r["error"] for r in reports]
+    assert "unknown element 'Xx'" in messages[0]
+    assert "unbalanced parentheses" in messages[1]
+    assert messages[2] == "empty formula"
+    assert "unexpected character '-'" in messages[3]
+    assert "too long" in messages[4]
+
+
+def test_one_good_formula_keeps_exit_zero():
+    code, reports = run_json("formula", "check", "Xx2O", "NaCl")
+    assert code == 0
+    assert [r["valid"] for r in reports] == [False, True]
+
+
+def test_formulas_from_file_and_exclusions(tmp_path):
+    listing = tmp_path / "formulas.txt"
+    listing.write_text("Zn2Ti2O7\n\nCdIn2S4\n")
+    exclusions = tmp_path / "exclude.txt"
+    exclusions.write_text("Zn4Ti4O14\n")
+    code, reports = run_json("formula", "check", "--from-file", str(listing), "--exclude-file", str(exclusions))
+    assert code == 0
+    reports = by_input(reports)
+    assert reports["Zn2Ti2O7"]["in_exclusion_list"] and not reports["Zn2Ti2O7"]["unique"]
+    assert not reports["CdIn2S4"]["in_exclusion_list"]
+
+
+def test_no_formulas_is_an_error():
+    result = runner.invoke(app, ["formula", "check"])
+    assert result.exit_code == 2
+    assert "no formulas given" in result.output
+
+
+def test_table_output_shows_errors():
+    result = runner.invoke(app, ["formula", "check", "SrTiO3", "Xx2O"])
+    assert result.exit_code == 0
+    assert "SrTiO3" in result.stdout and "perovskite" in result.stdout
+    assert "unknown element 'Xx'" in result.stdout
+
+
+def test_structure_check_examples(examples):
+    files = sorted(str(p) for p in examples.glob("*.cif"))
+    code, reports = run_json("structure", "check", *files)
+    assert code == 0
+    reports = {Path(r["file"]).name: r for r in reports}
+    good = reports["SrTiO3_perovskite.cif"]
+    assert good["cif_valid"] and good["structurally_valid"] and good["composition_valid"]
+    assert good["spacegroup_number"] == 221 and good["n_sites"] == 5
+    assert good["reduced_formula"] == "SrTiO3" and "MP" in good["known_in"]
+    assert good["min_distance"] == pytest.approx(1.9525, abs=1e-3)
+    assert good["error"] is None
+    overlapping = reports["overlapping_atoms.cif"]
+    assert overlapping["cif_valid"] and not overlapping["structurally_valid"]
+    assert "atoms overlap" in overlapping["error"]
+    garbage = reports["not_a_cif.cif"]
+    assert not garbage["cif_valid"] and "not a readable CIF" in garbage["error"]
+
+
+def test_structure_check_all_bad_exits_nonzero(tmp_path, examples):
+    missing = tmp_path / "missing.cif"
+    code, reports = run_json("structure", "check", str(examples / "not_a_cif.cif"), str(missing))
+    assert code == 1
+    assert "cannot read file" in reports[1]["error"]
+
+
+def test_oversized_cif_file(tmp_path):
+    big = tmp_path / "big.cif"
+    big.write_text("data_big\n" + "#" * 5_000_000)
+    code, reports = run_json("structure", "check", str(big))
+    assert code == 1
+    assert "CIF too large" in reports[0]["error"]
+
+
+def test_family_commands():
+    code, families = run_json("family", "list")
+    assert code == 0 and len(families) >= 17
+    assert {"ratio": "1:1:3", "name": "ABX3"} in families[[f["name"] for f in families].index("perovskite")]["templates"]
+    code, refs = run_json("family", "references", "pyrochlore", "--limit", "5")
+    assert code == 0 and refs["family"] == "pyrochlore"
+    assert refs["total"] >= 50 and len(refs["entries"]) == 5
+    result = runner.invoke(app, ["family", "references", "quasicrystal"])
+    assert result.exit_code == 2 and "unknown crystal family" in result.output
+
+
+def test_doctor_json():
+    code, report = run_json("doctor")
+    assert code == 0 and report["ok"]
+    assert report["packages"]["torch"].startswith("2.13.0")
+    assert any(w.endswith(".pth.tar") for w in report["chgnet_weights"])
+    assert all(report["data"]["files"].values())
+    assert report["formula_index"]["formulas"] > 390_000
+    assert report["planner"] in {"offline", "claude"}
+    assert all(f["offline"] for f in report["features"])
+
+
+def test_console_script_is_installed():
+    genms = shutil.which("genms") or str(Path(sys.executable).parent / "genms")
+    result = subprocess.run([genms, "formula", "check", "SrTiO3", "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["reduced_formula"] == "SrTiO3"

@@ -1,0 +1,1 @@
+"""What the agent calls: chemistry checks, uniqueness, families, scoring, generation."""

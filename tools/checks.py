@@ -1,0 +1,121 @@
+"""Per-item checks of formulas and structures, as the reports the CLI, agent and evals share.
+
+Each check returns a JSON-ready dict and never raises on bad input: the problem goes into
+the item's ``error`` field so that one bad item does not lose the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+from tools.composition import charge_balance
+from tools.families import families_fitting
+from tools.formula import FormulaError, ParsedFormula, parse_formula
+from tools.structure import MAX_CIF_BYTES, StructureError, detect_spacegroup, read_cif, structural_validity
+from tools.uniqueness import check_uniqueness
+
+
+def _formula_verdicts(parsed: ParsedFormula, exclude: tuple[str, ...]) -> dict[str, object]:
+    balance = charge_balance(parsed)
+    uniqueness = check_uniqueness(parsed, exclude=exclude)
+    return {
+        "reduced_formula": parsed.reduced_formula,
+        "elements": parsed.elements,
+        "charge_balanced": balance.charge_balanced,
+        "oxidation_states": (
+            {el: balance.oxidation_states[el] for el in parsed.elements} if balance.oxidation_states else None
+        ),
+        "mixed_valence": balance.mixed_valence,
+        "electronegativity_ok": balance.electronegativity_ok,
+        "composition_valid": balance.composition_valid,
+        "known_in": uniqueness.known_in,
+        "in_exclusion_list": uniqueness.in_exclusion_list,
+        "unique": uniqueness.unique,
+        "families": families_fitting(parsed),
+    }
+
+
+_EMPTY_FORMULA_VERDICTS = dict.fromkeys(
+    ["reduced_formula", "elements", "charge_balanced", "oxidation_states", "mixed_valence",
+     "electronegativity_ok", "composition_valid", "known_in", "in_exclusion_list", "unique", "families"]
+)
+
+
+def check_formula(text: str, exclude: Iterable[str] = ()) -> dict[str, object]:
+    """Validity, SMACT verdicts, uniqueness and family fit of one formula.
+
+    Keys: ``input, valid, error, reduced_formula, elements, charge_balanced,
+    oxidation_states, mixed_valence, electronegativity_ok, composition_valid, known_in,
+    in_exclusion_list, unique, families``. ``unique`` follows GenMS (in neither MP nor ICSD,
+    nor in the exclusion list).
+    """
+    exclude = tuple(exclude)
+    try:
+        parsed = parse_formula(text)
+        verdicts = _formula_verdicts(parsed, exclude)
+    except FormulaError as exc:
+        return {"input": text, "valid": False, "error": str(exc), **_EMPTY_FORMULA_VERDICTS}
+    return {"input": text, "valid": True, "error": None, **verdicts}
+
+
+def check_formulas(texts: Iterable[str], exclude: Iterable[str] = ()) -> list[dict[str, object]]:
+    """:func:`check_formula` over a batch."""
+    exclude = tuple(exclude)
+    return [check_formula(text, exclude) for text in texts]
+
+
+_EMPTY_STRUCTURE_VERDICTS = dict.fromkeys(
+    ["structurally_valid", "min_distance", "volume_per_atom", "composition_valid", "charge_balanced",
+     "reduced_formula", "spacegroup_number", "spacegroup_symbol", "n_sites", "known_in", "families"]
+)
+
+
+def check_cif_text(cif: str, label: str | None = None) -> dict[str, object]:
+    """CIF validity, structural validity, composition validity, symmetry and uniqueness of a CIF.
+
+    Keys: ``file, cif_valid, structurally_valid, min_distance (Å), volume_per_atom (Å^3),
+    composition_valid, charge_balanced, reduced_formula, spacegroup_number,
+    spacegroup_symbol, n_sites, known_in, families, error``.
+    """
+    report = {"file": label, "cif_valid": False, **_EMPTY_STRUCTURE_VERDICTS, "error": None}
+    try:
+        structure = read_cif(cif)
+    except StructureError as exc:
+        report["error"] = str(exc)
+        return report
+    composition = structure.composition
+    parsed = ParsedFormula(text=composition.formula.replace(" ", ""), amounts=composition.get_el_amt_dict())
+    validity = structural_validity(structure)
+    balance = charge_balance(parsed)
+    spacegroup = detect_spacegroup(structure)
+    report.update(
+        cif_valid=True,
+        structurally_valid=validity.valid,
+        min_distance=round(validity.min_distance, 4) if math.isfinite(validity.min_distance) else None,
+        volume_per_atom=round(validity.volume_per_atom, 3),
+        composition_valid=balance.composition_valid,
+        charge_balanced=balance.charge_balanced,
+        reduced_formula=parsed.reduced_formula,
+        spacegroup_number=spacegroup.number if spacegroup else None,
+        spacegroup_symbol=spacegroup.symbol if spacegroup else None,
+        n_sites=len(structure),
+        known_in=check_uniqueness(parsed).known_in,
+        families=families_fitting(parsed),
+        error=validity.reason,
+    )
+    return report
+
+
+def check_cif_file(path: str | Path) -> dict[str, object]:
+    """:func:`check_cif_text` on a file, with unreadable or oversized files reported as errors."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CIF_BYTES:
+            raise StructureError(f"CIF too large ({path.stat().st_size:,} bytes; at most {MAX_CIF_BYTES:,})")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except (OSError, StructureError) as exc:
+        message = str(exc) if isinstance(exc, StructureError) else f"cannot read file: {exc.strerror or exc}"
+        return {"file": str(path), "cif_valid": False, **_EMPTY_STRUCTURE_VERDICTS, "error": message}
+    return check_cif_text(text, label=str(path))
