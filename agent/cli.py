@@ -143,13 +143,13 @@ def _print_errors(items) -> None:
 
 @structure_app.command("check")
 def structure_check(
-    files: Annotated[list[Path], typer.Argument(help="CIF files to check.")],
+    files: Annotated[list[Path], typer.Argument(help="CIF (or POSCAR) files to check.")],
     as_json: JsonOption = False,
 ) -> None:
     """CIF validity, structural validity (> 0.5 Å), composition validity, space group, uniqueness."""
-    from tools.checks import check_cif_file
+    from tools.checks import check_structure_file
 
-    reports = [check_cif_file(path) for path in files]
+    reports = [check_structure_file(path) for path in files]
     if as_json:
         _emit_json(reports)
     else:
@@ -166,6 +166,63 @@ def structure_check(
         console.print(table)
         _print_errors((Path(r["file"]).name, r["error"]) for r in reports)
     _exit_if_all_failed(reports)
+
+
+@app.command()
+def score(
+    files: Annotated[list[Path], typer.Argument(help="CIF (or POSCAR) files to score.")],
+    relax: Annotated[bool, typer.Option("--relax", help="Relax with CHGNet (FIRE, positions and cell) first.")] = False,
+    fmax: Annotated[float, typer.Option(min=0.001, max=1.0, help="Relaxation force criterion, eV/Å.")] = 0.05,
+    max_steps: Annotated[int, typer.Option(min=1, max=5000, help="Relaxation step limit.")] = 500,
+    max_sites: Annotated[int, typer.Option(min=1, max=1000, help="Largest cell scored, in sites.")] = 200,
+    as_json: JsonOption = False,
+) -> None:
+    """CHGNet energy, formation energy, energy above the MP hull, and the plausibility guard."""
+    from rich.progress import Progress
+
+    from tools.scoring import ScoringLimits, score_files
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        tasks = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task("relaxing" if stage == "relax" else "scoring", total=total)
+            bar.update(tasks[stage], completed=done)
+
+        reports = score_files(
+            files, relax=relax, fmax=fmax, max_steps=max_steps, limits=ScoringLimits(max_sites=max_sites), progress=report
+        )
+    reports = [{"file": r["label"], **{k: v for k, v in r.items() if k != "label"}} for r in reports]
+    if as_json:
+        _emit_json(reports)
+    else:
+        _print_score_table(reports, relax)
+    if reports and not any(r["plausible"] for r in reports):
+        raise typer.Exit(1)
+
+
+def _number(value: object, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_score_table(reports: list[dict], relaxed: bool) -> None:
+    table = Table(title="CHGNet scores (eV/atom)")
+    columns = ["file", "formula", "E", "E_f", "E_hull", "max F (eV/Å)", "plausible"]
+    columns += ["converged", "RMSD (Å)"] if relaxed else []
+    for column in columns:
+        table.add_column(column)
+    for r in reports:
+        row = [
+            Path(r["file"]).name, r.get("reduced_formula") or "-", _number(r.get("energy_per_atom")),
+            _number(r.get("formation_energy_per_atom")), _number(r.get("e_above_hull")),
+            _number(r.get("max_force")), _mark(r["plausible"]),
+        ]
+        if relaxed:
+            row += [_mark(r.get("relax_converged")), _number(r.get("rmsd"))]
+        table.add_row(*row)
+    console.print(table)
+    _print_errors((Path(r["file"]).name, r["reason"]) for r in reports)
 
 
 @family_app.command("list")

@@ -41,6 +41,9 @@ def diagnose() -> dict[str, object]:
     data = data_status()
     index = _index_status()
     weights = chgnet_weights()
+    from tools.formation_energy import REFERENCES_PATH
+
+    references = REFERENCES_PATH.is_file()
     have_data = all(data["files"].values())
     api_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
     features = [
@@ -48,16 +51,20 @@ def diagnose() -> dict[str, object]:
         {"feature": "structure checks (CIF, distances, space group)", "available": True, "offline": True},
         {"feature": "uniqueness vs MP/ICSD/OQMD", "available": index["formulas"] > 0, "offline": True},
         {"feature": "family reference structures (shared data)", "available": have_data, "offline": True},
+        {"feature": "CHGNet scoring: energies, formation energy, relaxation", "available": bool(weights and references), "offline": True},
+        {"feature": "energy above the MP hull (shared data)", "available": have_data, "offline": True},
     ]
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "packages": {name: _package_version(name) for name in ("genms", "torch", "pymatgen", "smact", "pyxtal", "chgnet")},
+        "packages": {
+            name: _package_version(name) for name in ("genms", "torch", "pymatgen", "smact", "chgnet", "langchain-core")
+        },
         "chgnet_weights": weights,
         "data": data,
         "formula_index": index,
         "anthropic_api_key": api_key,
         "planner": "claude" if api_key else "offline",
         "features": features,
-        "ok": bool(have_data and index["formulas"] > 0 and weights and _package_version("torch")),
+        "ok": bool(have_data and index["formulas"] > 0 and weights and references and _package_version("torch")),
     }

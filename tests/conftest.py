@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "evals" / "examples"
 @pytest.fixture
 def srtio3() -> Structure:
     """Cubic SrTiO3 perovskite, a = 3.905 Å."""
-    return Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.905), ["Sr", "Ti", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
+    return Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.905), ["Sr", "Ti", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
 
 
 @pytest.fixture
@@ -25,3 +25,31 @@ def rocksalt_nacl() -> Structure:
 @pytest.fixture
 def examples() -> Path:
     return EXAMPLES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep caches the code writes (hull references) out of the user's home during tests."""
+    import os
+
+    os.environ["GENMS_CACHE_DIR"] = str(tmp_path_factory.mktemp("genms-cache"))
+    yield
+
+
+def perturbed(structure: Structure, displacement: float = 0.2, strain: float = 0.05, seed: int = 0) -> Structure:
+    """Every atom displaced by ``displacement`` Å in a random direction, the cell strained."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    result = structure.copy()
+    result.apply_strain([strain, -strain * 0.6, strain * 0.8])
+    for index in range(len(result)):
+        direction = rng.normal(size=3)
+        result.translate_sites([index], displacement * direction / np.linalg.norm(direction), frac_coords=False)
+    return result
+
+
+@pytest.fixture
+def perturb():
+    """The :func:`perturbed` helper, as a fixture."""
+    return perturbed

@@ -114,7 +114,7 @@ def test_oversized_cif_file(tmp_path):
     big.write_text("data_big\n" + "#" * 5_000_000)
     code, reports = run_json("structure", "check", str(big))
     assert code == 1
-    assert "CIF too large" in reports[0]["error"]
+    assert "file too large" in reports[0]["error"]
 
 
 def test_family_commands():
@@ -144,3 +144,38 @@ def test_console_script_is_installed():
     result = subprocess.run([genms, "formula", "check", "SrTiO3", "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["reduced_formula"] == "SrTiO3"
+
+
+def test_score_examples(examples):
+    files = [str(examples / name) for name in ("SrTiO3_perovskite.cif", "overlapping_atoms.cif", "not_a_cif.cif")]
+    code, reports = run_json("score", *files)
+    assert code == 0
+    good, overlapping, garbage = reports
+    assert good["file"].endswith("SrTiO3_perovskite.cif")
+    assert good["plausible"] and good["reason"] is None
+    assert good["energy_per_atom"] == pytest.approx(-8.42, abs=0.1)
+    assert good["formation_energy_per_atom"] == pytest.approx(-3.55, abs=0.15)  # MP: -3.55 eV/atom
+    assert good["e_above_hull"] == pytest.approx(0.0, abs=0.1)
+    assert good["max_force"] < 1e-3
+    assert not overlapping["plausible"] and "atoms overlap" in overlapping["reason"]
+    assert not garbage["plausible"] and "not a readable CIF" in garbage["reason"]
+
+
+def test_score_relax(tmp_path, srtio3, perturb):
+    from tools.structure import write_cif
+
+    path = tmp_path / "shaken.cif"
+    path.write_text(write_cif(perturb(srtio3, seed=5)))
+    code, reports = run_json("score", str(path), "--relax", "--max-steps", "300")
+    assert code == 0
+    report = reports[0]
+    assert report["relax_converged"] and report["energy_drop_per_atom"] > 0.05
+    assert 0 < report["rmsd"] < 0.6
+    assert report["plausible"] and "_cell_length_a" in report["relaxed_cif"]
+
+
+def test_score_rejects_out_of_range_options(examples):
+    result = runner.invoke(app, ["score", str(examples / "NaCl_rocksalt.cif"), "--fmax", "5"])
+    assert result.exit_code == 2
+    code, reports = run_json("score", str(examples / "not_a_cif.cif"))
+    assert code == 1 and not reports[0]["plausible"]

@@ -34,7 +34,7 @@ def test_valid_perovskite(srtio3):
 
 
 def test_overlapping_atoms_are_invalid(srtio3):
-    srtio3.append("O", [0.5, 0.06, 0.0])  # 0.234 Å from the O at (0.5, 0, 0)
+    srtio3.append("O", [0.5, 0.5, 0.06])  # 0.234 Å from the O at (0.5, 0.5, 0)
     verdict = structural_validity(srtio3)
     assert not verdict.valid
     assert verdict.min_distance == pytest.approx(0.06 * 3.905, abs=1e-6)

@@ -13,7 +13,7 @@ from pathlib import Path
 from tools.composition import charge_balance
 from tools.families import families_fitting
 from tools.formula import FormulaError, ParsedFormula, parse_formula
-from tools.structure import MAX_CIF_BYTES, StructureError, detect_spacegroup, read_cif, structural_validity
+from tools.structure import StructureError, detect_spacegroup, read_structure_text, read_text_file, structural_validity
 from tools.uniqueness import check_uniqueness
 
 
@@ -72,8 +72,10 @@ _EMPTY_STRUCTURE_VERDICTS = dict.fromkeys(
 )
 
 
-def check_cif_text(cif: str, label: str | None = None) -> dict[str, object]:
-    """CIF validity, structural validity, composition validity, symmetry and uniqueness of a CIF.
+def check_structure_text(text: str, label: str | None = None) -> dict[str, object]:
+    """CIF validity, structural validity, composition validity, symmetry and uniqueness.
+
+    ``text`` is CIF (or POSCAR when ``label`` names a POSCAR/.vasp file).
 
     Keys: ``file, cif_valid, structurally_valid, min_distance (Å), volume_per_atom (Å^3),
     composition_valid, charge_balanced, reduced_formula, spacegroup_number,
@@ -81,7 +83,7 @@ def check_cif_text(cif: str, label: str | None = None) -> dict[str, object]:
     """
     report = {"file": label, "cif_valid": False, **_EMPTY_STRUCTURE_VERDICTS, "error": None}
     try:
-        structure = read_cif(cif)
+        structure = read_structure_text(text, label or "")
     except StructureError as exc:
         report["error"] = str(exc)
         return report
@@ -108,14 +110,10 @@ def check_cif_text(cif: str, label: str | None = None) -> dict[str, object]:
     return report
 
 
-def check_cif_file(path: str | Path) -> dict[str, object]:
-    """:func:`check_cif_text` on a file, with unreadable or oversized files reported as errors."""
-    path = Path(path)
+def check_structure_file(path: str | Path) -> dict[str, object]:
+    """:func:`check_structure_text` on a file, unreadable or oversized files reported as errors."""
     try:
-        if path.stat().st_size > MAX_CIF_BYTES:
-            raise StructureError(f"CIF too large ({path.stat().st_size:,} bytes; at most {MAX_CIF_BYTES:,})")
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except (OSError, StructureError) as exc:
-        message = str(exc) if isinstance(exc, StructureError) else f"cannot read file: {exc.strerror or exc}"
-        return {"file": str(path), "cif_valid": False, **_EMPTY_STRUCTURE_VERDICTS, "error": message}
-    return check_cif_text(text, label=str(path))
+        text = read_text_file(path)
+    except StructureError as exc:
+        return {"file": str(path), "cif_valid": False, **_EMPTY_STRUCTURE_VERDICTS, "error": str(exc)}
+    return check_structure_text(text, label=str(path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Structure
@@ -52,6 +53,45 @@ def read_cif(text: str) -> Structure:
     if not structure.is_ordered:
         raise StructureError("disordered structure (partial occupancies) is not supported")
     return structure
+
+
+MOLECULE_SUFFIXES = {".xyz", ".mol", ".sdf", ".pdb", ".gjf", ".com", ".mol2"}
+POSCAR_NAMES = ("POSCAR", "CONTCAR")
+
+
+def read_structure_text(text: str, filename: str = "") -> Structure:
+    """Parse a crystal from CIF or POSCAR text (chosen by file name, CIF by default).
+
+    Molecule formats (XYZ, MOL, PDB ...) are refused: scoring and generation need a
+    periodic crystal with a lattice.
+    """
+    name = filename.rsplit("/", 1)[-1]
+    suffix = ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
+    if suffix in MOLECULE_SUFFIXES:
+        raise StructureError(f"{name} is a non-periodic molecule format; genms needs a periodic crystal (CIF or POSCAR)")
+    if name.upper().startswith(POSCAR_NAMES) or suffix == ".vasp":
+        if len(text.encode("utf-8", "replace")) > MAX_CIF_BYTES:
+            raise StructureError(f"file too large ({len(text):,} characters; at most {MAX_CIF_BYTES:,} bytes)")
+        try:
+            structure = Structure.from_str(text, fmt="poscar")
+        except Exception as exc:
+            raise StructureError(f"not a readable POSCAR: {_describe(exc)}") from exc
+        if len(structure) > MAX_SITES:
+            raise StructureError(f"structure too large ({len(structure)} sites; at most {MAX_SITES})")
+        return structure
+    return read_cif(text)
+
+
+def read_text_file(path: str | Path, max_bytes: int = MAX_CIF_BYTES) -> str:
+    """Text of a structure file; :class:`StructureError` when unreadable or over ``max_bytes``."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise StructureError(f"file too large ({size:,} bytes; at most {max_bytes:,})")
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise StructureError(f"cannot read file: {exc.strerror or exc}") from exc
 
 
 def _describe(exc: Exception) -> str:

@@ -1,0 +1,52 @@
+"""The LangChain wrappers: schemas the model sees, validation, and real results."""
+
+import pytest
+from pydantic import ValidationError
+
+from tools.langchain_tools import chemistry_tools, check_formulas_tool, check_structure_tool, score_structures_tool
+from tools.structure import write_cif
+
+
+def test_tools_expose_bounded_schemas():
+    tools = {tool.name: tool for tool in chemistry_tools()}
+    assert set(tools) == {"check_formulas", "check_structure", "score_structures"}
+    schema = tools["score_structures"].tool_call_schema.model_json_schema()
+    assert schema["properties"]["fmax"]["maximum"] == 1.0
+    assert schema["properties"]["cifs"]["maxItems"] == 50
+
+
+def test_check_formulas_tool():
+    reports = check_formulas_tool.invoke({"formulas": ["SrTiO3", "Xx2O"], "exclude": []})
+    assert reports[0]["reduced_formula"] == "SrTiO3" and "perovskite" in reports[0]["families"]
+    assert not reports[1]["valid"] and "unknown element" in reports[1]["error"]
+
+
+def test_check_structure_tool(srtio3):
+    report = check_structure_tool.invoke({"cif": write_cif(srtio3)})
+    assert report["cif_valid"] and report["spacegroup_number"] == 221
+
+
+def test_score_structures_tool(srtio3):
+    reports = score_structures_tool.invoke({"cifs": [write_cif(srtio3), "not a cif"]})
+    assert reports[0]["plausible"] and reports[0]["formation_energy_per_atom"] < -3
+    assert not reports[1]["plausible"] and "not a readable CIF" in reports[1]["reason"]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"cifs": []},
+        {"cifs": ["x"] * 51},
+        {"cifs": ["x"], "fmax": 2.0},
+        {"cifs": ["x"], "max_steps": 0},
+        {"cifs": "not a list"},
+    ],
+)
+def test_out_of_range_arguments_are_refused(arguments):
+    with pytest.raises(ValidationError):
+        score_structures_tool.invoke(arguments)
+
+
+def test_empty_formula_list_is_refused():
+    with pytest.raises(ValidationError):
+        check_formulas_tool.invoke({"formulas": []})

@@ -1,0 +1,91 @@
+"""LangChain tool wrappers: the plain functions of ``tools`` with typed, bounded inputs.
+
+The agent binds these to its chat model; their argument schemas are what the model sees,
+and out-of-range arguments are refused by validation before any work starts.
+"""
+
+from __future__ import annotations
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel, Field
+
+from tools.checks import check_formulas, check_structure_text
+from tools.relaxation import FMAX_RANGE, MAX_STEPS_RANGE
+from tools.scoring import score_texts
+from tools.structure import MAX_CIF_BYTES
+
+MAX_FORMULAS_PER_CALL = 500
+MAX_STRUCTURES_PER_CALL = 50
+
+
+class CheckFormulasInput(BaseModel):
+    formulas: list[str] = Field(
+        min_length=1, max_length=MAX_FORMULAS_PER_CALL, description="Chemical formulas, e.g. ['SrTiO3', 'LiMn2O4']."
+    )
+    exclude: list[str] = Field(
+        default_factory=list, max_length=10_000, description="Formulas the user already knows; matches count as not unique."
+    )
+
+
+class CheckStructureInput(BaseModel):
+    cif: str = Field(min_length=1, max_length=MAX_CIF_BYTES, description="The crystal structure as CIF text.")
+
+
+class ScoreStructuresInput(BaseModel):
+    cifs: list[str] = Field(
+        min_length=1, max_length=MAX_STRUCTURES_PER_CALL, description="Crystal structures as CIF texts."
+    )
+    relax: bool = Field(False, description="Relax each structure with CHGNet before scoring (slower).")
+    fmax: float = Field(0.05, ge=FMAX_RANGE[0], le=FMAX_RANGE[1], description="Relaxation force criterion, eV/Å.")
+    max_steps: int = Field(500, ge=MAX_STEPS_RANGE[0], le=MAX_STEPS_RANGE[1], description="Relaxation step limit.")
+
+
+def _check_formulas(formulas: list[str], exclude: list[str] | None = None) -> list[dict]:
+    return check_formulas(formulas, exclude=exclude or [])
+
+
+def _check_structure(cif: str) -> dict:
+    return check_structure_text(cif, label="structure.cif")
+
+
+def _score_structures(cifs: list[str], relax: bool = False, fmax: float = 0.05, max_steps: int = 500) -> list[dict]:
+    items = [(f"structure_{i}.cif", cif) for i, cif in enumerate(cifs)]
+    return score_texts(items, relax=relax, fmax=fmax, max_steps=max_steps)
+
+
+check_formulas_tool = StructuredTool.from_function(
+    func=_check_formulas,
+    name="check_formulas",
+    description=(
+        "Check chemical formulas: validity, SMACT charge balance and oxidation states, Pauling "
+        "electronegativity test, whether MP/ICSD/OQMD already hold the reduced formula, and which "
+        "crystal families (perovskite, spinel, pyrochlore ...) the stoichiometry fits."
+    ),
+    args_schema=CheckFormulasInput,
+)
+
+check_structure_tool = StructuredTool.from_function(
+    func=_check_structure,
+    name="check_structure",
+    description=(
+        "Check a CIF: parses, shortest interatomic distance > 0.5 Å, sane volume, SMACT composition "
+        "validity, space group, and whether the formula is known."
+    ),
+    args_schema=CheckStructureInput,
+)
+
+score_structures_tool = StructuredTool.from_function(
+    func=_score_structures,
+    name="score_structures",
+    description=(
+        "Score crystal structures (CIF texts) with CHGNet: energy per atom, formation energy per atom "
+        "(eV/atom, MP scale), energy above the Materials Project hull, plausibility verdict with reason; "
+        "optionally relax them first."
+    ),
+    args_schema=ScoreStructuresInput,
+)
+
+
+def chemistry_tools() -> list[BaseTool]:
+    """The tools of this module, for binding to a chat model."""
+    return [check_formulas_tool, check_structure_tool, score_structures_tool]
