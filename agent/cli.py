@@ -141,6 +141,43 @@ def _print_errors(items) -> None:
             console.print(f"[red]{label}:[/red] {error}")
 
 
+@formula_app.command("propose")
+def formula_propose(
+    request: Annotated[str, typer.Argument(help="What you want, e.g. 'a novel spinel oxide containing Mn'.")],
+    n: Annotated[int, typer.Option("-n", min=1, max=500, help="How many formulae to propose (H).")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed; another seed gives other proposals.")] = 0,
+    offline: Annotated[bool, typer.Option("--offline", help="Use the offline proposer even when a Claude key is set.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Propose formulae for a request and screen them (R_hi: validity, charge, novelty, compliance)."""
+    from tools.claude_proposer import propose
+    from tools.screen import screen
+    from tools.spec import RequestNotUnderstood, SpecConflict, parse_request
+
+    try:
+        spec = parse_request(request, seed=seed)
+    except (RequestNotUnderstood, SpecConflict) as exc:
+        if as_json:
+            _emit_json({"error": str(exc), "kind": type(exc).__name__})
+            raise typer.Exit(1)
+        _fail(str(exc), code=1)
+    with Console(stderr=True).status("proposing formulae..."):
+        proposals, proposer = propose(spec, n, seed=seed, use_claude=False if offline else None)
+        screened = screen(proposals, spec)
+    if as_json:
+        _emit_json([item.as_dict() for item in screened])
+        return
+    console.print(f"[bold]request:[/bold] {spec.summary()}   [dim]proposer: {proposer}, seed {seed}[/dim]")
+    table = Table(title=f"{sum(s.passed for s in screened)} of {len(screened)} proposals pass the screen")
+    for column in ("formula", "passed", "score", "rejected by", "rationale"):
+        table.add_column(column)
+    for item in screened:
+        verdict = item.rejected_by and f"{item.rejected_by}: {item.reason}"
+        table.add_row(item.formula, _mark(item.passed), f"{item.score:.2f}" if item.score is not None else "-",
+                      verdict or "-", item.rationale)
+    console.print(table)
+
+
 @structure_app.command("check")
 def structure_check(
     files: Annotated[list[Path], typer.Argument(help="CIF (or POSCAR) files to check.")],

@@ -53,3 +53,24 @@ def perturbed(structure: Structure, displacement: float = 0.2, strain: float = 0
 def perturb():
     """The :func:`perturbed` helper, as a fixture."""
     return perturbed
+
+
+@pytest.fixture
+def anthropic_env(monkeypatch):
+    """Point the real Anthropic client at a fake server: call with a responder, get the server."""
+    from fake_anthropic import FakeAnthropic
+
+    servers = []
+
+    def start(responder, **options):
+        server = FakeAnthropic(responder, **options).__enter__()
+        servers.append(server)
+        monkeypatch.delenv("ANTHROPIC_API_URL", raising=False)  # it would win over ANTHROPIC_BASE_URL
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("GENMS_CLAUDE_TIMEOUT", "5")
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)

@@ -11,11 +11,13 @@ separate them among known structures (see :func:`reference_entries`).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache, reduce
+from pathlib import Path
 
 from pymatgen.core import Element
 
@@ -436,3 +438,65 @@ def reference_entries(family_name: str, datasets: tuple[str, ...] = ("mp20", "mp
             reduced = parse_formula(record.formula).reduced_formula
             entries.append(ReferenceEntry(record.material_id, reduced, number, record.dataset, record))
     return tuple(entries)
+
+
+MEMBERS_PATH = Path(__file__).with_name("data") / "family_members.json"
+
+
+def _typical_spacegroup(family: CrystalFamily, record) -> int | None:
+    from tools.structure import detect_spacegroup
+
+    number = record.spacegroup_number
+    if number is None:
+        found = detect_spacegroup(record.structure)
+        number = found.number if found else None
+    return number if number in family.spacegroups else None
+
+
+def build_family_members(datasets: tuple[str, ...] = ("mp20", "mp2018")) -> dict[str, list[str]]:
+    """Family -> sorted reduced formulae of its MP structures (one pass over the shared data)."""
+    members: dict[str, set[str]] = {family.name: set() for family in FAMILIES}
+    seen: set[str] = set()
+    for record in _records(datasets):
+        if record.material_id in seen or not record.formula:
+            continue
+        seen.add(record.material_id)
+        fitting = [family for family in FAMILIES if family.fits(record.formula)]
+        for family in fitting:
+            if _typical_spacegroup(family, record) is not None:
+                members[family.name].add(parse_formula(record.formula).reduced_formula)
+    return {name: sorted(formulas) for name, formulas in members.items()}
+
+
+@lru_cache(maxsize=1)
+def _members_table() -> dict[str, list[str]]:
+    if MEMBERS_PATH.is_file():
+        return json.loads(MEMBERS_PATH.read_text())["members"]
+    return build_family_members()
+
+
+def family_members(family_name: str) -> tuple[str, ...]:
+    """Reduced formulae of a family's known MP structures (committed index; rebuilt if missing)."""
+    return tuple(_members_table()[get_family(family_name).name])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tools.families build-members``: rebuild ``tools/data/family_members.json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the family-members index from the shared data.")
+    parser.add_argument("command", choices=["build-members"])
+    parser.parse_args(argv)
+    members = build_family_members()
+    payload = {
+        "source": "shared data mp20/*.csv.gz and mp2018/structures.csv.gz: formula fits the family and "
+        "the space group (spglib, symprec 0.1 where missing) is one of the family's typical groups",
+        "command": "python -m tools.families build-members",
+        "members": members,
+    }
+    MEMBERS_PATH.write_text(json.dumps(payload, indent=0, sort_keys=True) + "\n")
+    print(f"wrote {MEMBERS_PATH}: " + ", ".join(f"{name} {len(f)}" for name, f in members.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -114,6 +114,12 @@ class ParsedFormula:
         return Composition(self.reduced_amounts).reduced_formula
 
     @property
+    def plain_formula(self) -> str:
+        """Reduced formula without pymatgen's grouping: ``MnIr2O4`` rather than ``Mn(IrO2)2``."""
+        amounts = self.reduced_amounts
+        return "".join(f"{el}{amounts[el] if amounts[el] > 1 else ''}" for el in self.elements)
+
+    @property
     def key(self) -> str:
         """Canonical uniqueness key (see :func:`formula_key`)."""
         return formula_key(self.reduced_amounts)

@@ -1,0 +1,74 @@
+import pytest
+from pydantic import ValidationError
+
+from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict, parse_request, spec_conflicts
+
+
+@pytest.mark.parametrize(
+    ("request_text", "expected"),
+    [
+        ("a novel spinel oxide containing Mn", {"family": "spinel", "anion_class": "oxide", "required_elements": ["Mn"], "novel_against": ["MP", "ICSD"]}),
+        ("a pyrochlore oxide not in the Materials Project", {"family": "pyrochlore", "novel_against": ["MP"]}),
+        ("a double perovskite with Ba and W", {"family": "double_perovskite", "required_elements": ["Ba", "W"], "novel_against": []}),
+        ("a lead-free halide perovskite", {"family": "perovskite", "anion_class": "halide", "excluded_elements": ["Pb"], "required_elements": []}),
+        ("a stable chalcogenide with atom ratio 1:1:2 that is not on ICSD", {"stoichiometry": "1:1:2", "anion_class": "chalcogenide", "novel_against": ["ICSD"], "n_results": 5}),
+        ("a double perovskite oxide with band gap near 1.4 eV", {"family": "double_perovskite", "band_gap": 1.4}),
+        ("seven diverse low-energy Li-Mn-O crystals", {"allowed_elements": ["Li", "Mn", "O"], "n_results": 7}),
+        ("a metallic Heusler compound with Co and Mn", {"family": "heusler", "electronic": "metal", "required_elements": ["Co", "Mn"]}),
+        ("ten garnets without rare earths", {"family": "garnet", "n_results": 10}),
+        ("a perovskite in space group Pnma", {"family": "perovskite", "spacegroup": 62}),
+        ("a cobalt-free olivine phosphate", {"family": "olivine", "excluded_elements": ["Co"]}),
+        ("In and As semiconductor", {"required_elements": ["As", "In"], "electronic": "semiconductor"}),
+        ("a perovskite with at most 10 atoms", {"max_sites": 10}),
+        ("a half-Heusler with band gap between 0.5 and 1.5 eV", {"family": "half_heusler", "band_gap": 1.0, "band_gap_tolerance": 0.5}),
+    ],
+)
+def test_parse_requests(request_text, expected):
+    spec = parse_request(request_text)
+    for field, value in expected.items():
+        assert getattr(spec, field) == value, field
+
+
+def test_group_exclusions():
+    spec = parse_request("ten garnets without rare earths")
+    assert {"Y", "La", "Gd", "Lu"} <= set(spec.excluded_elements)
+    assert "Al" not in spec.excluded_elements
+
+
+@pytest.mark.parametrize("text", ["make me a sandwich", "", "   ", "hello there", "x" * 3000])
+def test_not_understood_explains_what_is_supported(text):
+    with pytest.raises(RequestNotUnderstood) as info:
+        parse_request(text)
+    message = str(info.value)
+    assert "crystal family" in message or "too long" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a spinel without oxygen, sulphur, selenium or any anion", "needs one of the anions O, S, Se, Te"),
+        ("a spinel with Mn but without Mn", "Mn both required and excluded"),
+        ("a fluoride spinel", "rules all of them out"),
+        ("a perovskite with atom ratio 1:2:4", "not a perovskite ratio"),
+        ("a Li-Mn-O crystal containing Fe", "outside the allowed"),
+    ],
+)
+def test_conflicts_are_explained(text, fragment):
+    with pytest.raises(SpecConflict, match=fragment):
+        parse_request(text)
+
+
+def test_spec_validation():
+    with pytest.raises(ValidationError, match="unknown element"):
+        SearchSpec(required_elements=["Xx"])
+    with pytest.raises(ValidationError):
+        SearchSpec(band_gap=-1)
+    with pytest.raises(ValidationError):
+        SearchSpec(budget={"proposals": 0})
+    assert SearchSpec(family="Double Perovskite").family == "double_perovskite"
+    assert spec_conflicts(SearchSpec(family="spinel", anion_class="oxide")) == []
+
+
+def test_summary_reads_back():
+    summary = parse_request("a novel spinel oxide containing Mn").summary()
+    assert summary == "spinel; oxide; with Mn; not in MP/ICSD"

@@ -1,0 +1,399 @@
+"""The offline formula proposer (GenMS's pi_hi without a language model).
+
+Two sources of candidates, both honouring every constraint of the ``SearchSpec``:
+
+1. *Data-driven ion substitution*: known members of the requested family (MP structures of
+   the shared data) with one or two sites substituted, ranked by pymatgen's ICSD-derived
+   substitution probabilities (Hautier et al. 2011).
+2. *Template enumeration*: the family's stoichiometry templates filled with cations and
+   anions in common SMACT/ICSD oxidation states so that the charges balance.
+
+Geometric rules prune both (tolerance factor for perovskites, radius ratio for pyrochlores,
+octahedral factor for spinels). Candidates are scored (oxidation-state likelihood,
+substitution probability, geometry, novelty) and H of them are drawn at random with a seeded
+generator, weighted by score, so that different seeds give different proposals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from pymatgen.core import Element, Species
+
+from tools.composition import oxidation_states
+from tools.families import CrystalFamily, Site, Template, family_members, get_family
+from tools.formula import parse_formula
+from tools.geometry import (
+    perovskite_factors,
+    perovskite_formable,
+    pyrochlore_formable,
+    pyrochlore_ratio,
+    spinel_formable,
+    spinel_octahedral_factor,
+)
+from tools.spec import ALL_ANIONS, SearchSpec
+from tools.uniqueness import known_formula_index
+
+# Elements a proposal may use as cations: stable, non-radioactive, known to form cations.
+_RADIOACTIVE = {"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U", "Np", "Pu"}
+_NOT_CATIONS = {"H", "C", "N", "O", "F", "Cl", "Br", "I", "S", "Se", "He", "Ne", "Ar", "Kr", "Xe"}
+MIN_STATE_SHARE = 0.05  # oxidation states rarer than this in ICSD are not proposed
+GENERIC_RATIOS = ("1:1", "1:2", "2:3", "1:3", "1:1:2", "1:1:3", "1:2:4", "2:1:4", "2:2:7", "1:1:1:4")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A proposed formula with why it was proposed and the proposer's own score (higher is better)."""
+
+    formula: str
+    rationale: str
+    source: str
+    prior: float
+    family: str | None = None
+    assignment: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@lru_cache(maxsize=1)
+def _state_shares() -> dict[str, list[tuple[int, float]]]:
+    """Element -> [(oxidation state, share of ICSD occurrences)], commonest first."""
+    from tools.composition import _species_log_probability
+
+    shares: dict[str, list[tuple[int, float]]] = {}
+    for (symbol, charge), log_p in _species_log_probability().items():
+        shares.setdefault(symbol, []).append((charge, math.exp(log_p)))
+    return {el: sorted(states, key=lambda s: -s[1]) for el, states in shares.items()}
+
+
+def common_states(symbol: str, sign: int) -> list[tuple[int, float]]:
+    """Common oxidation states of one sign (+1 cations, -1 anions) with their ICSD shares."""
+    listed = set(oxidation_states(symbol))
+    return [(q, p) for q, p in _state_shares().get(symbol, []) if q * sign > 0 and p >= MIN_STATE_SHARE and q in listed]
+
+
+@lru_cache(maxsize=1)
+def cation_pool() -> tuple[str, ...]:
+    """Elements up to Bi (plus the lanthanides) that commonly form cations."""
+    pool = []
+    for element in Element:
+        symbol = element.symbol
+        if element.Z > 83 or symbol in _RADIOACTIVE or symbol in _NOT_CATIONS:
+            continue
+        if common_states(symbol, +1):
+            pool.append(symbol)
+    return tuple(pool)
+
+
+@dataclass
+class _Candidate:
+    assignment: dict[str, str]
+    charges: dict[str, int]
+    template: Template
+    source: str
+    log_prior: float
+    notes: list[str]
+
+
+def _site_elements(spec: SearchSpec, family: CrystalFamily | None, site: Site) -> list[str]:
+    """Elements allowed on a site by its role, the family, and the spec."""
+    excluded = set(spec.excluded_elements)
+    allowed = set(spec.allowed_elements) if spec.allowed_elements is not None else None
+    if site.role == "anion":
+        anions = spec.anions()
+        candidates = anions if anions is not None else (family.anions if family and family.anions else ALL_ANIONS)
+    else:
+        candidates = [el for el in cation_pool() if family is None or family._site_accepts(site, el)]
+    return sorted(el for el in candidates if el not in excluded and (allowed is None or el in allowed))
+
+
+def _templates(spec: SearchSpec) -> list[tuple[CrystalFamily | None, Template]]:
+    if spec.family:
+        family = get_family(spec.family)
+        templates = family.templates
+        if spec.stoichiometry:
+            wanted = sorted(map(int, spec.stoichiometry.split(":")))
+            templates = [t for t in templates if sorted(s.count for s in t.sites) == wanted]
+        return [(family, t) for t in templates]
+    ratios = [spec.stoichiometry] if spec.stoichiometry else list(GENERIC_RATIOS)
+    if spec.allowed_elements is not None:
+        ratios = [r for r in ratios if len(r.split(":")) == len(spec.allowed_elements)] or ratios
+    return [(None, template) for ratio in ratios for template in _generic_templates(ratio)]
+
+
+def _generic_templates(ratio: str) -> list[Template]:
+    """A ratio with one anion site: every position of the anion gives a template."""
+    counts = [int(c) for c in ratio.split(":")]
+    labels = [chr(ord("A") + i) for i in range(len(counts))]
+    templates = []
+    for anion in range(len(counts)):
+        sites = tuple(
+            Site(label, count, "anion" if i == anion else "cation") for i, (label, count) in enumerate(zip(labels, counts))
+        )
+        templates.append(Template("".join(f"{s.label}{s.count if s.count > 1 else ''}" for s in sites), sites))
+    return templates
+
+
+def _formula(assignment: dict[str, str], template: Template) -> str:
+    amounts: dict[str, int] = {}
+    for site in template.sites:
+        amounts[assignment[site.label]] = amounts.get(assignment[site.label], 0) + site.count
+    return parse_formula("".join(f"{el}{n}" for el, n in amounts.items())).plain_formula
+
+
+def _enumerate(spec: SearchSpec, family, template: Template, rng: random.Random, tries: int) -> list[_Candidate]:
+    """Random charge-balanced fillings of a template, required elements placed first."""
+    choices = {site.label: _site_elements(spec, family, site) for site in template.sites}
+    if any(not options for options in choices.values()):
+        return []
+    found = []
+    for _ in range(tries):
+        assignment = _place_required(spec, template, choices, rng)
+        if assignment is None:
+            break
+        candidate = _complete(template, choices, assignment, rng)
+        if candidate:
+            found.append(candidate)
+    return found
+
+
+def _place_required(spec, template, choices, rng) -> dict[str, str] | None:
+    """Put each required element on a random site that accepts it; None when impossible."""
+    assignment: dict[str, str] = {}
+    for element in rng.sample(spec.required_elements, len(spec.required_elements)):
+        sites = [s.label for s in template.sites if element in choices[s.label] and s.label not in assignment]
+        if not sites:
+            return None
+        assignment[rng.choice(sites)] = element
+    return assignment
+
+
+def _complete(template: Template, choices, assignment: dict[str, str], rng: random.Random) -> _Candidate | None:
+    """Fill the open sites so that the oxidation states balance (the last cation is solved for)."""
+    assignment = dict(assignment)
+    charges: dict[str, int] = {}
+    log_prior = 0.0
+    for site in template.sites:
+        if site.label in assignment and site.role == "anion":
+            states = common_states(assignment[site.label], -1)[:1]
+            if not states:
+                return None
+            charges[site.label] = states[0][0]
+            log_prior += site.count * math.log(states[0][1])
+    open_sites = [s for s in template.sites if s.label not in charges]
+    if not open_sites:
+        return None
+    last = open_sites[-1]
+    for site in open_sites[:-1]:
+        element = assignment.get(site.label) or rng.choice([e for e in choices[site.label] if e not in assignment.values()] or [None])
+        if element is None:
+            return None
+        sign = -1 if site.role == "anion" else +1
+        states = common_states(element, sign)
+        if not states:
+            return None
+        charge, share = rng.choices(states, weights=[p for _, p in states])[0]
+        assignment[site.label], charges[site.label] = element, charge
+        log_prior += site.count * math.log(share)
+    balance = -sum(charges[s.label] * s.count for s in template.sites if s.label in charges)
+    if balance % last.count:
+        return None
+    needed = balance // last.count
+    sign = -1 if last.role == "anion" else +1
+    pool = [assignment[last.label]] if last.label in assignment else [e for e in choices[last.label] if e not in assignment.values()]
+    options = [(e, p) for e in pool for q, p in common_states(e, sign) if q == needed]
+    if not options:
+        return None
+    element, share = rng.choices(options, weights=[p for _, p in options])[0]
+    assignment[last.label], charges[last.label] = element, needed
+    log_prior += last.count * math.log(share)
+    return _Candidate(assignment, charges, template, "enumeration", log_prior, [])
+
+
+def _system_candidates(spec: SearchSpec, max_count: int = 6) -> list[_Candidate]:
+    """Every small charge-balanced stoichiometry of a chemical system ('Li-Mn-O')."""
+    from tools.composition import charge_balance
+
+    elements = list(spec.allowed_elements)
+    log_p = _state_shares()
+    found = []
+    for counts in itertools.product(range(1, max_count + 1), repeat=len(elements)):
+        if math.gcd(*counts) != 1 or sum(counts) > spec.max_sites:
+            continue
+        parsed = parse_formula("".join(f"{el}{n}" for el, n in zip(elements, counts)))
+        balance = charge_balance(parsed)
+        if not balance.charge_balanced or not balance.electronegativity_ok:
+            continue
+        shares = [dict(log_p.get(el, [])).get(q, 0.0) for el, qs in balance.oxidation_states.items() for q in qs]
+        if min(shares) < MIN_STATE_SHARE:  # e.g. Mn- in Li6Mn4O: balanced on paper only
+            continue
+        sites = tuple(Site(el, n, "cation") for el, n in zip(elements, counts))
+        charges = {el: balance.oxidation_states[el][0] for el in elements}
+        note = ["mixed valence " + ", ".join(f"{el} {'/'.join(map(str, sorted(set(q))))}" for el, q in balance.oxidation_states.items() if len(set(q)) > 1)] if balance.mixed_valence else []
+        found.append(_Candidate({el: el for el in elements}, charges, Template(parsed.plain_formula, sites), "system", sum(map(math.log, shares)) / len(shares) * sum(counts), note))
+    return found
+
+
+def _geometry(family: CrystalFamily | None, candidate: _Candidate) -> tuple[bool, float, str | None]:
+    """(passes, log-score bonus, note) from the family's geometric rule, if it has one."""
+    if family is None:
+        return True, 0.0, None
+    a, c = candidate.assignment, candidate.charges
+    ion = lambda label: (a[label], c[label])  # noqa: E731
+    if family.name in {"perovskite", "double_perovskite", "elpasolite"}:
+        bs = [ion("B")] + ([ion("B'")] if "B'" in a else [])
+        factors = perovskite_factors(ion("A"), bs, ion("X"))
+        if not perovskite_formable(factors):
+            return False, 0.0, None
+        t = factors["tolerance_factor"]
+        return True, -((t - 0.97) / 0.06) ** 2, f"tolerance factor {t:.2f}, octahedral factor {factors['octahedral_factor']:.2f}"
+    if family.name == "pyrochlore":
+        if not pyrochlore_formable(ion("A"), ion("B")):
+            return False, 0.0, None
+        ratio = pyrochlore_ratio(ion("A"), ion("B"))
+        return True, -((ratio - 1.62) / 0.12) ** 2, f"r_A/r_B = {ratio:.2f} (pyrochlore field 1.46-1.78)"
+    if family.name in {"spinel", "inverse_spinel"} and "B" in a:
+        if not spinel_formable(ion("A"), ion("B"), ion("X")):
+            return False, 0.0, None
+        return True, 0.0, f"octahedral factor r_B/r_X = {spinel_octahedral_factor(ion('B'), ion('X')):.2f}"
+    return True, 0.0, None
+
+
+@lru_cache(maxsize=1)
+def _substitution_table():
+    from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
+
+    return SubstitutionProbability()
+
+
+def _substitute(spec: SearchSpec, family: CrystalFamily, rng: random.Random, tries: int) -> list[_Candidate]:
+    """Known family members with one or two sites swapped for ions that substitute well."""
+    from tools.composition import charge_balance
+
+    table = _substitution_table()
+    seeds = []
+    for formula in family_members(family.name):
+        assignment = family.assignment(formula)
+        balance = charge_balance(parse_formula(formula))
+        if assignment and balance.charge_balanced and not balance.mixed_valence:
+            charges = {label: balance.oxidation_states[el][0] for label, el in assignment.items()}
+            template = next(t for t in family.templates if {s.label for s in t.sites} == set(assignment))
+            forced = [s.label for s in template.sites if assignment[s.label] not in _site_elements(spec, family, s)]
+            # Anions are never swapped (the charges would no longer balance); cations may be.
+            if not any(s.role == "anion" and s.label in forced for s in template.sites):
+                seeds.append((formula, assignment, charges, template, forced))
+    found = []
+    for _ in range(tries if seeds else 0):
+        formula, assignment, charges, template, forced = rng.choice(seeds)
+        new_assignment, notes, log_p = dict(assignment), [], 0.0
+        free = [label for label in sorted(assignment) if label not in forced]
+        chosen = forced + rng.sample(free, max(0, min(len(free), rng.choice((1, 1, 2)) - len(forced))))
+        for label in chosen:
+            site = next(s for s in template.sites if s.label == label)
+            old = Species(assignment[label], charges[label])
+            options = [
+                (el, table.cond_prob(old, Species(el, charges[label])))
+                for el in _site_elements(spec, family, site)
+                if el not in new_assignment.values() and charges[label] in dict(common_states(el, 1 if charges[label] > 0 else -1))
+                and Species(el, charges[label]) in table.species
+            ]
+            options = [(el, p) for el, p in options if p > 1e-4]
+            if not options:
+                break
+            element, p = rng.choices(options, weights=[p for _, p in options])[0]
+            new_assignment[label] = element
+            log_p += 0.3 * math.log(p / 0.05)  # a likely substitution (p ~ 0.05+) costs nothing
+            notes.append(f"{assignment[label]}{_charge(charges[label])} -> {element}{_charge(charges[label])}")
+        else:
+            if set(spec.required_elements) <= set(new_assignment.values()):
+                found.append(_Candidate(new_assignment, dict(charges), template, f"substitution of {formula}", log_p, notes))
+    return found
+
+
+def _charge(q: int) -> str:
+    return f"{abs(q) if abs(q) != 1 else ''}{'+' if q > 0 else '-'}"
+
+
+def _rationale(family: CrystalFamily | None, candidate: _Candidate, geometry_note: str | None, known: list[str]) -> str:
+    ions = ", ".join(
+        f"{candidate.assignment[s.label]}{_charge(candidate.charges[s.label])} on {s.label}" for s in candidate.template.sites
+    )
+    parts = [f"{family.title if family else 'template ' + candidate.template.ratio}: {ions}"]
+    if candidate.source == "system":
+        parts = [f"charge-balanced stoichiometry of the {'-'.join(candidate.assignment)} system"] + candidate.notes
+    elif candidate.source.startswith("substitution"):
+        parts.append(f"{candidate.source} ({'; '.join(candidate.notes)}, ICSD substitution probabilities)")
+    else:
+        parts.append("charge-balanced enumeration over common oxidation states")
+    if geometry_note:
+        parts.append(geometry_note)
+    parts.append(f"known in {', '.join(known)}" if known else "not in MP, ICSD or OQMD")
+    return "; ".join(parts)
+
+
+def propose_offline(spec: SearchSpec, n: int, seed: int | None = None, avoid: set[str] = frozenset()) -> list[Proposal]:
+    """Propose up to ``n`` distinct formulae for a spec (deterministic for a given seed).
+
+    ``avoid`` holds formula keys proposed before (re-proposal rounds ask for new ones).
+    """
+    rng = random.Random(spec.seed if seed is None else seed)
+    index = known_formula_index()
+    pool: dict[str, tuple[float, Proposal]] = {}
+    if spec.allowed_elements is not None and not spec.family and not spec.stoichiometry:
+        for candidate in _system_candidates(spec):
+            _add(pool, spec, None, candidate, index, avoid)
+        return _draw_preferring_novel(pool, spec, n, rng)
+    for family, template in _templates(spec):
+        candidates = _enumerate(spec, family, template, rng, tries=max(2000, 100 * n))
+        if family is not None and template == family.templates[0]:
+            candidates += _substitute(spec, family, rng, tries=max(200, 20 * n))
+        for candidate in candidates:
+            _add(pool, spec, family, candidate, index, avoid)
+    return _draw_preferring_novel(pool, spec, n, rng)
+
+
+def _add(pool, spec, family, candidate: _Candidate, index, avoid) -> None:
+    formula = _formula(candidate.assignment, candidate.template)
+    parsed = parse_formula(formula)
+    key = parsed.key
+    if key in pool or key in avoid:
+        return
+    atoms = sum(parsed.reduced_amounts.values())
+    if atoms > spec.max_sites:
+        return
+    fits, bonus, note = _geometry(family, candidate)
+    if not fits:
+        return
+    known = index.sources(parsed)
+    novelty = -3.0 if set(known) & set(spec.novel_against or ()) else (0.5 if not known else 0.0)
+    score = candidate.log_prior / max(atoms, 1) + bonus + novelty
+    prior = 1 / (1 + math.exp(-score))
+    proposal = Proposal(formula, _rationale(family, candidate, note, known), candidate.source.split(" ")[0], round(prior, 4),
+                        family.name if family else None, candidate.assignment)
+    pool[key] = (score, proposal)
+
+
+def _draw_preferring_novel(pool: dict, spec: SearchSpec, n: int, rng: random.Random) -> list[Proposal]:
+    """Draw novel candidates first when the request demands novelty; top up with known ones."""
+    ranked = sorted(pool.values(), key=lambda item: -item[0])
+    index = known_formula_index()
+    clash = set(spec.novel_against)
+    novel = [item for item in ranked if not clash & set(index.sources(item[1].formula))]
+    known = [item for item in ranked if item not in novel]
+    drawn = _draw(novel, n, rng)
+    return drawn + _draw(known, n - len(drawn), rng) if len(drawn) < n else drawn
+
+
+def _draw(ranked: list[tuple[float, Proposal]], n: int, rng: random.Random) -> list[Proposal]:
+    """Weighted sampling without replacement (Efraimidis-Spirakis keys), best first."""
+    keyed = [(rng.random() ** (1 / math.exp(min(score, 50.0) / 0.7 + 1e-9)), score, p) for score, p in ranked]
+    chosen = sorted(keyed, key=lambda k: -k[0])[:n]
+    return [p for _, _, p in sorted(chosen, key=lambda k: -k[1])]
+
+
+def proposal_keys(proposals) -> set[str]:
+    """Keys of proposals made so far (to avoid repeating them)."""
+    return {parse_formula(p.formula).key for p in proposals}
+

@@ -1,0 +1,135 @@
+"""The R_hi screen of GenMS: prune and rank proposed formulae against the request.
+
+Checks run in order and the first failure is recorded with its reason:
+``regex`` (a formula of known elements) -> ``charge_neutrality`` (SMACT, mixed valence
+allowed) -> ``uniqueness`` (not in the sets the request excludes: MP, ICSD, OQMD, the user's
+list) -> ``compliance`` (family template, atom ratio, required / excluded / allowed
+elements, anion class, size). Survivors are ranked by a score in [0, 1] that combines the
+proposer's own prior with how common the oxidation states are and Pauling's test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from tools.composition import ChargeBalance, charge_balance
+from tools.families import get_family
+from tools.formula import FormulaError, ParsedFormula, parse_formula
+from tools.spec import SearchSpec
+from tools.uniqueness import check_uniqueness
+
+CHECKS = ("regex", "charge_neutrality", "uniqueness", "compliance")
+
+
+@dataclass
+class ScreenedFormula:
+    """A proposal after the screen. ``score`` is null for rejected formulae."""
+
+    formula: str
+    reduced_formula: str | None
+    rationale: str
+    source: str
+    passed: bool
+    rejected_by: str | None
+    reason: str | None
+    score: float | None
+    known_in: list[str] | None = None
+    oxidation_states: dict[str, list[int]] | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
+    """Why the formula does not comply with the spec, or None."""
+    elements = set(parsed.reduced_amounts)
+    if spec.family and not get_family(spec.family).fits(parsed):
+        family = get_family(spec.family)
+        return f"not a {family.name.replace('_', ' ')} ({', '.join(t.name for t in family.templates)} with {', '.join(sorted(family.anions)) or 'no'} anions)"
+    if spec.stoichiometry:
+        wanted = sorted(map(int, spec.stoichiometry.split(":")))
+        if sorted(parsed.reduced_amounts.values()) != wanted:
+            return f"atom ratio is not {spec.stoichiometry}"
+    missing = set(spec.required_elements) - elements
+    if missing:
+        return f"missing required {', '.join(sorted(missing))}"
+    banned = elements & set(spec.excluded_elements)
+    if banned:
+        return f"contains excluded {', '.join(sorted(banned))}"
+    if spec.allowed_elements is not None and not elements <= set(spec.allowed_elements):
+        return f"uses {', '.join(sorted(elements - set(spec.allowed_elements)))} outside the {'-'.join(spec.allowed_elements)} system"
+    anions = spec.anions()
+    if spec.anion_class and anions is not None and not elements & anions:
+        return f"not a {spec.anion_class} (needs {', '.join(sorted(anions))})"
+    if sum(parsed.reduced_amounts.values()) > spec.max_sites:
+        return f"formula unit has more than {spec.max_sites} atoms"
+    return None
+
+
+def _uniqueness(parsed: ParsedFormula, spec: SearchSpec) -> tuple[str | None, list[str]]:
+    verdict = check_uniqueness(parsed, exclude=spec.exclude_formulas, against=spec.novel_against or ())
+    if verdict.in_exclusion_list:
+        return "in the user's exclusion list", verdict.known_in
+    clash = [s for s in verdict.known_in if s in spec.novel_against]
+    return (f"already known in {', '.join(clash)}" if clash else None), verdict.known_in
+
+
+def oxidation_state_score(balance: ChargeBalance) -> float:
+    """Mean ICSD share of the oxidation states used (1 = all the commonest states)."""
+    from tools.composition import _species_log_probability
+
+    log_p = _species_log_probability()
+    logs = [log_p.get((el, q), math.log(1e-4)) for el, qs in (balance.oxidation_states or {}).items() for q in set(qs)]
+    return math.exp(sum(logs) / len(logs)) if logs else 0.0
+
+
+def rank_score(balance: ChargeBalance, prior: float | None) -> float:
+    """Offline ranking score in [0, 1]: oxidation-state likelihood, Pauling, proposer prior."""
+    score = 0.6 * oxidation_state_score(balance) + 0.2 * balance.electronegativity_ok
+    return round(score + 0.2 * (prior if prior is not None else 0.5), 4)
+
+
+def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str = "user", prior: float | None = None) -> ScreenedFormula:
+    """Run the checks on one formula."""
+    result = ScreenedFormula(formula, None, rationale, source, False, None, None, None)
+    try:
+        parsed = parse_formula(formula)
+    except FormulaError as exc:
+        result.rejected_by, result.reason = "regex", str(exc)
+        return result
+    result.reduced_formula = parsed.reduced_formula
+    balance = charge_balance(parsed)
+    result.oxidation_states = balance.oxidation_states
+    if not balance.charge_balanced:
+        result.rejected_by, result.reason = "charge_neutrality", "no charge-neutral assignment of common oxidation states"
+        return result
+    reason, result.known_in = _uniqueness(parsed, spec)
+    if reason:
+        result.rejected_by, result.reason = "uniqueness", reason
+        return result
+    reason = _compliance(parsed, spec)
+    if reason:
+        result.rejected_by, result.reason = "compliance", reason
+        return result
+    result.passed, result.score = True, rank_score(balance, prior)
+    return result
+
+
+def screen(proposals, spec: SearchSpec) -> list[ScreenedFormula]:
+    """Screen proposals (``Proposal`` objects or plain formula strings), survivors first by score.
+
+    A formula proposed twice (the same reduced composition) is kept once.
+    """
+    screened, seen = [], set()
+    for proposal in proposals:
+        if isinstance(proposal, str):
+            item = screen_one(proposal, spec)
+        else:
+            item = screen_one(proposal.formula, spec, proposal.rationale, proposal.source, proposal.prior)
+        key = item.reduced_formula or item.formula
+        if key in seen:
+            continue
+        seen.add(key)
+        screened.append(item)
+    return sorted(screened, key=lambda s: (not s.passed, -(s.score or 0.0)))

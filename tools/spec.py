@@ -1,0 +1,394 @@
+"""The typed request: ``SearchSpec``, and the offline parser from plain language to it.
+
+A spec says what a materials scientist asked for: a crystal family or stoichiometry pattern,
+elements that must, may or must not appear, the anion class, novelty (not in MP, ICSD, a
+user's list), property targets, a space group, size limits, how many results, and the
+search budget. ``parse_request`` reads a request with deterministic rules (the offline
+planner's understanding); ``spec_conflicts`` explains requests that cannot be satisfied.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pymatgen.core import Element
+
+from tools.families import FAMILIES, HALOGENS, get_family
+
+ANION_CLASSES: dict[str, frozenset[str]] = {
+    "oxide": frozenset({"O"}),
+    "fluoride": frozenset({"F"}),
+    "chloride": frozenset({"Cl"}),
+    "bromide": frozenset({"Br"}),
+    "iodide": frozenset({"I"}),
+    "halide": HALOGENS,
+    "sulfide": frozenset({"S"}),
+    "selenide": frozenset({"Se"}),
+    "telluride": frozenset({"Te"}),
+    "chalcogenide": frozenset({"S", "Se", "Te"}),
+    "nitride": frozenset({"N"}),
+    "phosphide": frozenset({"P"}),
+    "arsenide": frozenset({"As"}),
+    "pnictide": frozenset({"N", "P", "As", "Sb"}),
+    "carbide": frozenset({"C"}),
+    "hydride": frozenset({"H"}),
+}
+ALL_ANIONS = frozenset().union(*ANION_CLASSES.values())
+NOVELTY_SETS = ("MP", "ICSD", "OQMD")
+
+
+class Budget(BaseModel):
+    """Search effort, GenMS's branching factors: H formulae proposed, W kept, L structures each."""
+
+    proposals: int = Field(20, ge=1, le=500, description="H: formulae proposed per round")
+    formulas: int = Field(5, ge=1, le=100, description="W: formulae that get structures")
+    structures_per_formula: int = Field(4, ge=1, le=100, description="L: structures generated per formula")
+    rounds: int = Field(3, ge=1, le=20, description="proposal rounds before giving up")
+    seconds: float = Field(600.0, gt=0, le=86_400, description="wall-clock budget")
+
+
+class SearchSpec(BaseModel):
+    """What the user asked for, in checkable terms. Elements are symbols; energies eV/atom."""
+
+    request: str = ""
+    family: str | None = Field(None, description="catalogue family name, e.g. 'spinel'")
+    stoichiometry: str | None = Field(None, description="atom-ratio pattern such as '1:1:2'")
+    required_elements: list[str] = Field(default_factory=list)
+    allowed_elements: list[str] | None = Field(None, description="if set, only these elements may appear")
+    excluded_elements: list[str] = Field(default_factory=list)
+    anion_class: str | None = Field(None, description="oxide, fluoride, halide, chalcogenide, nitride ...")
+    novel_against: list[Literal["MP", "ICSD", "OQMD"]] = Field(default_factory=list)
+    exclude_formulas: list[str] = Field(default_factory=list, description="a user's list of formulae to avoid")
+    band_gap: float | None = Field(None, ge=0, le=15, description="target band gap, eV")
+    band_gap_tolerance: float = Field(0.5, gt=0, le=10, description="eV")
+    electronic: Literal["metal", "semiconductor", "insulator"] | None = None
+    low_energy: bool = True
+    spacegroup: int | None = Field(None, ge=1, le=230)
+    max_sites: int = Field(20, ge=1, le=200)
+    n_results: int = Field(5, ge=1, le=100)
+    budget: Budget = Field(default_factory=Budget)
+    seed: int = 0
+
+    @field_validator("required_elements", "excluded_elements", "allowed_elements")
+    @classmethod
+    def _known_elements(cls, symbols):
+        for symbol in symbols or []:
+            if not Element.is_valid_symbol(symbol):
+                raise ValueError(f"unknown element {symbol!r}")
+        return sorted(set(symbols)) if symbols is not None else None
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, name):
+        return get_family(name).name if name else None
+
+    @field_validator("anion_class")
+    @classmethod
+    def _known_anion_class(cls, name):
+        if name and name not in ANION_CLASSES:
+            raise ValueError(f"unknown anion class {name!r}; choose from {', '.join(ANION_CLASSES)}")
+        return name
+
+    @field_validator("stoichiometry")
+    @classmethod
+    def _ratio(cls, pattern):
+        if pattern and not re.fullmatch(r"\d+(:\d+)+", pattern):
+            raise ValueError(f"stoichiometry must look like '1:1:2', got {pattern!r}")
+        return pattern
+
+    def anions(self) -> frozenset[str] | None:
+        """Anions the request allows (anion class, family, exclusions, allowed set), or None if unconstrained."""
+        sets = []
+        if self.anion_class:
+            sets.append(ANION_CLASSES[self.anion_class])
+        if self.family and get_family(self.family).anions:
+            sets.append(get_family(self.family).anions)
+        if self.allowed_elements is not None:
+            sets.append(frozenset(self.allowed_elements) & ALL_ANIONS)
+        if not sets:
+            return None
+        return frozenset.intersection(*sets) - set(self.excluded_elements)
+
+    def summary(self) -> str:
+        """One line a user can read back."""
+        parts = [self.family.replace("_", " ") if self.family else (f"ratio {self.stoichiometry}" if self.stoichiometry else "crystal")]
+        if self.anion_class:
+            parts.append(self.anion_class)
+        if self.required_elements:
+            parts.append("with " + ", ".join(self.required_elements))
+        if self.allowed_elements is not None:
+            parts.append("only " + "-".join(self.allowed_elements))
+        if self.excluded_elements:
+            parts.append("without " + ", ".join(self.excluded_elements))
+        if self.novel_against:
+            parts.append("not in " + "/".join(self.novel_against))
+        if self.band_gap is not None:
+            parts.append(f"band gap {self.band_gap:g} ± {self.band_gap_tolerance:g} eV")
+        if self.electronic:
+            parts.append(self.electronic)
+        if self.spacegroup:
+            parts.append(f"space group {self.spacegroup}")
+        return "; ".join(parts)
+
+
+class RequestNotUnderstood(ValueError):
+    """The request names nothing genms can search for; the message says what is supported."""
+
+
+class SpecConflict(ValueError):
+    """The request's constraints contradict each other; the message explains how."""
+
+
+SUPPORTED = (
+    "genms understands requests that name a crystal family ("
+    + ", ".join(f.name.replace("_", " ") for f in FAMILIES)
+    + "), an atom ratio such as 1:1:2, elements to include or avoid (symbols or names, "
+    "'lead-free', 'without Co'), an anion class (oxide, halide, chalcogenide, nitride ...), "
+    "novelty ('novel', 'not in the Materials Project', 'not in ICSD'), a band gap ('band gap near 1.4 eV', "
+    "'metallic'), a space group, and a count ('five ...')."
+)
+
+_LANTHANIDES = frozenset("La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu".split())
+# Groups people name when excluding ("without rare earths", "toxic-element-free").
+ELEMENT_GROUPS: dict[str, frozenset[str]] = {
+    r"rare[- ]earths?": _LANTHANIDES | {"Sc", "Y"},
+    r"lanthanides?": _LANTHANIDES,
+    r"alkali(?:ne)?(?! earth)(?: metals?)?": frozenset({"Li", "Na", "K", "Rb", "Cs"}),
+    r"alkaline[- ]earths?(?: metals?)?": frozenset({"Be", "Mg", "Ca", "Sr", "Ba"}),
+    r"(?:noble|precious) metals?": frozenset({"Ru", "Rh", "Pd", "Ag", "Os", "Ir", "Pt", "Au"}),
+    r"toxic(?: elements?| metals?)?": frozenset({"Pb", "Cd", "Hg", "As", "Tl", "Be"}),
+    r"radioactive(?: elements?)?": frozenset({"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U", "Np", "Pu"}),
+}
+_NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())}
+_NUMBER_WORDS.update({"twenty": 20, "fifteen": 15, "thirty": 30, "fifty": 50, "hundred": 100, "dozen": 12})
+_NAME_ALIASES = {"sulphur": "S", "aluminium": "Al", "caesium": "Cs", "cesium": "Cs"}
+# Capitalised words that are element symbols but usually English in a request.
+_AMBIGUOUS_SYMBOLS = {"I", "In", "As", "At", "Be", "He", "No", "Os", "So", "Am", "Bi", "Ca", "Co", "Pa"}
+_NEGATION = r"(?:without|no|not containing|excluding|except|free of|avoid(?:ing)?|but not|minus)"
+
+
+def _element_names() -> dict[str, str]:
+    names = {el.long_name.lower(): el.symbol for el in Element}
+    names.update(_NAME_ALIASES)
+    return names
+
+
+def _element_mentions(text: str) -> list[tuple[str, int, int]]:
+    """(symbol, start, end) of element names and symbols in the request."""
+    mentions = []
+    names = _element_names()
+    for match in re.finditer(r"[A-Za-z]+", text):
+        word = match.group()
+        if word.lower() in names and len(word) > 2:
+            mentions.append((names[word.lower()], match.start(), match.end()))
+    for match in re.finditer(r"(?<![A-Za-z])([A-Z][a-z]?)(?![a-z])", text):
+        symbol = match.group(1)
+        if not Element.is_valid_symbol(symbol) or symbol in _AMBIGUOUS_SYMBOLS and not _symbol_context(text, match):
+            continue
+        mentions.append((symbol, match.start(), match.end()))
+    return sorted(set(mentions), key=lambda m: m[1])
+
+
+def _symbol_context(text: str, match: re.Match) -> bool:
+    """An ambiguous symbol counts when it sits in a list of elements or a chemical system."""
+    before, after = text[max(0, match.start() - 12) : match.start()], text[match.end() : match.end() + 12]
+    return bool(re.search(r"[A-Z][a-z]?\s*(,|and|or|-)\s*$", before) or re.match(r"^\s*(,|-|and\b|or\b)\s*[A-Z][a-z]?", after) or re.search(r"(with|containing|including)\s*$", before))
+
+
+def _excluded(text: str, start: int, end: int) -> bool:
+    """Is the mention at ``start:end`` negated ('without X', 'X-free', 'no X, Y or Z')?"""
+    if re.match(r"^[\s-]*free\b", text[end:]):
+        return True
+    clause = re.split(r"[.;]|\bbut\b(?! not)|\bwith\b|\bcontaining\b|\bincluding\b", text[:start])[-1]
+    return bool(re.search(_NEGATION + r"\b(?:[^,]*?)(?:,|\band\b|\bor\b|\s|[A-Za-z-])*$", clause, re.IGNORECASE))
+
+
+def _family(text: str) -> str | None:
+    lowered = text.lower().replace("-", " ")
+    best = None
+    for family in FAMILIES:
+        for alias in (family.name.replace("_", " "), *(a.replace("-", " ") for a in family.aliases)):
+            found = re.search(rf"\b{re.escape(alias.lower())}\b", lowered)
+            if found and (best is None or len(alias) > best[1]):
+                best = (family.name, len(alias))
+    return best[0] if best else None
+
+
+def _anion_class(text: str) -> str | None:
+    lowered = text.lower()
+    for name in sorted(ANION_CLASSES, key=len, reverse=True):
+        stem = name.replace("sulfide", "sul[fp]hide")
+        if re.search(rf"\b{stem}s?\b", lowered):
+            return name
+    return None
+
+
+def _novelty(text: str) -> list[str]:
+    lowered = text.lower()
+    sets = []
+    if re.search(r"not (?:in|on|from|part of|listed in) (?:the )?(?:materials project|mp)\b", lowered):
+        sets.append("MP")
+    if re.search(r"not (?:in|on|from) (?:the )?icsd", lowered):
+        sets.append("ICSD")
+    if re.search(r"not (?:in|on|from) (?:the )?oqmd", lowered):
+        sets.append("OQMD")
+    if not sets and re.search(r"\b(novel|new|unknown|undiscovered|unreported|unique|hypothetical)\b", lowered):
+        sets = ["MP", "ICSD"]
+    return sets
+
+
+def _band_gap(text: str) -> tuple[float | None, float | None, str | None]:
+    """(target eV, tolerance eV, electronic class) from the request."""
+    lowered = text.lower()
+    between = re.search(r"band ?gap\D{0,20}?between\s*(\d+(?:\.\d+)?)\s*(?:and|-|to)\s*(\d+(?:\.\d+)?)", lowered)
+    if between:
+        low, high = float(between.group(1)), float(between.group(2))
+        return (low + high) / 2, max((high - low) / 2, 0.05), None
+    near = re.search(r"band ?gap\D{0,25}?(\d+(?:\.\d+)?)\s*ev", lowered) or re.search(r"(\d+(?:\.\d+)?)\s*ev\s*band ?gap", lowered)
+    if near:
+        return float(near.group(1)), None, None
+    if re.search(r"\bwide[- ]?(?:band ?)?gap\b", lowered):
+        return 4.0, 1.0, None
+    if re.search(r"\b(metal|metallic|conductor)\b", lowered) and not re.search(r"\b(non-?metal|semi-?metal|transition metal)", lowered):
+        return None, None, "metal"
+    if re.search(r"\bsemiconduct", lowered):
+        return None, None, "semiconductor"
+    if re.search(r"\binsulat", lowered):
+        return None, None, "insulator"
+    return None, None, None
+
+
+_COUNTED_NOUNS = (
+    r"(?:crystals?|structures?|compounds?|materials?|candidates?|formulae|formulas|options|examples|phases|"
+    r"oxides|halides|chalcogenides|nitrides|alloys|" + "|".join(f.name.replace("_", " ") + "s" for f in FAMILIES) + ")"
+)
+
+
+def _count(text: str) -> int | None:
+    """How many results the request asks for ('five diverse spinels', '10 candidates')."""
+    lowered = text.lower()
+    number = r"(\d{1,3}|" + "|".join(_NUMBER_WORDS) + ")"
+    match = re.search(rf"(?<![:\d.])\b{number}\s+(?:[a-z0-9-]+\s+){{0,3}}?{_COUNTED_NOUNS}\b(?!\s*:)", lowered)
+    if not match:
+        return None
+    word = match.group(1)
+    value = int(word) if word.isdigit() else _NUMBER_WORDS[word]
+    return value if value >= 1 else None
+
+
+def _spacegroup(text: str) -> int | None:
+    match = re.search(r"space ?group\s*(?:no\.?|number|#)?\s*(\d{1,3})\b", text, re.IGNORECASE)
+    if match:
+        return int(match.group(1))
+    match = re.search(r"space ?group\s+([A-Za-z][A-Za-z0-9_/\-]*)", text, re.IGNORECASE)
+    if match:
+        from pymatgen.symmetry.groups import SpaceGroup
+
+        try:
+            return SpaceGroup(match.group(1)).int_number
+        except ValueError:
+            raise RequestNotUnderstood(f"unknown space group symbol {match.group(1)!r}") from None
+    return None
+
+
+def _max_sites(text: str) -> int | None:
+    match = re.search(r"(?:at most|up to|no more than|fewer than|<=?)\s*(\d{1,3})\s*(?:atoms|sites)", text, re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def parse_request(text: str, **overrides) -> SearchSpec:
+    """Read a plain-language request into a :class:`SearchSpec` (deterministic rules).
+
+    Raises :class:`RequestNotUnderstood` when the text names nothing searchable, and
+    :class:`SpecConflict` when its constraints contradict each other.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise RequestNotUnderstood("empty request. " + SUPPORTED)
+    if len(text) > 2000:
+        raise RequestNotUnderstood(f"request too long ({len(text)} characters; at most 2000)")
+    required, excluded = set(), set()
+    for symbol, start, end in _element_mentions(text):
+        (excluded if _excluded(text, start, end) else required).add(symbol)
+    for group, members in ELEMENT_GROUPS.items():
+        for match in re.finditer(rf"\b{group}", text, re.IGNORECASE):
+            (excluded if _excluded(text, match.start(), match.end()) else set()).update(members)
+    if re.search(r"\bany (?:other )?anions?\b", text, re.IGNORECASE) and re.search(_NEGATION, text, re.IGNORECASE):
+        excluded |= ALL_ANIONS
+    system = re.search(r"\b([A-Z][a-z]?(?:-[A-Z][a-z]?){1,5})\b(?![a-z])", text)
+    allowed = None
+    if system and all(Element.is_valid_symbol(s) for s in system.group(1).split("-")):
+        allowed = set(system.group(1).split("-"))
+    ratio = re.search(r"\b(\d+(?:\s*:\s*\d+)+)\b", text)
+    band_gap, tolerance, electronic = _band_gap(text)
+    fields = {
+        "request": text.strip(),
+        "family": _family(text),
+        "stoichiometry": re.sub(r"\s", "", ratio.group(1)) if ratio else None,
+        "required_elements": sorted(required),
+        "allowed_elements": sorted(allowed) if allowed else None,
+        "excluded_elements": sorted(excluded),
+        "anion_class": _anion_class(text),
+        "novel_against": _novelty(text),
+        "band_gap": band_gap,
+        "electronic": electronic,
+        "spacegroup": _spacegroup(text),
+    }
+    if tolerance is not None:
+        fields["band_gap_tolerance"] = tolerance
+    if (count := _count(text)) is not None:
+        fields["n_results"] = min(count, 100)
+    if (sites := _max_sites(text)) is not None:
+        fields["max_sites"] = sites
+    fields.update(overrides)
+    spec = SearchSpec(**fields)
+    searchable = [spec.family, spec.stoichiometry, spec.required_elements, spec.allowed_elements, spec.anion_class,
+                  spec.band_gap, spec.electronic, spec.spacegroup]
+    if not any(searchable):
+        raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {text.strip()!r}. " + SUPPORTED)
+    problems = spec_conflicts(spec)
+    if problems:
+        raise SpecConflict("the request cannot be satisfied: " + "; ".join(problems))
+    return spec
+
+
+def _template_sizes(spec: SearchSpec) -> list[int]:
+    if spec.stoichiometry:
+        return [len(spec.stoichiometry.split(":"))]
+    if spec.family:
+        return [len(t.sites) for t in get_family(spec.family).templates]
+    return []
+
+
+def spec_conflicts(spec: SearchSpec) -> list[str]:
+    """Reasons the spec cannot be met (empty when it can)."""
+    problems = []
+    both = set(spec.required_elements) & set(spec.excluded_elements)
+    if both:
+        problems.append(f"{', '.join(sorted(both))} both required and excluded")
+    if spec.allowed_elements is not None:
+        outside = set(spec.required_elements) - set(spec.allowed_elements)
+        if outside:
+            problems.append(f"{', '.join(sorted(outside))} required but outside the allowed {'-'.join(spec.allowed_elements)} system")
+    family = get_family(spec.family) if spec.family else None
+    anions = spec.anions()
+    if family and family.anions and anions is not None and not anions:
+        wanted = f" {spec.anion_class}" if spec.anion_class else ""
+        problems.append(
+            f"a {family.name.replace('_', ' ')} needs one of the anions {', '.join(sorted(family.anions))}"
+            f"{' and a' + wanted + ' anion' if wanted else ''}, but the request rules all of them out"
+        )
+    elif spec.anion_class and anions is not None and not anions:
+        problems.append(f"every {spec.anion_class} anion is excluded")
+    sizes = _template_sizes(spec)
+    if sizes and len(spec.required_elements) > max(sizes):
+        problems.append(f"{len(spec.required_elements)} required elements do not fit a {max(sizes)}-site stoichiometry")
+    if family and spec.stoichiometry and not any(
+        sorted(map(int, spec.stoichiometry.split(":"))) == sorted(s.count for s in t.sites) for t in family.templates
+    ):
+        ratios = ", ".join(t.ratio for t in family.templates)
+        problems.append(f"ratio {spec.stoichiometry} is not a {family.name.replace('_', ' ')} ratio ({ratios})")
+    if spec.electronic == "metal" and spec.band_gap:
+        problems.append("a metal cannot have a band gap")
+    return problems
