@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/genms doctor
 	$(BIN)/genms formula check SrTiO3 MgAl2O4 Sr4Ti4O12 Fe3O4 Zn2Ti2O7 Cs2AgBiBr6 Xx2O
+	$(BIN)/genms formula propose "a novel spinel oxide containing Mn" -n 10 --offline
+	$(BIN)/genms generate template Y2Ti2O7 --family pyrochlore -n 2 --out $(VENV)/demo
 	$(BIN)/genms structure check evals/examples/*.cif
 	$(BIN)/genms score evals/examples/SrTiO3_perovskite.cif evals/examples/NaCl_rocksalt.cif evals/examples/overlapping_atoms.cif
 
@@ -40,6 +42,7 @@ references: setup
 # Rebuild the committed known-formula index from the shared data.
 index: setup
 	$(BIN)/python -m tools.uniqueness build
+	$(BIN)/python -m tools.families build-members
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

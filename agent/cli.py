@@ -17,7 +17,9 @@ structure_app = typer.Typer(help="Check crystal structures (CIF files).", no_arg
 family_app = typer.Typer(help="The crystal families catalogue.", no_args_is_help=True)
 app.add_typer(formula_app, name="formula")
 app.add_typer(structure_app, name="structure")
+generate_app = typer.Typer(help="Generate crystal structures for a formula.", no_args_is_help=True)
 app.add_typer(family_app, name="family")
+app.add_typer(generate_app, name="generate")
 
 console = Console()
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
@@ -260,6 +262,52 @@ def _print_score_table(reports: list[dict], relaxed: bool) -> None:
         table.add_row(*row)
     console.print(table)
     _print_errors((Path(r["file"]).name, r["reason"]) for r in reports)
+
+
+@generate_app.command("template")
+def generate_template_command(
+    formula: Annotated[str, typer.Argument(help="Formula, e.g. MgAl2O4.")],
+    family: Annotated[str | None, typer.Option("--family", help="Catalogue family (default: every family it fits).")] = None,
+    n: Annotated[int, typer.Option("-n", min=1, max=100, help="How many structures (L).")] = 4,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CIF files.")] = Path("generated"),
+    seed: Annotated[int, typer.Option(help="Seed for the variants beyond the distinct prototypes.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Prototype substitution: put the formula's elements on its family's prototype structures."""
+    from tools.formula import FormulaError
+    from tools.generation import GenerationError, generate_template
+    from tools.structure import detect_spacegroup, structural_validity, write_cif
+
+    try:
+        generated = generate_template(formula, family=family, n=n, seed=seed)
+    except (FormulaError, GenerationError, KeyError) as exc:
+        if as_json:
+            _emit_json({"error": str(exc).strip("'\""), "formula": formula})
+            raise typer.Exit(1)
+        _fail(str(exc).strip("'\""), code=1)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, item in enumerate(generated):
+        path = out / f"{item.formula}_{index:02d}_{item.prototype}.cif"
+        path.write_text(write_cif(item.structure))
+        group = detect_spacegroup(item.structure)
+        validity = structural_validity(item.structure)
+        rows.append({
+            "file": str(path), "formula": item.formula, "family": item.family, "prototype": item.prototype,
+            "assignment": item.assignment, "variant": item.variant, "n_sites": len(item.structure),
+            "spacegroup_number": group.number if group else None, "min_distance": round(validity.min_distance, 4),
+            "volume_per_atom": round(validity.volume_per_atom, 3), "notes": item.notes,
+        })
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title=f"{len(rows)} template structures for {generated[0].formula} in {out}")
+    for column in ("file", "family", "prototype", "sites on", "space group", "min dist (Å)"):
+        table.add_column(column)
+    for row in rows:
+        sites = " ".join(f"{label}={el}" for label, el in row["assignment"].items())
+        table.add_row(Path(row["file"]).name, row["family"], row["prototype"], sites, str(row["spacegroup_number"]), f"{row['min_distance']:.2f}")
+    console.print(table)
 
 
 @family_app.command("list")

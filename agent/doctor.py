@@ -53,12 +53,16 @@ def diagnose() -> dict[str, object]:
         {"feature": "family reference structures (shared data)", "available": have_data, "offline": True},
         {"feature": "CHGNet scoring: energies, formation energy, relaxation", "available": bool(weights and references), "offline": True},
         {"feature": "energy above the MP hull (shared data)", "available": have_data, "offline": True},
+        {"feature": "offline formula proposer + R_hi screen", "available": True, "offline": True},
+        {"feature": "Claude formula proposer (falls back offline)", "available": api_key, "offline": False},
+        {"feature": "prototype-substitution structure generator", "available": True, "offline": True},
     ]
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {
-            name: _package_version(name) for name in ("genms", "torch", "pymatgen", "smact", "chgnet", "langchain-core")
+            name: _package_version(name)
+            for name in ("genms", "torch", "pymatgen", "smact", "chgnet", "langchain-core", "langchain-anthropic")
         },
         "chgnet_weights": weights,
         "data": data,

@@ -12,7 +12,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -66,8 +66,18 @@ def data_file(relative_path: str) -> Path:
 
 
 def read_table(relative_path: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read one gzip CSV table of the shared data (optionally only some columns)."""
-    return pd.read_csv(data_file(relative_path), usecols=columns)
+    """Read one gzip CSV table of the shared data (optionally only some columns).
+
+    Whole tables are read once per process and shared (callers must not modify them).
+    """
+    path = data_file(relative_path)
+    table = _cached_table(str(path), path.stat().st_mtime)
+    return table[columns] if columns else table
+
+
+@lru_cache(maxsize=8)
+def _cached_table(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_csv(path)
 
 
 @dataclass

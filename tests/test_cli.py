@@ -136,7 +136,9 @@ def test_doctor_json():
     assert all(report["data"]["files"].values())
     assert report["formula_index"]["formulas"] > 390_000
     assert report["planner"] in {"offline", "claude"}
-    assert all(f["offline"] for f in report["features"])
+    offline = {f["feature"]: f["offline"] for f in report["features"]}
+    assert offline["formula checks (parse, SMACT, families)"] and offline["offline formula proposer + R_hi screen"]
+    assert not offline["Claude formula proposer (falls back offline)"]
 
 
 def test_console_script_is_installed():

@@ -9,7 +9,9 @@ from tools.structure import write_cif
 
 def test_tools_expose_bounded_schemas():
     tools = {tool.name: tool for tool in chemistry_tools()}
-    assert set(tools) == {"check_formulas", "check_structure", "score_structures"}
+    assert set(tools) == {
+        "check_formulas", "check_structure", "score_structures", "propose_formulas", "generate_template_structures",
+    }
     schema = tools["score_structures"].tool_call_schema.model_json_schema()
     assert schema["properties"]["fmax"]["maximum"] == 1.0
     assert schema["properties"]["cifs"]["maxItems"] == 50
@@ -50,3 +52,18 @@ def test_out_of_range_arguments_are_refused(arguments):
 def test_empty_formula_list_is_refused():
     with pytest.raises(ValidationError):
         check_formulas_tool.invoke({"formulas": []})
+
+
+def test_propose_and_generate_tools(monkeypatch):
+    from tools.langchain_tools import generate_template_tool, propose_formulas_tool
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = propose_formulas_tool.invoke({"request": "a novel pyrochlore oxide", "n": 8})
+    assert result["proposer"] == "offline" and len(result["proposals"]) == 8
+    formula = next(p["formula"] for p in result["proposals"] if p["passed"])
+    structures = generate_template_tool.invoke({"formula": formula, "family": "pyrochlore", "n": 2})
+    assert len(structures) == 2 and "_cell_length_a" in structures[0]["cif"]
+    assert "kind" in propose_formulas_tool.invoke({"request": "make me a sandwich"})
+    assert "does not fit" in generate_template_tool.invoke({"formula": "NaCl", "family": "garnet"})["error"]
+    with pytest.raises(ValidationError):
+        generate_template_tool.invoke({"formula": "NaCl", "n": 500})

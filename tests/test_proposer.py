@@ -18,6 +18,12 @@ from tools.spec import SearchSpec, parse_request
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def no_claude_key(monkeypatch):
+    """The offline proposer unless a test starts the fake Anthropic server."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+
 def propose_json(*args):
     result = runner.invoke(app, ["formula", "propose", *args, "--json"])
     return result.exit_code, json.loads(result.stdout)

@@ -95,10 +95,11 @@ class CrystalFamily:
             return _is_p_block_main_group(symbol)
         raise ValueError(f"unknown site role {site.role!r}")
 
-    def assignment(self, formula: str | ParsedFormula) -> dict[str, str] | None:
-        """Site label -> element of the first template the formula fits, else ``None``."""
+    def assignments(self, formula: str | ParsedFormula) -> list[tuple[Template, dict[str, str]]]:
+        """Every (template, site label -> element) the formula fits, in template order."""
         parsed = parse_formula(formula) if isinstance(formula, str) else formula
         amounts = parsed.reduced_amounts
+        found = []
         for template in self.templates:
             if len(template.sites) != len(amounts):
                 continue
@@ -108,8 +109,13 @@ class CrystalFamily:
                     amounts[symbol] == site.count // divisor and self._site_accepts(site, symbol)
                     for symbol, site in zip(order, template.sites)
                 ):
-                    return {site.label: symbol for site, symbol in zip(template.sites, order)}
-        return None
+                    found.append((template, {site.label: symbol for site, symbol in zip(template.sites, order)}))
+        return found
+
+    def assignment(self, formula: str | ParsedFormula) -> dict[str, str] | None:
+        """Site label -> element of the first template the formula fits, else ``None``."""
+        found = self.assignments(formula)
+        return found[0][1] if found else None
 
     def fits(self, formula: str | ParsedFormula) -> bool:
         """GenMS compliance: does the formula have this family's atom ratio and site chemistry?"""
@@ -418,25 +424,17 @@ def _records(datasets: Iterable[str]) -> Iterator:
 def reference_entries(family_name: str, datasets: tuple[str, ...] = ("mp20", "mp2018")) -> tuple[ReferenceEntry, ...]:
     """MP structures of a family from the shared data: formula fits and space group is typical.
 
-    Space groups missing from the data are computed with spglib (symprec 0.1 Å). Each MP id
-    appears once. The result is cached per process.
+    Membership comes from the committed index (``tools/data/family_members.json``, rebuilt by
+    ``python -m tools.families build-members``); structures are parsed lazily from the data.
     """
-    from tools.structure import detect_spacegroup
-
     family = get_family(family_name)
-    seen: set[str] = set()
-    entries = []
+    members = {mp_id: (formula, number) for mp_id, formula, number in _members_table()[family.name]}
+    entries, seen = [], set()
     for record in _records(datasets):
-        if record.material_id in seen or not record.formula or not family.fits(record.formula):
-            continue
-        number = record.spacegroup_number
-        if number is None:
-            found = detect_spacegroup(record.structure)
-            number = found.number if found else None
-        if number in family.spacegroups:
+        if record.material_id in members and record.material_id not in seen:
             seen.add(record.material_id)
-            reduced = parse_formula(record.formula).reduced_formula
-            entries.append(ReferenceEntry(record.material_id, reduced, number, record.dataset, record))
+            formula, number = members[record.material_id]
+            entries.append(ReferenceEntry(record.material_id, formula, number, record.dataset, record))
     return tuple(entries)
 
 
@@ -453,9 +451,9 @@ def _typical_spacegroup(family: CrystalFamily, record) -> int | None:
     return number if number in family.spacegroups else None
 
 
-def build_family_members(datasets: tuple[str, ...] = ("mp20", "mp2018")) -> dict[str, list[str]]:
-    """Family -> sorted reduced formulae of its MP structures (one pass over the shared data)."""
-    members: dict[str, set[str]] = {family.name: set() for family in FAMILIES}
+def build_family_members(datasets: tuple[str, ...] = ("mp20", "mp2018")) -> dict[str, list[list]]:
+    """Family -> [MP id, reduced formula, space group] of its MP structures (one pass over the data)."""
+    members: dict[str, list[list]] = {family.name: [] for family in FAMILIES}
     seen: set[str] = set()
     for record in _records(datasets):
         if record.material_id in seen or not record.formula:
@@ -463,13 +461,14 @@ def build_family_members(datasets: tuple[str, ...] = ("mp20", "mp2018")) -> dict
         seen.add(record.material_id)
         fitting = [family for family in FAMILIES if family.fits(record.formula)]
         for family in fitting:
-            if _typical_spacegroup(family, record) is not None:
-                members[family.name].add(parse_formula(record.formula).reduced_formula)
-    return {name: sorted(formulas) for name, formulas in members.items()}
+            number = _typical_spacegroup(family, record)
+            if number is not None:
+                members[family.name].append([record.material_id, parse_formula(record.formula).reduced_formula, number])
+    return {name: sorted(rows) for name, rows in members.items()}
 
 
 @lru_cache(maxsize=1)
-def _members_table() -> dict[str, list[str]]:
+def _members_table() -> dict[str, list[list]]:
     if MEMBERS_PATH.is_file():
         return json.loads(MEMBERS_PATH.read_text())["members"]
     return build_family_members()
@@ -477,7 +476,7 @@ def _members_table() -> dict[str, list[str]]:
 
 def family_members(family_name: str) -> tuple[str, ...]:
     """Reduced formulae of a family's known MP structures (committed index; rebuilt if missing)."""
-    return tuple(_members_table()[get_family(family_name).name])
+    return tuple(sorted({formula for _, formula, _ in _members_table()[get_family(family_name).name]}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -494,8 +493,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m tools.families build-members",
         "members": members,
     }
-    MEMBERS_PATH.write_text(json.dumps(payload, indent=0, sort_keys=True) + "\n")
-    print(f"wrote {MEMBERS_PATH}: " + ", ".join(f"{name} {len(f)}" for name, f in members.items()))
+    MEMBERS_PATH.write_text(json.dumps(payload, separators=(",", ":"), sort_keys=True) + "\n")
+    print(f"wrote {MEMBERS_PATH}: " + ", ".join(f"{name} {len(rows)}" for name, rows in members.items()))
 
 
 if __name__ == "__main__":

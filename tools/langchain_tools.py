@@ -40,6 +40,47 @@ class ScoreStructuresInput(BaseModel):
     max_steps: int = Field(500, ge=MAX_STEPS_RANGE[0], le=MAX_STEPS_RANGE[1], description="Relaxation step limit.")
 
 
+class ProposeFormulasInput(BaseModel):
+    request: str = Field(min_length=1, max_length=2000, description="The user's request in plain language.")
+    n: int = Field(20, ge=1, le=MAX_FORMULAS_PER_CALL, description="How many formulae to propose (H).")
+    seed: int = Field(0, ge=0, description="Random seed; another seed gives other proposals.")
+
+
+class GenerateTemplateInput(BaseModel):
+    formula: str = Field(min_length=1, max_length=100, description="Formula to place, e.g. 'MgAl2O4'.")
+    family: str | None = Field(None, max_length=50, description="Catalogue family; default: every family it fits.")
+    n: int = Field(4, ge=1, le=MAX_STRUCTURES_PER_CALL, description="How many structures (L).")
+    seed: int = Field(0, ge=0)
+
+
+def _propose_formulas(request: str, n: int = 20, seed: int = 0) -> dict:
+    from tools.claude_proposer import propose
+    from tools.screen import screen
+    from tools.spec import RequestNotUnderstood, SpecConflict, parse_request
+
+    try:
+        spec = parse_request(request, seed=seed)
+    except (RequestNotUnderstood, SpecConflict) as exc:
+        return {"error": str(exc), "kind": type(exc).__name__}
+    proposals, proposer = propose(spec, n, seed=seed)
+    return {"spec": spec.summary(), "proposer": proposer, "proposals": [s.as_dict() for s in screen(proposals, spec)]}
+
+
+def _generate_template(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[dict] | dict:
+    from tools.formula import FormulaError
+    from tools.generation import GenerationError, generate_template
+    from tools.structure import write_cif
+
+    try:
+        generated = generate_template(formula, family=family, n=n, seed=seed)
+    except (FormulaError, GenerationError, KeyError) as exc:
+        return {"error": str(exc).strip("'\"")}
+    return [
+        {"formula": g.formula, "family": g.family, "prototype": g.prototype, "assignment": g.assignment, "cif": write_cif(g.structure)}
+        for g in generated
+    ]
+
+
 def _check_formulas(formulas: list[str], exclude: list[str] | None = None) -> list[dict]:
     return check_formulas(formulas, exclude=exclude or [])
 
@@ -86,6 +127,30 @@ score_structures_tool = StructuredTool.from_function(
 )
 
 
+propose_formulas_tool = StructuredTool.from_function(
+    func=_propose_formulas,
+    name="propose_formulas",
+    description=(
+        "Propose chemical formulae for a plain-language materials request (family, elements to include or "
+        "avoid, anion class, novelty) and screen them: validity, charge balance, novelty against MP/ICSD, "
+        "compliance. Returns each formula with passed / rejected_by / score / rationale."
+    ),
+    args_schema=ProposeFormulasInput,
+)
+
+generate_template_tool = StructuredTool.from_function(
+    func=_generate_template,
+    name="generate_template_structures",
+    description=(
+        "Generate crystal structures (CIF texts) for a formula by placing its elements on the prototype "
+        "structures of its crystal family (perovskite, spinel, pyrochlore ...)."
+    ),
+    args_schema=GenerateTemplateInput,
+)
+
+
 def chemistry_tools() -> list[BaseTool]:
     """The tools of this module, for binding to a chat model."""
-    return [check_formulas_tool, check_structure_tool, score_structures_tool]
+    return [
+        check_formulas_tool, check_structure_tool, score_structures_tool, propose_formulas_tool, generate_template_tool,
+    ]
