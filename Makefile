@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# The main job on the offline default (no network, no API key).
+# The main job on the offline default (no network, no API key): a hierarchical search.
 demo: setup
 	$(BIN)/genms doctor
+	$(BIN)/genms search "a novel spinel oxide containing Mn" -H 12 -W 3 -L 2 --relax-steps 40 -n 3 --out runs/demo
 	$(BIN)/genms formula check SrTiO3 MgAl2O4 Sr4Ti4O12 Fe3O4 Zn2Ti2O7 Cs2AgBiBr6 Xx2O
 	$(BIN)/genms formula propose "a novel spinel oxide containing Mn" -n 10 --offline
 	$(BIN)/genms generate template Y2Ti2O7 --family pyrochlore -n 2 --out $(VENV)/demo

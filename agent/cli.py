@@ -46,6 +46,76 @@ def _exit_if_all_failed(reports: list[dict]) -> None:
 
 
 @app.command()
+def search(
+    request: Annotated[str, typer.Argument(help="What you want, e.g. 'a novel spinel oxide containing Mn'.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for CIFs, results.json and report.md.")] = None,
+    proposals: Annotated[int, typer.Option("--proposals", "-H", min=1, max=500, help="Formulae proposed per round.")] = 20,
+    formulas: Annotated[int, typer.Option("--formulas", "-W", min=1, max=100, help="Formulae sent to the generator at a time.")] = 5,
+    structures: Annotated[int, typer.Option("--structures", "-L", min=1, max=100, help="Structures per formula.")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="Proposal rounds at most.")] = 3,
+    relax_steps: Annotated[int, typer.Option(min=0, max=2000, help="CHGNet relaxation steps per formula's best structure.")] = 100,
+    time_budget: Annotated[float, typer.Option("--time", min=1, max=86400, help="Wall-clock budget, seconds.")] = 1800,
+    results: Annotated[int | None, typer.Option("--results", "-n", min=1, max=100, help="Good candidates wanted.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the hierarchical search: understand, propose, screen, generate, score, select, report."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agent.search import run_search, write_results
+
+    overrides = {
+        "seed": seed,
+        "budget": {"proposals": proposals, "formulas": formulas, "structures_per_formula": structures, "rounds": rounds,
+                   "relax_steps": relax_steps, "seconds": time_budget},
+    }
+    if results is not None:
+        overrides["n_results"] = results
+    stderr = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def show(event: dict) -> None:
+            if "decision" in event:
+                d = event["decision"]
+                if d["step"] == "understand" and d["decision"] == "stop":
+                    return  # the error is printed once, below
+                bar.console.print(f"[dim]{d['step']}:[/dim] {d['decision']} - {d['reason']}")
+                return
+            label = f"{event['stage']} {event.get('detail', '')}".strip()
+            if event["stage"] not in tasks:
+                tasks[event["stage"]] = bar.add_task(label, total=max(event["total"], 1))
+            bar.update(tasks[event["stage"]], description=label, completed=event["done"], total=max(event["total"], 1))
+
+        result = run_search(request, overrides, on_progress=show)
+    written = write_results(result, out) if out else {}
+    if as_json:
+        _emit_json({**result.as_dict(), "files": written})
+    elif result.error:
+        stderr.print(f"[red]not searched:[/red] {result.error}")
+    else:
+        _print_candidates(result)
+        if written:
+            console.print(f"results: {written['results']}, report: {written['report']}, CIFs: {written['cifs']}")
+    if result.error or not result.good:
+        raise typer.Exit(1)
+
+
+def _print_candidates(result) -> None:
+    table = Table(title=f"{len(result.good)} good candidates for: {result.request}  ({result.seconds:.0f} s, planner {result.planner})")
+    for column in ("rank", "formula", "family / prototype", "E_f (eV/atom)", "E_hull (eV/atom)", "space group", "known in", "plausible"):
+        table.add_column(column)
+    for rank, c in enumerate(result.candidates, start=1):
+        table.add_row(
+            str(rank), c["reduced_formula"], f"{c['family']} / {c['prototype']}", _number(c["formation_energy_per_atom"]),
+            _number(c["e_above_hull"]), c["checks"]["spacegroup_symbol"] or "-", ", ".join(c["known_in"] or []) or "novel",
+            _mark(c["plausible"]),
+        )
+    console.print(table)
+
+
+@app.command()
 def doctor(as_json: JsonOption = False) -> None:
     """Report Python, torch, CHGNet weights, data, API key, and which features run offline."""
     from agent.doctor import diagnose

@@ -46,6 +46,7 @@ class Budget(BaseModel):
     formulas: int = Field(5, ge=1, le=100, description="W: formulae that get structures")
     structures_per_formula: int = Field(4, ge=1, le=100, description="L: structures generated per formula")
     rounds: int = Field(3, ge=1, le=20, description="proposal rounds before giving up")
+    relax_steps: int = Field(100, ge=0, le=2000, description="CHGNet relaxation steps for each formula's best structure (0: none)")
     seconds: float = Field(600.0, gt=0, le=86_400, description="wall-clock budget")
 
 

@@ -1,0 +1,268 @@
+"""The hierarchical search as a LangGraph (GenMS Algorithm 1, made dynamic).
+
+understand -> propose -> screen -> (enough survivors? else propose again with feedback)
+-> generate -> score -> (enough good candidates? else generate the next formulae, or propose
+again) -> report. Every branch taken is recorded as a decision with its reason. Long steps
+report progress through LangGraph's custom stream (``stream_mode="custom"``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from functools import partial
+
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+
+from agent.planner import Planner, default_planner
+from agent.state import SearchState, decision
+from tools.checks import check_structure_text
+from tools.formula import parse_formula
+from tools.generation import GenerationError, generate_template
+from tools.scoring import score_structures
+from tools.screen import screen
+from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict
+from tools.structure import read_cif, write_cif
+
+
+def _spec(state: SearchState) -> SearchSpec:
+    return SearchSpec(**state["spec"])
+
+
+def _progress(stage: str, done: int, total: int, detail: str = "") -> None:
+    try:
+        get_stream_writer()({"stage": stage, "done": done, "total": total, "detail": detail})
+    except RuntimeError:  # not running inside a streamed graph
+        pass
+
+
+def _out_of_time(state: SearchState) -> bool:
+    return time.time() - state["started_at"] > _spec(state).budget.seconds
+
+
+def understand(state: SearchState, planner: Planner) -> dict:
+    """Read the request into a spec, or stop with the reason it cannot be searched."""
+    try:
+        spec = planner.understand(state["request"], **state.get("spec", {}))
+    except (RequestNotUnderstood, SpecConflict) as exc:
+        return {"error": str(exc), "error_kind": type(exc).__name__, "decisions": [decision(state, "understand", "stop", str(exc))]}
+    return {
+        "spec": spec.model_dump(),
+        "error": None,
+        "round": 0,
+        "decisions": [decision(state, "understand", "search", f"understood as: {spec.summary()} (planner: {planner.name})")],
+    }
+
+
+def propose(state: SearchState, planner: Planner) -> dict:
+    """Ask the planner for H new formulae (feedback from earlier rejections on later rounds)."""
+    spec = _spec(state)
+    started, round_number = time.time(), state.get("round", 0) + 1
+    rejected = Counter(s["rejected_by"] for s in state.get("screened", []) if not s["passed"])
+    feedback = [f"{count} failed {check}" for check, count in rejected.most_common()]
+    _progress("propose", 0, 1, f"round {round_number}")
+    proposals, proposer = planner.propose(
+        spec, spec.budget.proposals, seed=spec.seed + round_number - 1, avoid=set(state.get("proposals_tried", [])), feedback=feedback
+    )
+    screened = [s.as_dict() for s in screen(proposals, spec)]
+    keys = [parse_formula(s["formula"]).key for s in screened if s["reduced_formula"]]
+    known = {s["reduced_formula"] for s in state.get("survivors", [])} | set(state.get("generated_formulas", []))
+    survivors = state.get("survivors", []) + [s for s in screened if s["passed"] and s["reduced_formula"] not in known]
+    survivors.sort(key=lambda s: -s["score"])
+    passed = sum(s["passed"] for s in screened)
+    reasons = Counter(s["rejected_by"] for s in screened if not s["passed"])
+    why = ", ".join(f"{check} {count}" for check, count in reasons.most_common()) or "none rejected"
+    return {
+        "round": round_number,
+        "proposals_tried": keys,
+        "screened": screened,
+        "survivors": survivors,
+        "decisions": [decision({**state, "round": round_number}, "screen", "pruned",
+                               f"{proposer} proposer: {len(screened)} formulae, {passed} passed R_hi (rejected: {why})")],
+        "timings": [{"step": f"propose+screen round {round_number}", "seconds": round(time.time() - started, 2)}],
+    }
+
+
+def after_screen(state: SearchState) -> str:
+    """Enough survivors for W formulae? Otherwise propose again while rounds and time last."""
+    spec = _spec(state)
+    if state.get("error"):
+        return END
+    if state["survivors"] or state.get("candidates"):
+        return "generate"
+    return "propose" if state["round"] < spec.budget.rounds and not _out_of_time(state) else "report"
+
+
+def _primitive(structure):
+    primitive = structure.get_primitive_structure()
+    return primitive if len(primitive) < len(structure) else structure
+
+
+def generate(state: SearchState) -> dict:
+    """L template structures for each of the next W survivors; formulae that cannot be placed are dropped."""
+    spec = _spec(state)
+    started = time.time()
+    chosen, rest = state["survivors"][: spec.budget.formulas], state["survivors"][spec.budget.formulas :]
+    batches, dropped = [], []
+    for index, item in enumerate(chosen):
+        _progress("generate", index, len(chosen), item["formula"])
+        try:
+            structures = generate_template(item["formula"], family=spec.family, n=spec.budget.structures_per_formula, seed=spec.seed)
+        except GenerationError as exc:
+            dropped.append({"formula": item["formula"], "reason": f"template generator: {exc}"})
+            continue
+        batches.append({
+            "item": item,
+            "structures": [
+                {"cif": write_cif(_primitive(g.structure)), "family": g.family, "prototype": g.prototype,
+                 "assignment": g.assignment, "generator": g.generator}
+                for g in structures
+            ],
+        })
+    _progress("generate", len(chosen), len(chosen))
+    return {
+        "survivors": rest,
+        "generated_formulas": [item["reduced_formula"] for item in chosen],
+        "dropped": dropped,
+        "pending": batches,
+        "decisions": [decision(state, "generate", "branch",
+                               f"{len(batches)} formulae x {spec.budget.structures_per_formula} structures (template generator)"
+                               + (f"; dropped {len(dropped)}: " + "; ".join(d['reason'] for d in dropped) if dropped else ""))],
+        "timings": [{"step": "generate", "seconds": round(time.time() - started, 2)}],
+    }
+
+
+def _candidate(item: dict, generated: dict, report: dict, relaxed: dict | None) -> dict:
+    final = relaxed or report
+    cif = final.get("relaxed_cif") or report["cif"]
+    checks = check_structure_text(cif, "candidate.cif")
+    return {
+        "formula": item["formula"],
+        "reduced_formula": item["reduced_formula"],
+        "rationale": item["rationale"],
+        "screen_score": item["score"],
+        "oxidation_states": item["oxidation_states"],
+        "known_in": item["known_in"],
+        "generator": generated["generator"],
+        "family": generated["family"],
+        "prototype": generated["prototype"],
+        "assignment": generated["assignment"],
+        "energy_per_atom": final["energy_per_atom"],
+        "formation_energy_per_atom": final["formation_energy_per_atom"],
+        "e_above_hull": final["e_above_hull"],
+        "decomposition": final["decomposition"],
+        "max_force": final["max_force"],
+        "plausible": final["plausible"],
+        "reason": final["reason"],
+        "relaxed": relaxed is not None,
+        "relax_converged": final.get("relax_converged"),
+        "rmsd": final.get("rmsd"),
+        "checks": {k: checks[k] for k in ("cif_valid", "structurally_valid", "composition_valid", "charge_balanced",
+                                         "spacegroup_number", "spacegroup_symbol", "n_sites", "min_distance")},
+        "cif": cif,
+    }
+
+
+def score(state: SearchState) -> dict:
+    """R_lo: score every structure, keep each formula's lowest-energy plausible one, relax it."""
+    spec = _spec(state)
+    started = time.time()
+    batches = state.get("pending", [])
+    flat = [(batch["item"], generated, read_cif(generated["cif"])) for batch in batches for generated in batch["structures"]]
+    reports = score_structures([s for _, _, s in flat], progress=lambda stage, done, total: _progress("score", done, total))
+    best: dict[str, tuple] = {}
+    for (item, generated, structure), report in zip(flat, reports):
+        report["cif"] = generated["cif"]
+        energy = report["formation_energy_per_atom"]
+        if report["plausible"] and energy is not None:
+            current = best.get(item["reduced_formula"])
+            if current is None or energy < current[2]["formation_energy_per_atom"]:
+                best[item["reduced_formula"]] = (item, generated, report, structure)
+    dropped = [
+        {"formula": item["formula"], "reason": "no plausible structure from the template generator (no other generator available)"}
+        for batch in batches if (item := batch["item"])["reduced_formula"] not in best
+    ]
+    candidates = []
+    chosen = list(best.values())
+    steps = spec.budget.relax_steps
+    for index, (item, generated, report, structure) in enumerate(chosen):
+        _progress("relax", index, len(chosen), item["formula"])
+        relaxed = score_structures([structure], relax=True, max_steps=steps, fmax=0.1)[0] if steps else None
+        if relaxed is not None and not relaxed["plausible"]:
+            relaxed = None  # keep the static score when relaxation breaks the structure
+        candidates.append(_candidate(item, generated, report, relaxed))
+    _progress("relax", len(chosen), len(chosen))
+    return {
+        "pending": [],
+        "candidates": candidates,
+        "dropped": dropped,
+        "structures_scored": state.get("structures_scored", 0) + len(flat),
+        "decisions": [decision(state, "score", "pruned",
+                               f"{len(flat)} structures scored with CHGNet; kept the lowest-energy plausible one for "
+                               f"{len(candidates)} formulae" + (f", relaxed ({steps} steps max)" if steps else "")
+                               + (f"; dropped {len(dropped)} formulae with nothing plausible" if dropped else ""))],
+        "timings": [{"step": "score+relax", "seconds": round(time.time() - started, 2)}],
+    }
+
+
+def good_candidates(candidates: list[dict]) -> list[dict]:
+    """Candidates that pass every verdict (plausible, CIF- and structurally valid, charge balanced)."""
+    return [
+        c for c in candidates
+        if c["plausible"] and c["checks"]["cif_valid"] and c["checks"]["structurally_valid"] and c["checks"]["charge_balanced"] is not False
+    ]
+
+
+def after_score(state: SearchState) -> str:
+    """Stop when enough good candidates exist or the budget is spent; else widen the search."""
+    spec = _spec(state)
+    good = len(good_candidates(state.get("candidates", [])))
+    if good >= spec.n_results or _out_of_time(state):
+        return "report"
+    if state.get("survivors"):
+        return "generate"
+    return "propose" if state["round"] < spec.budget.rounds else "report"
+
+
+def _stop_reason(state: SearchState) -> str:
+    spec = _spec(state)
+    good = len(good_candidates(state.get("candidates", [])))
+    if good >= spec.n_results:
+        return f"{good} good candidates reached the {spec.n_results} requested"
+    if _out_of_time(state):
+        return f"time budget of {spec.budget.seconds:g} s spent with {good} good candidates"
+    return f"proposal rounds exhausted ({state.get('round', 0)} of {spec.budget.rounds}) with {good} good candidates"
+
+
+def report(state: SearchState) -> dict:
+    """Rank candidates (energy above hull, then formation energy) and close the search."""
+    ranked = sorted(
+        state.get("candidates", []),
+        key=lambda c: (c not in good_candidates([c]), c["e_above_hull"] if c["e_above_hull"] is not None else 9.0,
+                       c["formation_energy_per_atom"]),
+    )
+    return {
+        "candidates": [],  # accumulated already; the ranked view is computed by results()
+        "decisions": [decision(state, "report", "stop", _stop_reason(state))],
+        "next_step": "done",
+        "ranked": ranked,
+    }
+
+
+def build_graph(planner: Planner | None = None, checkpointer=None):
+    """Compile the search graph (optionally with a checkpointer, for resumable chat threads)."""
+    planner = planner or default_planner()
+    graph = StateGraph(SearchState)
+    graph.add_node("understand", partial(understand, planner=planner))
+    graph.add_node("propose", partial(propose, planner=planner))
+    graph.add_node("generate", generate)
+    graph.add_node("score", score)
+    graph.add_node("report", report)
+    graph.add_edge(START, "understand")
+    graph.add_conditional_edges("understand", lambda s: END if s.get("error") else "propose", ["propose", END])
+    graph.add_conditional_edges("propose", after_screen, ["propose", "generate", "report", END])
+    graph.add_edge("generate", "score")
+    graph.add_conditional_edges("score", after_score, ["propose", "generate", "report"])
+    graph.add_edge("report", END)
+    return graph.compile(checkpointer=checkpointer)
