@@ -116,6 +116,21 @@ def _print_candidates(result) -> None:
 
 
 @app.command()
+def chat(
+    thread: Annotated[str, typer.Option("--thread", help="Conversation to resume (created if new).")] = "default",
+    proposals: Annotated[int, typer.Option("--proposals", "-H", min=1, max=500)] = 20,
+    formulas: Annotated[int, typer.Option("--formulas", "-W", min=1, max=100)] = 5,
+    structures: Annotated[int, typer.Option("--structures", "-L", min=1, max=100)] = 4,
+    relax_steps: Annotated[int, typer.Option(min=0, max=2000)] = 100,
+) -> None:
+    """Chat with genms: ask questions, check and score structures, run searches (Ctrl-C stops a step)."""
+    from agent.chat import run_chat
+
+    budget = {"proposals": proposals, "formulas": formulas, "structures_per_formula": structures, "relax_steps": relax_steps}
+    run_chat(console, thread, budget)
+
+
+@app.command()
 def doctor(as_json: JsonOption = False) -> None:
     """Report Python, torch, CHGNet weights, data, API key, and which features run offline."""
     from agent.doctor import diagnose

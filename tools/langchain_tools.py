@@ -81,6 +81,19 @@ def _generate_template(formula: str, family: str | None = None, n: int = 4, seed
     ]
 
 
+class DescribeFamilyInput(BaseModel):
+    name: str = Field(min_length=1, max_length=60, description="Crystal family, e.g. 'spinel', 'double perovskite'.")
+
+
+def _describe_family(name: str) -> dict:
+    from tools.families import get_family
+
+    try:
+        return get_family(name).as_dict()
+    except KeyError as exc:
+        return {"error": str(exc).strip("'\"")}
+
+
 def _check_formulas(formulas: list[str], exclude: list[str] | None = None) -> list[dict]:
     return check_formulas(formulas, exclude=exclude or [])
 
@@ -149,8 +162,17 @@ generate_template_tool = StructuredTool.from_function(
 )
 
 
+describe_family_tool = StructuredTool.from_function(
+    func=_describe_family,
+    name="describe_family",
+    description="Describe a crystal family of the catalogue: templates, site roles, prototypes, space groups, uses.",
+    args_schema=DescribeFamilyInput,
+)
+
+
 def chemistry_tools() -> list[BaseTool]:
     """The tools of this module, for binding to a chat model."""
     return [
         check_formulas_tool, check_structure_tool, score_structures_tool, propose_formulas_tool, generate_template_tool,
+        describe_family_tool,
     ]

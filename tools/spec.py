@@ -206,7 +206,8 @@ def _excluded(text: str, start: int, end: int) -> bool:
     return bool(re.search(_NEGATION + r"\b(?:[^,]*?)(?:,|\band\b|\bor\b|\s|[A-Za-z-])*$", clause, re.IGNORECASE))
 
 
-def _family(text: str) -> str | None:
+def family_mentioned(text: str) -> str | None:
+    """The catalogue family a text names (the longest alias wins), or None."""
     lowered = text.lower().replace("-", " ")
     best = None
     for family in FAMILIES:
@@ -325,7 +326,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     band_gap, tolerance, electronic = _band_gap(text)
     fields = {
         "request": text.strip(),
-        "family": _family(text),
+        "family": family_mentioned(text),
         "stoichiometry": re.sub(r"\s", "", ratio.group(1)) if ratio else None,
         "required_elements": sorted(required),
         "allowed_elements": sorted(allowed) if allowed else None,

@@ -1,0 +1,171 @@
+"""The offline planner as a LangChain chat model: deterministic rules that emit tool calls.
+
+It reads the user's last message and calls the tool that fits (a formula question ->
+``check_formulas``, a CIF file -> ``check_structure`` or ``score_structures``, "propose" ->
+``propose_formulas``, a crystal request -> ``search_materials``), then turns the tool's result
+into a short answer. The same agent graph runs it or Claude; nothing downstream can tell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from tools.formula import is_valid_formula
+from tools.spec import RequestNotUnderstood, SpecConflict, family_mentioned, parse_request
+
+HELP = (
+    "I can check formulas ('is LiMn2O4 known?'), check or score a CIF file ('score examples/SrTiO3.cif'), "
+    "propose formulas ('propose a lead-free halide perovskite'), and run a full search "
+    "('find a novel spinel oxide containing Mn'). I am the offline planner: no network needed."
+)
+_FORMULA = re.compile(r"\b(?:[A-Z][a-z]?\d*(?:\.\d+)?){2,}\b|\b[A-Z][a-z]?\d+\b")
+_SEARCH_WORDS = re.compile(r"\b(find|search|generate|give me|i want|i need|looking for|discover|design|suggest)\b", re.I)
+
+
+def _formulas(text: str) -> list[str]:
+    return [token for token in _FORMULA.findall(text) if is_valid_formula(token) and not token.isupper()]
+
+
+def _cif_paths(text: str) -> list[str]:
+    return [token for token in re.findall(r"[\w./~-]+\.(?:cif|vasp)\b|[\w./~-]*POSCAR\w*", text) if Path(token).expanduser().is_file()]
+
+
+def _tool_call(name: str, arguments: dict) -> AIMessage:
+    return AIMessage(content="", tool_calls=[{"name": name, "args": arguments, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}])
+
+
+_QUESTION = re.compile(r"^\s*(what|which|how|why|explain|tell me|describe|is|are|does|do|can)\b", re.I)
+
+
+def _understood(text: str) -> tuple[bool, str | None]:
+    """(the text reads as a search request, the conflict that stops it if any)."""
+    try:
+        parse_request(text)
+        return True, None
+    except SpecConflict as exc:
+        return False, str(exc)
+    except RequestNotUnderstood:
+        return False, None
+
+
+def plan(text: str) -> AIMessage:
+    """The tool call (or direct answer) for one user message."""
+    paths = _cif_paths(text)
+    if paths:
+        cifs = [Path(p).expanduser().read_text(errors="replace") for p in paths]
+        if re.search(r"\b(score|energy|energies|relax|stable|stability|hull)\b", text, re.I):
+            return _tool_call("score_structures", {"cifs": cifs, "relax": bool(re.search(r"\brelax", text, re.I))})
+        return _tool_call("check_structure", {"cif": cifs[0]})
+    if re.search(r"\bpropose\b", text, re.I):
+        return _tool_call("propose_formulas", {"request": text, "n": 20})
+    formulas = _formulas(text)
+    if _QUESTION.search(text) or (formulas and not _SEARCH_WORDS.search(text)):
+        if formulas:
+            return _tool_call("check_formulas", {"formulas": formulas})
+        family = family_mentioned(text)
+        return _tool_call("describe_family", {"name": family}) if family else AIMessage(content=HELP)
+    searchable, conflict = _understood(text)
+    if searchable:
+        return _tool_call("search_materials", {"request": text})
+    return AIMessage(content=f"I cannot search for that: {conflict}" if conflict else HELP)
+
+
+def _summarise_formulas(reports: list[dict]) -> str:
+    lines = []
+    for r in reports:
+        if not r["valid"]:
+            lines.append(f"{r['input']}: not a valid formula ({r['error']}).")
+            continue
+        known = f"known in {', '.join(r['known_in'])}" if r["known_in"] else "not in MP, ICSD or OQMD (novel)"
+        states = ", ".join(f"{el} {'/'.join(f'{q:+d}' for q in qs)}" for el, qs in (r["oxidation_states"] or {}).items())
+        balance = f"charge balanced ({states})" if r["charge_balanced"] else "not charge balanced"
+        families = f"; fits {', '.join(r['families'])}" if r["families"] else ""
+        lines.append(f"{r['reduced_formula']}: {known}; {balance}{families}.")
+    return "\n".join(lines)
+
+
+def _summarise_scores(reports: list[dict]) -> str:
+    lines = []
+    for r in reports:
+        if r.get("energy_per_atom") is None:
+            lines.append(f"{r['label']}: not scored ({r['reason']}).")
+            continue
+        hull = "unknown" if r["e_above_hull"] is None else f"{r['e_above_hull']:.3f} eV/atom"
+        verdict = "plausible" if r["plausible"] else f"implausible ({r['reason']})"
+        lines.append(f"{r['reduced_formula']}: E_f {r['formation_energy_per_atom']:.3f} eV/atom, E_hull {hull}, {verdict}.")
+    return "\n".join(lines)
+
+
+def _summarise_search(result: dict) -> str:
+    if result.get("error"):
+        return f"I could not search for that: {result['error']}"
+    good = [c for c in result["candidates"] if c["plausible"]]
+    lines = [f"Search finished in {result['seconds']:.0f} s with {len(good)} good candidates (planner {result['planner']})."]
+    for rank, c in enumerate(result["candidates"][:10], start=1):
+        hull = "-" if c["e_above_hull"] is None else f"{c['e_above_hull']:.3f}"
+        known = ", ".join(c["known_in"] or []) or "novel"
+        lines.append(f"{rank}. {c['reduced_formula']} ({c['family']}, {c['checks']['spacegroup_symbol']}): "
+                     f"E_f {c['formation_energy_per_atom']:.3f} eV/atom, E_hull {hull} eV/atom, {known}")
+    if result.get("files"):
+        lines.append(f"Files: {result['files']['results']}")
+    return "\n".join(lines)
+
+
+def summarise(tool_name: str, content: str) -> str:
+    """A short answer from a tool's JSON result."""
+    try:
+        result = json.loads(content)
+    except json.JSONDecodeError:
+        return content
+    if isinstance(result, dict) and result.get("error") and tool_name != "search_materials":
+        return f"That did not work: {result['error']}"
+    if tool_name == "check_formulas":
+        return _summarise_formulas(result)
+    if tool_name == "score_structures":
+        return _summarise_scores(result)
+    if tool_name == "check_structure":
+        r = result
+        if not r["cif_valid"]:
+            return f"Not a readable structure: {r['error']}"
+        return (f"{r['reduced_formula']}: {r['n_sites']} sites, space group {r['spacegroup_symbol']} ({r['spacegroup_number']}), "
+                f"shortest distance {r['min_distance']} Å, {'valid' if r['structurally_valid'] else 'invalid: ' + str(r['error'])}, "
+                f"composition {'valid' if r['composition_valid'] else 'invalid'}, known in {', '.join(r['known_in']) or 'none'}.")
+    if tool_name == "propose_formulas":
+        passed = [p for p in result["proposals"] if p["passed"]]
+        head = f"Proposed {len(result['proposals'])} formulas for '{result['spec']}'; {len(passed)} pass the screen:"
+        return "\n".join([head] + [f"- {p['formula']} (score {p['score']:.2f}): {p['rationale']}" for p in passed[:10]])
+    if tool_name == "search_materials":
+        return _summarise_search(result)
+    if tool_name == "describe_family":
+        templates = ", ".join(f"{t['name']} ({t['ratio']})" for t in result["templates"])
+        return (f"{result['title']}: {result['description']} Templates: {templates}. Roles: {result['roles']} "
+                f"Prototypes: {'; '.join(result['prototypes'])}. Typical space groups: {', '.join(map(str, result['spacegroups']))}.")
+    return content
+
+
+class OfflineChatModel(BaseChatModel):
+    """Deterministic stand-in for Claude: same messages in, same kinds of tool calls out."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "genms-offline-planner"
+
+    def bind_tools(self, tools, **kwargs):
+        return self
+
+    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs) -> ChatResult:
+        last = messages[-1]
+        if isinstance(last, ToolMessage):
+            message = AIMessage(content=summarise(last.name or "", str(last.content)))
+        elif isinstance(last, HumanMessage):
+            message = plan(str(last.content))
+        else:
+            message = AIMessage(content=HELP)
+        return ChatResult(generations=[ChatGeneration(message=message)])

@@ -1,0 +1,120 @@
+"""genms chat: driven through a pseudo-terminal like a user, and the Claude path via a fake server."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+from agent.chat import build_chat_agent, chat_model, close_dangling_tool_calls, last_search, open_checkpointer
+from agent.chat_model import OfflineChatModel, plan
+from fake_anthropic import message, text, tool_use
+from tools.langchain_tools import chemistry_tools
+
+GENMS = shutil.which("genms") or str(Path(sys.executable).parent / "genms")
+
+
+def spawn(home: Path, thread: str) -> pexpect.spawn:
+    env = {**os.environ, "GENMS_HOME": str(home), "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
+    env.pop("ANTHROPIC_API_KEY", None)
+    args = ["chat", "--thread", thread, "-H", "10", "-W", "2", "-L", "1", "--relax-steps", "10"]
+    return pexpect.spawn(GENMS, args, env=env, encoding="utf-8", timeout=240, dimensions=(50, 200))
+
+
+def test_chat_session_through_a_terminal(tmp_path):
+    session = spawn(tmp_path, "lab")
+    session.expect("offline planner")
+    session.expect("you> ")
+    session.sendline("is LiMn2O4 known?")
+    session.expect("known in MP, ICSD")
+    session.expect("you> ")
+    session.sendline("find three novel pyrochlore oxides")
+    session.expect("calling search_materials")
+    session.expect(r"Search finished in \d+ s with \d+ good candidates")
+    session.expect("you> ")
+    session.sendline("/quit")
+    session.expect(pexpect.EOF)
+    session.close()
+    assert session.exitstatus == 0
+
+    resumed = spawn(tmp_path, "lab")
+    resumed.expect(r"thread lab; (\d+) earlier messages")
+    assert int(resumed.match.group(1)) >= 6
+    resumed.expect("you> ")
+    resumed.sendline("/history")
+    resumed.expect("you: is LiMn2O4 known")
+    resumed.expect("you> ")
+    resumed.sendline("/results")
+    resumed.expect(r"good candidates")
+    resumed.expect("you> ")
+    resumed.sendline(f"/save {tmp_path / 'saved'}")
+    resumed.expect("saved")
+    resumed.expect("you> ")
+    resumed.sendline("/quit")
+    resumed.expect(pexpect.EOF)
+    saved = json.loads((tmp_path / "saved" / "results.json").read_text())
+    assert saved["spec"]["family"] == "pyrochlore" and saved["decisions"]
+
+
+@pytest.mark.parametrize(
+    ("message_text", "tool"),
+    [
+        ("is LiMn2O4 known?", "check_formulas"),
+        ("Are SrTiO3 and CaTiO3 in the Materials Project?", "check_formulas"),
+        ("what is a garnet?", "describe_family"),
+        ("find a novel spinel oxide containing Mn", "search_materials"),
+        ("propose a lead-free halide perovskite", "propose_formulas"),
+    ],
+)
+def test_offline_planner_routes_messages(message_text, tool):
+    assert plan(message_text).tool_calls[0]["name"] == tool
+
+
+def test_offline_planner_explains_what_it_cannot_do():
+    assert "I can check formulas" in plan("make me a sandwich").content
+    assert "cannot search" in plan("find a spinel without oxygen, sulphur, selenium or any anion").content
+
+
+def test_thread_survives_an_interrupted_tool_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENMS_HOME", str(tmp_path))
+    agent = build_chat_agent(OfflineChatModel(), chemistry_tools(), open_checkpointer(tmp_path / "c.sqlite"))
+    config = {"configurable": {"thread_id": "t"}}
+    call = {"name": "check_formulas", "args": {"formulas": ["NaCl"]}, "id": "call_1", "type": "tool_call"}
+    agent.update_state(config, {"messages": [HumanMessage("is NaCl known?"), AIMessage("", tool_calls=[call])]}, as_node="agent")
+    close_dangling_tool_calls(agent, config)
+    messages = agent.get_state(config).values["messages"]
+    assert isinstance(messages[-1], ToolMessage) and messages[-1].content == "interrupted by the user"
+    reply = agent.invoke({"messages": [HumanMessage("is NaCl known?")]}, config)
+    assert "NaCl: known in MP" in reply["messages"][-1].content
+    assert last_search(reply["messages"]) is None
+
+
+def _claude_turns(body):
+    """First turn: call check_formulas; after the tool result: answer in text."""
+    last = body["messages"][-1]
+    blocks = last["content"] if isinstance(last["content"], list) else []
+    results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+    if results:
+        data = results[0]["content"]
+        data = data if isinstance(data, str) else json.dumps(data)
+        return message([text(f"From the tool: {'known' if 'MP' in data else 'novel'}.")])
+    names = [tool["name"] for tool in body.get("tools", [])]
+    assert "check_formulas" in names and "score_structures" in names
+    return message([text("Let me check."), tool_use("check_formulas", {"formulas": ["LiMn2O4"]})], stop_reason="tool_use")
+
+
+def test_claude_chat_with_tool_use_turns(anthropic_env, tmp_path):
+    server = anthropic_env(_claude_turns)
+    model = chat_model()
+    assert type(model).__name__ == "ChatAnthropic"
+    agent = build_chat_agent(model, chemistry_tools(), open_checkpointer(tmp_path / "c.sqlite"))
+    reply = agent.invoke({"messages": [HumanMessage("is LiMn2O4 known?")]}, {"configurable": {"thread_id": "x"}})
+    assert reply["messages"][-1].content == "From the tool: known."
+    tool_result = next(m for m in reply["messages"] if isinstance(m, ToolMessage))
+    assert json.loads(tool_result.content)[0]["known_in"] == ["MP", "ICSD", "OQMD"]
+    assert len(server.requests) == 2
+    assert server.requests[0]["body"]["system"]  # the system prompt travels as Anthropic's system field
