@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.render import mark as _mark
+from agent.render import number as _number
+
 app = typer.Typer(help="genms: ask for crystals in plain language; check, rank and validate them.", no_args_is_help=True)
 formula_app = typer.Typer(help="Check chemical formulas.", no_args_is_help=True)
 structure_app = typer.Typer(help="Check crystal structures (CIF files).", no_args_is_help=True)
@@ -29,10 +32,6 @@ def _emit_json(payload: object) -> None:
     typer.echo(json.dumps(payload, indent=2, allow_nan=False))
 
 
-def _mark(value: object) -> str:
-    if value is None:
-        return "[dim]-[/dim]"
-    return "[green]yes[/green]" if value else "[red]no[/red]"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -103,16 +102,9 @@ def search(
 
 
 def _print_candidates(result) -> None:
-    table = Table(title=f"{len(result.good)} good candidates for: {result.request}  ({result.seconds:.0f} s, planner {result.planner})")
-    for column in ("rank", "formula", "family / prototype", "E_f (eV/atom)", "E_hull (eV/atom)", "space group", "known in", "plausible"):
-        table.add_column(column)
-    for rank, c in enumerate(result.candidates, start=1):
-        table.add_row(
-            str(rank), c["reduced_formula"], f"{c['family']} / {c['prototype']}", _number(c["formation_energy_per_atom"]),
-            _number(c["e_above_hull"]), c["checks"]["spacegroup_symbol"] or "-", ", ".join(c["known_in"] or []) or "novel",
-            _mark(c["plausible"]),
-        )
-    console.print(table)
+    from agent.render import candidates_table
+
+    console.print(candidates_table(result.as_dict()))
 
 
 @app.command()
@@ -324,10 +316,6 @@ def score(
         _print_score_table(reports, relax)
     if reports and not any(r["plausible"] for r in reports):
         raise typer.Exit(1)
-
-
-def _number(value: object, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _print_score_table(reports: list[dict], relaxed: bool) -> None:

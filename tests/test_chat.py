@@ -118,3 +118,19 @@ def test_claude_chat_with_tool_use_turns(anthropic_env, tmp_path):
     assert json.loads(tool_result.content)[0]["known_in"] == ["MP", "ICSD", "OQMD"]
     assert len(server.requests) == 2
     assert server.requests[0]["body"]["system"]  # the system prompt travels as Anthropic's system field
+
+
+def test_ctrl_c_interrupts_the_step_not_the_session(tmp_path):
+    session = spawn(tmp_path, "busy")
+    session.expect("you> ")
+    session.sendline("find ten novel spinel oxides")
+    session.expect("calling search_materials")
+    session.expect("understand: search")
+    session.sendintr()
+    session.expect("interrupted")
+    session.expect("you> ")
+    session.sendline("is NaCl known?")
+    session.expect("NaCl: known in MP")
+    session.expect("you> ")
+    session.sendline("/quit")
+    session.expect(pexpect.EOF)

@@ -1,0 +1,30 @@
+"""Rich renderings shared by the command line and the chat."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def number(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def mark(value: object) -> str:
+    if value is None:
+        return "[dim]-[/dim]"
+    return "[green]yes[/green]" if value else "[red]no[/red]"
+
+
+def candidates_table(result: dict) -> Table:
+    """Ranked candidates of a search result (``SearchResult.as_dict()``)."""
+    good = sum(1 for c in result["candidates"] if c["plausible"])
+    table = Table(title=f"{good} good candidates for: {result['request']}  ({result['seconds']:.0f} s, planner {result['planner']})")
+    for column in ("rank", "formula", "family / prototype", "E_f (eV/atom)", "E_hull (eV/atom)", "space group", "known in", "plausible"):
+        table.add_column(column)
+    for rank, c in enumerate(result["candidates"], start=1):
+        table.add_row(
+            str(rank), c["reduced_formula"], f"{c['family']} / {c['prototype']}", number(c["formation_energy_per_atom"]),
+            number(c["e_above_hull"]), c["checks"]["spacegroup_symbol"] or "-", ", ".join(c["known_in"] or []) or "novel",
+            mark(c["plausible"]),
+        )
+    return table
