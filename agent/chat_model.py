@@ -111,7 +111,7 @@ def _summarise_search(result: dict) -> str:
     for rank, c in enumerate(result["candidates"][:10], start=1):
         hull = "-" if c["e_above_hull"] is None else f"{c['e_above_hull']:.3f}"
         known = ", ".join(c["known_in"] or []) or "novel"
-        lines.append(f"{rank}. {c['reduced_formula']} ({c['family']}, {c['checks']['spacegroup_symbol']}): "
+        lines.append(f"{rank}. {c['formula']} ({c['family']}, {c['checks']['spacegroup_symbol']}): "
                      f"E_f {c['formation_energy_per_atom']:.3f} eV/atom, E_hull {hull} eV/atom, {known}")
     if result.get("files"):
         lines.append(f"Files: {result['files']['results']}")

@@ -138,7 +138,7 @@ def _candidate(item: dict, generated: dict, report: dict, relaxed: dict | None) 
     cif = final.get("relaxed_cif") or report["cif"]
     checks = check_structure_text(cif, "candidate.cif")
     return {
-        "formula": item["formula"],
+        "formula": parse_formula(item["reduced_formula"]).plain_formula,
         "reduced_formula": item["reduced_formula"],
         "rationale": item["rationale"],
         "screen_score": item["score"],

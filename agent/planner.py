@@ -7,11 +7,14 @@ rejection reasons fed back on re-proposal rounds, and any Claude failure falls b
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from tools.claude_proposer import claude_configured, propose
+
+log = logging.getLogger(__name__)
 from tools.proposer import Proposal, propose_offline
-from tools.spec import SearchSpec, parse_request
+from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict, parse_request, spec_conflicts
 
 
 @dataclass
@@ -25,7 +28,19 @@ class Planner:
         return "claude" if self.use_claude else "offline"
 
     def understand(self, request: str, **overrides) -> SearchSpec:
-        """The request as a spec (raises RequestNotUnderstood / SpecConflict with an explanation)."""
+        """The request as a spec (raises RequestNotUnderstood / SpecConflict with an explanation).
+
+        Claude reads the request into the spec's schema when it is the planner; its spec is
+        validated like any other and checked for conflicts. If Claude fails or is unsure
+        (nothing searchable), the rule-based parser decides.
+        """
+        if self.use_claude:
+            try:
+                return _claude_spec(request, overrides)
+            except (RequestNotUnderstood, SpecConflict):
+                raise
+            except Exception as exc:  # network, timeout, invalid structured output
+                log.warning("Claude could not read the request, using the rule-based parser: %s", exc)
         return parse_request(request, **overrides)
 
     def propose(self, spec: SearchSpec, n: int, seed: int, avoid: set[str], feedback: list[str]) -> tuple[list[Proposal], str]:
@@ -35,6 +50,27 @@ class Planner:
         context = [f"Earlier proposals were rejected: {'; '.join(feedback)}"] if feedback else []
         proposals, proposer = propose(spec, n, seed=seed, context=context, use_claude=True)
         return [p for p in proposals if p.formula not in avoid], proposer
+
+
+def _claude_spec(request: str, overrides: dict) -> SearchSpec:
+    """Claude fills the SearchSpec schema; the result is validated and checked for conflicts."""
+    from tools.claude_proposer import chat_model
+    from tools.families import FAMILIES
+
+    prompt = (
+        "Read this materials request into the schema. Families: " + ", ".join(f.name for f in FAMILIES) + ". "
+        "Use element symbols. Leave fields empty when the request does not say. "
+        f"Request: {request}"
+    )
+    spec = chat_model().with_structured_output(SearchSpec).invoke(prompt)
+    spec = SearchSpec(**{**spec.model_dump(exclude={"budget", "seed"}), **overrides, "request": request})
+    if not any([spec.family, spec.stoichiometry, spec.required_elements, spec.allowed_elements, spec.anion_class,
+                spec.band_gap, spec.electronic, spec.spacegroup]):
+        return parse_request(request, **overrides)  # raises RequestNotUnderstood with the explanation
+    problems = spec_conflicts(spec)
+    if problems:
+        raise SpecConflict("the request cannot be satisfied: " + "; ".join(problems))
+    return spec
 
 
 def default_planner() -> Planner:

@@ -23,7 +23,7 @@ def candidates_table(result: dict) -> Table:
         table.add_column(column)
     for rank, c in enumerate(result["candidates"], start=1):
         table.add_row(
-            str(rank), c["reduced_formula"], f"{c['family']} / {c['prototype']}", number(c["formation_energy_per_atom"]),
+            str(rank), c["formula"], f"{c['family']} / {c['prototype']}", number(c["formation_energy_per_atom"]),
             number(c["e_above_hull"]), c["checks"]["spacegroup_symbol"] or "-", ", ".join(c["known_in"] or []) or "novel",
             mark(c["plausible"]),
         )

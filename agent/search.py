@@ -88,7 +88,7 @@ def write_results(result: SearchResult, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
     for rank, candidate in enumerate(result.candidates, start=1):
-        path = out / "cifs" / f"{rank:02d}_{candidate['reduced_formula']}.cif"
+        path = out / "cifs" / f"{rank:02d}_{candidate['formula']}.cif"
         _atomic_write(path, candidate["cif"])
         candidate["cif_path"] = str(path.relative_to(out))
     _atomic_write(out / "results.json", json.dumps(result.as_dict(), indent=2, allow_nan=False) + "\n")
@@ -110,7 +110,7 @@ def markdown_report(result: SearchResult) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for rank, c in enumerate(result.candidates, start=1):
         lines.append(
-            f"| {rank} | {c['reduced_formula']} | {c['family']} / {c['prototype']} | {_number(c['formation_energy_per_atom'])} | "
+            f"| {rank} | {c['formula']} | {c['family']} / {c['prototype']} | {_number(c['formation_energy_per_atom'])} | "
             f"{_number(c['e_above_hull'])} | {c['checks']['spacegroup_symbol'] or '-'} | {', '.join(c['known_in'] or []) or 'novel'} | "
             f"{'yes' if c['plausible'] else 'no: ' + str(c['reason'])} |"
         )
@@ -119,5 +119,5 @@ def markdown_report(result: SearchResult) -> str:
     if result.dropped:
         lines += ["", "## Dropped formulae", ""] + [f"- {d['formula']}: {d['reason']}" for d in result.dropped]
     lines += ["", "## Candidates", ""]
-    lines += [f"- **{c['reduced_formula']}**: {c['rationale']}" for c in result.candidates]
+    lines += [f"- **{c['formula']}**: {c['rationale']}" for c in result.candidates]
     return "\n".join(lines) + "\n"

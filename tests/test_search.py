@@ -35,13 +35,18 @@ def assert_good(candidate, out):
     return structure
 
 
-def test_novel_manganese_spinels(tmp_path):
-    code, result = search("a novel spinel oxide containing Mn", tmp_path)
+def good_of(request, out, at_least=3):
+    """Run a search and return its plausible candidates, each checked by :func:`assert_good`."""
+    code, result = search(request, out)
     assert code == 0
     good = [c for c in result["candidates"] if c["plausible"]]
-    assert len(good) >= 3
-    for candidate in good:
-        structure = assert_good(candidate, tmp_path)
+    assert len(good) >= at_least
+    return [(candidate, assert_good(candidate, out)) for candidate in good]
+
+
+def test_novel_manganese_spinels(tmp_path):
+    good = good_of("a novel spinel oxide containing Mn", tmp_path)
+    for candidate, structure in good:
         amounts = parse_formula(candidate["reduced_formula"]).reduced_amounts
         assert sorted(amounts.values()) == [1, 2, 4] and amounts.get("O") == 4 and "Mn" in amounts
         assert not {"MP", "ICSD"} & set(check_formula(candidate["reduced_formula"])["known_in"])
@@ -52,26 +57,16 @@ def test_novel_manganese_spinels(tmp_path):
     assert all(d["reason"] for d in saved["decisions"])
     assert saved["spec"]["family"] == "spinel" and saved["timings"]
     report = (tmp_path / "report.md").read_text()
-    assert "## Decisions" in report and good[0]["reduced_formula"] in report
+    assert "## Decisions" in report and good[0][0]["formula"] in report
 
 
 def test_pyrochlore_oxides(tmp_path):
-    code, result = search("a pyrochlore oxide", tmp_path)
-    assert code == 0
-    good = [c for c in result["candidates"] if c["plausible"]]
-    assert len(good) >= 3
-    for candidate in good:
-        assert_good(candidate, tmp_path)
+    for candidate, _ in good_of("a pyrochlore oxide", tmp_path):
         assert candidate["family"] == "pyrochlore" and candidate["checks"]["spacegroup_number"] == 227
 
 
 def test_bismuth_perovskites_not_in_mp(tmp_path):
-    code, result = search("a perovskite containing Bi that is not in the Materials Project", tmp_path)
-    assert code == 0
-    good = [c for c in result["candidates"] if c["plausible"]]
-    assert len(good) >= 3
-    for candidate in good:
-        assert_good(candidate, tmp_path)
+    for candidate, _ in good_of("a perovskite containing Bi that is not in the Materials Project", tmp_path):
         assert "Bi" in parse_formula(candidate["reduced_formula"]).reduced_amounts
         assert "MP" not in check_formula(candidate["reduced_formula"])["known_in"]
 
@@ -87,3 +82,35 @@ def test_requests_that_cannot_be_searched(tmp_path, request_text, kind):
     assert "Not searched" in (tmp_path / "report.md").read_text()
     human = runner.invoke(app, ["search", request_text])
     assert human.exit_code == 1 and "not searched" in human.output
+
+
+def test_search_with_the_claude_planner(anthropic_env):
+    from agent.planner import Planner, default_planner
+    from agent.search import run_search
+    from fake_anthropic import message, tool_use
+
+    def respond(body):
+        tool = body["tools"][0]["name"]
+        if tool == "SearchSpec":  # the planner reads the request
+            spec = {"family": "spinel", "anion_class": "oxide", "required_elements": ["Mn"], "novel_against": ["MP", "ICSD"]}
+            return message([tool_use(tool, spec)], stop_reason="tool_use")
+        proposals = [{"formula": f, "rationale": "fake Claude", "confidence": 0.8} for f in ("MnGa2O4", "MnAl2O4", "Qq2O4")]
+        return message([tool_use(tool, {"proposals": proposals})], stop_reason="tool_use")
+
+    server = anthropic_env(respond)
+    assert default_planner().name == "claude"
+    budget = {"proposals": 3, "formulas": 1, "structures_per_formula": 1, "relax_steps": 0, "rounds": 1}
+    result = run_search("a novel spinel oxide containing Mn", {"budget": budget, "n_results": 1}, planner=Planner(use_claude=True))
+    assert len(server.requests) == 2 and result.planner == "claude"
+    assert result.spec["family"] == "spinel" and result.spec["required_elements"] == ["Mn"]
+    screen_reason = next(d["reason"] for d in result.decisions if d["step"] == "screen")
+    assert screen_reason.startswith("claude proposer: 3 formulae, 1 passed")
+    assert [c["formula"] for c in result.good] == ["MnGa2O4"]
+
+
+def test_claude_planner_falls_back_to_the_rules(anthropic_env):
+    from agent.planner import Planner
+
+    anthropic_env(lambda body: {}, status=500)
+    spec = Planner(use_claude=True).understand("a pyrochlore oxide not in the Materials Project")
+    assert spec.family == "pyrochlore" and spec.novel_against == ["MP"]

@@ -71,7 +71,7 @@ class ChargeBalance:
 
 
 @lru_cache(maxsize=1)
-def _species_log_probability() -> dict[tuple[str, int], float]:
+def species_log_probability() -> dict[tuple[str, int], float]:
     """log(share of an element's ICSD24 occurrences in each oxidation state), for ranking."""
     table = ICSD24OxStatesFilter().get_species_occurrences_df(consensus=_ICSD24_FILTER["consensus"])
     log_p = {}
@@ -103,7 +103,7 @@ def _best_assignment(symbols: tuple[str, ...], counts: tuple[int, ...]):
     Returns ``(states, pauling_ok, log_probability)`` or ``None`` when no assignment of one
     state per species is neutral.
     """
-    log_p, rare = _species_log_probability(), math.log(1e-5)
+    log_p, rare = species_log_probability(), math.log(1e-5)
     options = [oxidation_states(s) for s in symbols]
     # Total charge of every assignment at once (an outer sum over the species' choices).
     total = np.zeros((), dtype=np.int64)

@@ -82,7 +82,8 @@ class CrystalFamily:
     description: str
     aliases: tuple[str, ...] = ()
 
-    def _site_accepts(self, site: Site, symbol: str) -> bool:
+    def site_accepts(self, site: Site, symbol: str) -> bool:
+        """May this element sit on this site of the family's template (role, anions, element list)?"""
         if site.elements is not None and symbol not in site.elements:
             return False
         if site.role == "anion":
@@ -106,7 +107,7 @@ class CrystalFamily:
             divisor = reduce(math.gcd, (site.count for site in template.sites))
             for order in itertools.permutations(amounts):
                 if all(
-                    amounts[symbol] == site.count // divisor and self._site_accepts(site, symbol)
+                    amounts[symbol] == site.count // divisor and self.site_accepts(site, symbol)
                     for symbol, site in zip(order, template.sites)
                 ):
                     found.append((template, {site.label: symbol for site, symbol in zip(template.sites, order)}))

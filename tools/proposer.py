@@ -60,10 +60,10 @@ class Proposal:
 @lru_cache(maxsize=1)
 def _state_shares() -> dict[str, list[tuple[int, float]]]:
     """Element -> [(oxidation state, share of ICSD occurrences)], commonest first."""
-    from tools.composition import _species_log_probability
+    from tools.composition import species_log_probability
 
     shares: dict[str, list[tuple[int, float]]] = {}
-    for (symbol, charge), log_p in _species_log_probability().items():
+    for (symbol, charge), log_p in species_log_probability().items():
         shares.setdefault(symbol, []).append((charge, math.exp(log_p)))
     return {el: sorted(states, key=lambda s: -s[1]) for el, states in shares.items()}
 
@@ -105,7 +105,7 @@ def _site_elements(spec: SearchSpec, family: CrystalFamily | None, site: Site) -
         anions = spec.anions()
         candidates = anions if anions is not None else (family.anions if family and family.anions else ALL_ANIONS)
     else:
-        candidates = [el for el in cation_pool() if family is None or family._site_accepts(site, el)]
+        candidates = [el for el in cation_pool() if family is None or family.site_accepts(site, el)]
     return sorted(el for el in candidates if el not in excluded and (allowed is None or el in allowed))
 
 

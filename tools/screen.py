@@ -77,9 +77,9 @@ def _uniqueness(parsed: ParsedFormula, spec: SearchSpec) -> tuple[str | None, li
 
 def oxidation_state_score(balance: ChargeBalance) -> float:
     """Mean ICSD share of the oxidation states used (1 = all the commonest states)."""
-    from tools.composition import _species_log_probability
+    from tools.composition import species_log_probability
 
-    log_p = _species_log_probability()
+    log_p = species_log_probability()
     logs = [log_p.get((el, q), math.log(1e-4)) for el, qs in (balance.oxidation_states or {}).items() for q in set(qs)]
     return math.exp(sum(logs) / len(logs)) if logs else 0.0
 
