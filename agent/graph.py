@@ -19,7 +19,7 @@ from agent.planner import Planner, default_planner
 from agent.state import SearchState, decision
 from tools.checks import check_structure_text
 from tools.formula import parse_formula
-from tools.generation import GenerationError, generate_template
+from tools.generation import GenerationError, generate_any
 from tools.scoring import score_structures
 from tools.screen import screen
 from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict
@@ -104,14 +104,16 @@ def generate(state: SearchState) -> dict:
     spec = _spec(state)
     started = time.time()
     chosen, rest = state["survivors"][: spec.budget.formulas], state["survivors"][spec.budget.formulas :]
-    batches, dropped = [], []
+    batches, dropped, fallbacks = [], [], []
     for index, item in enumerate(chosen):
         _progress("generate", index, len(chosen), item["formula"])
         try:
-            structures = generate_template(item["formula"], family=spec.family, n=spec.budget.structures_per_formula, seed=spec.seed)
+            structures, fallback = generate_any(item["formula"], family=spec.family, n=spec.budget.structures_per_formula, seed=spec.seed)
         except GenerationError as exc:
-            dropped.append({"formula": item["formula"], "reason": f"template generator: {exc}"})
+            dropped.append({"formula": item["formula"], "reason": f"no generator could place it: {exc}"})
             continue
+        if fallback:
+            fallbacks.append(f"{item['formula']}: {fallback}")
         batches.append({
             "item": item,
             "structures": [
@@ -127,7 +129,8 @@ def generate(state: SearchState) -> dict:
         "dropped": dropped,
         "pending": batches,
         "decisions": [decision(state, "generate", "branch",
-                               f"{len(batches)} formulae x {spec.budget.structures_per_formula} structures (template generator)"
+                               f"{len(batches)} formulae x {spec.budget.structures_per_formula} structures"
+                               + (f"; switched generator for {len(fallbacks)}: " + "; ".join(fallbacks) if fallbacks else "")
                                + (f"; dropped {len(dropped)}: " + "; ".join(d['reason'] for d in dropped) if dropped else ""))],
         "timings": [{"step": "generate", "seconds": round(time.time() - started, 2)}],
     }
@@ -180,7 +183,7 @@ def score(state: SearchState) -> dict:
             if current is None or energy < current[2]["formation_energy_per_atom"]:
                 best[item["reduced_formula"]] = (item, generated, report, structure)
     dropped = [
-        {"formula": item["formula"], "reason": "no plausible structure from the template generator (no other generator available)"}
+        {"formula": item["formula"], "reason": "no plausible structure among the generated ones"}
         for batch in batches if (item := batch["item"])["reduced_formula"] not in best
     ]
     candidates = []
@@ -206,11 +209,18 @@ def score(state: SearchState) -> dict:
     }
 
 
+# eV/atom: further above the MP hull than this, a structure is no plausible stable crystal.
+MAX_E_ABOVE_HULL = 1.0
+
+
 def good_candidates(candidates: list[dict]) -> list[dict]:
-    """Candidates that pass every verdict (plausible, CIF- and structurally valid, charge balanced)."""
+    """Candidates that pass every verdict: plausible, CIF- and structurally valid, charge
+    balanced, and within ``MAX_E_ABOVE_HULL`` of the hull (when the hull is known)."""
     return [
         c for c in candidates
-        if c["plausible"] and c["checks"]["cif_valid"] and c["checks"]["structurally_valid"] and c["checks"]["charge_balanced"] is not False
+        if c["plausible"] and c["checks"]["cif_valid"] and c["checks"]["structurally_valid"]
+        and c["checks"]["charge_balanced"] is not False
+        and (c["e_above_hull"] is None or c["e_above_hull"] <= MAX_E_ABOVE_HULL)
     ]
 
 

@@ -17,7 +17,9 @@ def mark(value: object) -> str:
 
 def candidates_table(result: dict) -> Table:
     """Ranked candidates of a search result (``SearchResult.as_dict()``)."""
-    good = sum(1 for c in result["candidates"] if c["plausible"])
+    from agent.graph import good_candidates
+
+    good = len(good_candidates(result["candidates"]))
     table = Table(title=f"{good} good candidates for: {result['request']}  ({result['seconds']:.0f} s, planner {result['planner']})")
     for column in ("rank", "formula", "family / prototype", "E_f (eV/atom)", "E_hull (eV/atom)", "space group", "known in", "plausible"):
         table.add_column(column)

@@ -112,7 +112,7 @@ def markdown_report(result: SearchResult) -> str:
         lines.append(
             f"| {rank} | {c['formula']} | {c['family']} / {c['prototype']} | {_number(c['formation_energy_per_atom'])} | "
             f"{_number(c['e_above_hull'])} | {c['checks']['spacegroup_symbol'] or '-'} | {', '.join(c['known_in'] or []) or 'novel'} | "
-            f"{'yes' if c['plausible'] else 'no: ' + str(c['reason'])} |"
+            f"{'yes' if c in result.good else 'no: ' + str(c['reason'] or 'too far above the hull')} |"
         )
     lines += ["", "## Decisions", ""]
     lines += [f"- round {d['round']}, {d['elapsed_s']:.1f} s, **{d['step']}** -> {d['decision']}: {d['reason']}" for d in result.decisions]

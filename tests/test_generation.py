@@ -88,3 +88,18 @@ def test_generate_command(tmp_path):
     assert result.exit_code == 1 and "does not fit the garnet templates" in json.loads(result.stdout)["error"]
     result = runner.invoke(app, ["generate", "template", "Xx2O", "--json", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "unknown element" in json.loads(result.stdout)["error"]
+
+
+def test_random_symmetric_fallback_for_formulae_without_a_prototype():
+    from tools.generation import generate_any, generate_random
+
+    structures = generate_random("Li2MnO3", n=3, seed=2)
+    assert 1 <= len(structures) <= 3
+    for generated in structures:
+        assert generated.generator == "random_symmetric"
+        assert generated.structure.composition.reduced_formula == "Li2MnO3"
+        assert structural_validity(generated.structure).valid
+    chosen, note = generate_any("Li2Mn4O5", n=2)
+    assert chosen[0].generator == "random_symmetric" and "no prototype fits" in note
+    chosen, note = generate_any("MgAl2O4", n=1)
+    assert chosen[0].generator == "template" and note is None

@@ -114,3 +114,20 @@ def test_claude_planner_falls_back_to_the_rules(anthropic_env):
     anthropic_env(lambda body: {}, status=500)
     spec = Planner(use_claude=True).understand("a pyrochlore oxide not in the Materials Project")
     assert spec.family == "pyrochlore" and spec.novel_against == ["MP"]
+
+
+def test_generate_step_switches_generator_for_formulae_without_a_prototype():
+    import time
+
+    from agent.graph import generate
+    from tools.spec import parse_request
+
+    spec = parse_request("five diverse low-energy Li-Mn-O crystals", budget={"formulas": 2, "structures_per_formula": 1})
+    survivors = [
+        {"formula": f, "reduced_formula": f, "score": 0.5, "rationale": "", "oxidation_states": {}, "known_in": []}
+        for f in ("Li2Mn4O5", "LiMn2O4")
+    ]
+    update = generate({"spec": spec.model_dump(), "survivors": survivors, "round": 1, "started_at": time.time()})
+    generators = {batch["item"]["formula"]: batch["structures"][0]["generator"] for batch in update["pending"]}
+    assert generators == {"Li2Mn4O5": "random_symmetric", "LiMn2O4": "template"}
+    assert "switched generator for 1: Li2Mn4O5: no prototype fits" in update["decisions"][0]["reason"]

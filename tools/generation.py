@@ -1,4 +1,5 @@
-"""Structure generation for a formula: the prototype-substitution generator (GenMS's cheap baseline).
+"""Structure generation for a formula: prototype substitution (GenMS's cheap baseline), with
+random symmetric structures (pyxtal) for formulae that fit no prototype.
 
 For a formula and a crystal family, every way the formula's elements fill the family's
 template sites (A/B swaps included) is put on each of the family's prototypes
@@ -94,3 +95,33 @@ def generate_template(formula: str, family: str | None = None, n: int = 4, seed:
             results.append(variant)
         number += 1
     return results
+
+
+def generate_random(formula: str, n: int = 4, seed: int = 0, max_atoms: int = 40) -> list[GeneratedStructure]:
+    """Up to ``n`` random symmetric structures (pyxtal) of a formula that fits no prototype."""
+    from generators.random_symmetric import random_symmetric_structures
+
+    if not 1 <= n <= MAX_STRUCTURES:
+        raise GenerationError(f"n must lie in 1-{MAX_STRUCTURES}, got {n}")
+    parsed = parse_formula(formula)
+    if sum(parsed.reduced_amounts.values()) > max_atoms:
+        raise GenerationError(f"{parsed.plain_formula} has more than {max_atoms} atoms per formula unit")
+    results = [
+        GeneratedStructure(structure, parsed.plain_formula, "", f"random P{group}", {}, generator="random_symmetric")
+        for structure, group in random_symmetric_structures(parsed.reduced_amounts, n, seed=seed, max_atoms=max_atoms)
+        if structural_validity(structure).valid
+    ]
+    if not results:
+        raise GenerationError(f"pyxtal found no valid symmetric arrangement of {parsed.plain_formula}")
+    return results
+
+
+def generate_any(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> tuple[list[GeneratedStructure], str | None]:
+    """Prototype substitution when the formula fits a prototype, else random symmetric structures.
+
+    Returns the structures and, after a fallback, why the template generator was not used.
+    """
+    try:
+        return generate_template(formula, family=family, n=n, seed=seed), None
+    except GenerationError:
+        return generate_random(formula, n=n, seed=seed), "no prototype fits; random symmetric structures (pyxtal)"
