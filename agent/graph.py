@@ -89,7 +89,7 @@ def after_screen(state: SearchState) -> str:
     spec = _spec(state)
     if state.get("error"):
         return END
-    if state["survivors"] or state.get("candidates"):
+    if state["survivors"]:
         return "generate"
     return "propose" if state["round"] < spec.budget.rounds and not _out_of_time(state) else "report"
 

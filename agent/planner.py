@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from tools.claude_proposer import claude_configured, propose
+from tools.formula import FormulaError, parse_formula
 
 log = logging.getLogger(__name__)
 from tools.proposer import Proposal, propose_offline
@@ -49,7 +50,15 @@ class Planner:
             return propose_offline(spec, n, seed=seed, avoid=avoid), "offline"
         context = [f"Earlier proposals were rejected: {'; '.join(feedback)}"] if feedback else []
         proposals, proposer = propose(spec, n, seed=seed, context=context, use_claude=True)
-        return [p for p in proposals if p.formula not in avoid], proposer
+        return [p for p in proposals if _key(p.formula) not in avoid], proposer
+
+
+def _key(formula: str) -> str | None:
+    """Composition key of a proposed formula (None for text the screen will reject anyway)."""
+    try:
+        return parse_formula(formula).key
+    except FormulaError:
+        return None
 
 
 def _claude_spec(request: str, overrides: dict) -> SearchSpec:
