@@ -140,6 +140,7 @@ def _candidate(item: dict, generated: dict, report: dict, relaxed: dict | None) 
     final = relaxed or report
     cif = final.get("relaxed_cif") or report["cif"]
     checks = check_structure_text(cif, "candidate.cif")
+    density = read_cif(cif).density if checks["cif_valid"] else None
     return {
         "formula": parse_formula(item["reduced_formula"]).plain_formula,
         "reduced_formula": item["reduced_formula"],
@@ -156,6 +157,7 @@ def _candidate(item: dict, generated: dict, report: dict, relaxed: dict | None) 
         "e_above_hull": final["e_above_hull"],
         "decomposition": final["decomposition"],
         "max_force": final["max_force"],
+        "density": round(float(density), 3) if density is not None else None,  # g/cm^3
         "plausible": final["plausible"],
         "reason": final["reason"],
         "relaxed": relaxed is not None,
@@ -245,13 +247,18 @@ def _stop_reason(state: SearchState) -> str:
     return f"proposal rounds exhausted ({state.get('round', 0)} of {spec.budget.rounds}) with {good} good candidates"
 
 
+def rank_key(spec: SearchSpec):
+    """Good first; then closeness to a requested density (g/cm^3), energy above hull, formation energy."""
+    def key(c: dict) -> tuple:
+        density_miss = abs(c["density"] - spec.density) if spec.density is not None and c.get("density") else 0.0
+        hull = c["e_above_hull"] if c["e_above_hull"] is not None else 9.0
+        return (c not in good_candidates([c]), round(density_miss, 1), hull, c["formation_energy_per_atom"])
+    return key
+
+
 def report(state: SearchState) -> dict:
-    """Rank candidates (energy above hull, then formation energy) and close the search."""
-    ranked = sorted(
-        state.get("candidates", []),
-        key=lambda c: (c not in good_candidates([c]), c["e_above_hull"] if c["e_above_hull"] is not None else 9.0,
-                       c["formation_energy_per_atom"]),
-    )
+    """Rank candidates (good first; density target if asked; energy above hull; E_f) and close the search."""
+    ranked = sorted(state.get("candidates", []), key=rank_key(_spec(state)))
     return {
         "candidates": [],  # accumulated already; the ranked view is computed by results()
         "decisions": [decision(state, "report", "stop", _stop_reason(state))],

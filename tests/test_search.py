@@ -51,6 +51,7 @@ def test_novel_manganese_spinels(tmp_path):
         assert sorted(amounts.values()) == [1, 2, 4] and amounts.get("O") == 4 and "Mn" in amounts
         assert not {"MP", "ICSD"} & set(check_formula(candidate["reduced_formula"])["known_in"])
         assert len(structure) == 14  # the spinel's primitive cell
+        assert candidate["density"] == pytest.approx(structure.density, abs=1e-3)
     saved = json.loads((tmp_path / "results.json").read_text())
     steps = [d["step"] for d in saved["decisions"]]
     assert steps[0] == "understand" and "screen" in steps and "score" in steps and steps[-1] == "report"
@@ -131,3 +132,17 @@ def test_generate_step_switches_generator_for_formulae_without_a_prototype():
     generators = {batch["item"]["formula"]: batch["structures"][0]["generator"] for batch in update["pending"]}
     assert generators == {"Li2Mn4O5": "random_symmetric", "LiMn2O4": "template"}
     assert "switched generator for 1: Li2Mn4O5: no prototype fits" in update["decisions"][0]["reason"]
+
+
+def test_density_target_orders_good_candidates():
+    from agent.graph import rank_key
+    from tools.spec import SearchSpec
+
+    base = {"plausible": True, "checks": {"cif_valid": True, "structurally_valid": True, "charge_balanced": True},
+            "formation_energy_per_atom": -3.0}
+    light = {**base, "density": 4.0, "e_above_hull": 0.0}
+    heavy = {**base, "density": 6.4, "e_above_hull": 0.1}
+    assert sorted([light, heavy], key=rank_key(SearchSpec(family="garnet", density=6.5)))[0] is heavy
+    assert sorted([light, heavy], key=rank_key(SearchSpec(family="garnet")))[0] is light
+    far = {**light, "e_above_hull": 1.5}  # beyond the hull limit: not good, ranked last
+    assert sorted([far, heavy], key=rank_key(SearchSpec(family="garnet")))[-1] is far

@@ -20,6 +20,7 @@ from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict, parse_req
         ("a cobalt-free olivine phosphate", {"family": "olivine", "excluded_elements": ["Co"]}),
         ("In and As semiconductor", {"required_elements": ["As", "In"], "electronic": "semiconductor"}),
         ("a perovskite with at most 10 atoms", {"max_sites": 10}),
+        ("a dense garnet with density near 6.5 g/cm3", {"family": "garnet", "density": 6.5}),
         ("a half-Heusler with band gap between 0.5 and 1.5 eV", {"family": "half_heusler", "band_gap": 1.0, "band_gap_tolerance": 0.5}),
     ],
 )

@@ -65,6 +65,7 @@ class SearchSpec(BaseModel):
     band_gap: float | None = Field(None, ge=0, le=15, description="target band gap, eV")
     band_gap_tolerance: float = Field(0.5, gt=0, le=10, description="eV")
     electronic: Literal["metal", "semiconductor", "insulator"] | None = None
+    density: float | None = Field(None, gt=0, le=30, description="target density, g/cm^3")
     low_energy: bool = True
     spacegroup: int | None = Field(None, ge=1, le=230)
     max_sites: int = Field(20, ge=1, le=200)
@@ -129,6 +130,8 @@ class SearchSpec(BaseModel):
             parts.append(f"band gap {self.band_gap:g} ± {self.band_gap_tolerance:g} eV")
         if self.electronic:
             parts.append(self.electronic)
+        if self.density is not None:
+            parts.append(f"density near {self.density:g} g/cm^3")
         if self.spacegroup:
             parts.append(f"space group {self.spacegroup}")
         return "; ".join(parts)
@@ -148,7 +151,7 @@ SUPPORTED = (
     + "), an atom ratio such as 1:1:2, elements to include or avoid (symbols or names, "
     "'lead-free', 'without Co'), an anion class (oxide, halide, chalcogenide, nitride ...), "
     "novelty ('novel', 'not in the Materials Project', 'not in ICSD'), a band gap ('band gap near 1.4 eV', "
-    "'metallic'), a space group, and a count ('five ...')."
+    "'metallic'), a density ('density near 5 g/cm3'), a space group, and a count ('five ...')."
 )
 
 _LANTHANIDES = frozenset("La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu".split())
@@ -295,6 +298,12 @@ def _spacegroup(text: str) -> int | None:
     return None
 
 
+def _density(text: str) -> float | None:
+    """Target density in g/cm^3 ('density near 5 g/cm3', 'density of 6.1 g/cc')."""
+    match = re.search(r"density\D{0,20}?(\d+(?:\.\d+)?)\s*(?:g\s*/\s*cm\^?3|g\s*/\s*cc|g\s*cm-3)", text, re.IGNORECASE)
+    return float(match.group(1)) if match else None
+
+
 def _max_sites(text: str) -> int | None:
     match = re.search(r"(?:at most|up to|no more than|fewer than|<=?)\s*(\d{1,3})\s*(?:atoms|sites)", text, re.IGNORECASE)
     return int(match.group(1)) if match else None
@@ -336,6 +345,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         "band_gap": band_gap,
         "electronic": electronic,
         "spacegroup": _spacegroup(text),
+        "density": _density(text),
     }
     if tolerance is not None:
         fields["band_gap_tolerance"] = tolerance
@@ -346,7 +356,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     fields.update(overrides)
     spec = SearchSpec(**fields)
     searchable = [spec.family, spec.stoichiometry, spec.required_elements, spec.allowed_elements, spec.anion_class,
-                  spec.band_gap, spec.electronic, spec.spacegroup]
+                  spec.band_gap, spec.electronic, spec.spacegroup, spec.density]
     if not any(searchable):
         raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {text.strip()!r}. " + SUPPORTED)
     problems = spec_conflicts(spec)
