@@ -47,7 +47,7 @@ def _exit_if_all_failed(reports: list[dict]) -> None:
 @app.command()
 def search(
     request: Annotated[str, typer.Argument(help="What you want, e.g. 'a novel spinel oxide containing Mn'.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for CIFs, results.json and report.md.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for CIFs, results.json and report.md (default: a new run folder under $GENMS_HOME/runs).")] = None,
     proposals: Annotated[int, typer.Option("--proposals", "-H", min=1, max=500, help="Formulae proposed per round.")] = 20,
     formulas: Annotated[int, typer.Option("--formulas", "-W", min=1, max=100, help="Formulae sent to the generator at a time.")] = 5,
     structures: Annotated[int, typer.Option("--structures", "-L", min=1, max=100, help="Structures per formula.")] = 4,
@@ -61,7 +61,7 @@ def search(
     """Run the hierarchical search: understand, propose, screen, generate, score, select, report."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agent.search import run_search, write_results
+    from agent.search import default_run_dir, run_search, write_results
 
     overrides = {
         "seed": seed,
@@ -88,6 +88,8 @@ def search(
             bar.update(tasks[event["stage"]], description=label, completed=event["done"], total=max(event["total"], 1))
 
         result = run_search(request, overrides, on_progress=show)
+    if out is None and not result.error:
+        out = default_run_dir()
     written = write_results(result, out) if out else {}
     if as_json:
         _emit_json({**result.as_dict(), "files": written})

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,14 @@ def run_search(
         screened=final.get("screened", []), timings=final.get("timings", []), error=final.get("error"),
         error_kind=final.get("error_kind"), planner=planner.name, seconds=time.time() - started,
     )
+
+
+def default_run_dir() -> Path:
+    """A new folder for one run's files: ``$GENMS_HOME/runs/<UTC time>-<id>``."""
+    from memory.paths import user_data_dir
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return user_data_dir() / "runs" / f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -29,10 +29,11 @@ def examples() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Keep caches the code writes (hull references) out of the user's home during tests."""
+    """Keep caches and run folders the code writes out of the user's home during tests."""
     import os
 
     os.environ["GENMS_CACHE_DIR"] = str(tmp_path_factory.mktemp("genms-cache"))
+    os.environ["GENMS_HOME"] = str(tmp_path_factory.mktemp("genms-home"))
     yield
 
 

@@ -1,6 +1,7 @@
 """The one-shot hierarchical search (offline planner), as the acceptance list states it."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -146,3 +147,13 @@ def test_density_target_orders_good_candidates():
     assert sorted([light, heavy], key=rank_key(SearchSpec(family="garnet")))[0] is light
     far = {**light, "e_above_hull": 1.5}  # beyond the hull limit: not good, ranked last
     assert sorted([far, heavy], key=rank_key(SearchSpec(family="garnet")))[-1] is far
+
+
+def test_search_without_out_saves_a_run_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENMS_HOME", str(tmp_path))
+    budget = ["-H", "6", "-W", "1", "-L", "1", "--relax-steps", "0", "-n", "1", "--rounds", "1"]
+    result = runner.invoke(app, ["search", "a pyrochlore oxide", "--json", *budget])
+    assert result.exit_code == 0
+    files = json.loads(result.stdout)["files"]
+    assert Path(files["results"]).parent.parent == tmp_path / "runs"
+    assert json.loads(Path(files["results"]).read_text())["spec"]["family"] == "pyrochlore"

@@ -8,6 +8,7 @@ from the entries whose elements are a subset of the query's, and cached. Energie
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,10 +24,14 @@ def reference_table() -> pd.DataFrame:
 
     Built from the shared data on first use (a few seconds) and cached in the user cache dir.
     """
-    from generators.datasets import MP20_SPLITS, iter_mp20, iter_mp2018
+    from generators.datasets import MP20_FILES, MP20_SPLITS, MP2018_FILE, data_file, iter_mp20, iter_mp2018
     from memory.paths import user_cache_dir
 
-    cache = user_cache_dir() / "hull_reference_entries.csv.gz"
+    # The cache name carries the source files' sizes and times, so changed data rebuilds it.
+    stamp = hashlib.sha1(
+        "".join(f"{(f := data_file(name)).stat().st_size}:{f.stat().st_mtime_ns};" for name in (*MP20_FILES.values(), MP2018_FILE)).encode()
+    ).hexdigest()[:12]
+    cache = user_cache_dir() / f"hull_reference_entries_{stamp}.csv.gz"
     if cache.is_file():
         return pd.read_csv(cache)
     rows: dict[str, tuple[str, float]] = {}
