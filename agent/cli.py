@@ -435,6 +435,23 @@ def family_references(
     console.print(table)
 
 
+@app.command()
+def mcp(
+    transport: Annotated[str, typer.Option(help="stdio (for IDE assistants that start genms) or http (streamable HTTP).")] = "stdio",
+    host: Annotated[str, typer.Option(help="Address for --transport http; other than 127.0.0.1 needs --allow-remote and a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for --transport http.")] = 8765,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow binding an address other machines can reach.")] = False,
+    token: Annotated[str | None, typer.Option(envvar="GENMS_MCP_TOKEN", show_envvar=True, help="Bearer token required on every HTTP request.")] = None,
+) -> None:
+    """Serve genms to IDE assistants over MCP (Claude Desktop, Claude Code, VS Code, Cursor)."""
+    from agent.mcp_server import ServeConfigError, serve
+
+    try:
+        serve(transport, host=host, port=port, allow_remote=allow_remote, token=token)
+    except ServeConfigError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

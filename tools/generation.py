@@ -11,6 +11,7 @@ atoms rattled by up to 0.05 Å) fill the rest, for relaxation to take to nearby 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -125,3 +126,29 @@ def generate_any(formula: str, family: str | None = None, n: int = 4, seed: int 
         return generate_template(formula, family=family, n=n, seed=seed), None
     except GenerationError:
         return generate_random(formula, n=n, seed=seed), "no prototype fits; random symmetric structures (pyxtal)"
+
+
+def _template(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[GeneratedStructure]:
+    return generate_template(formula, family=family, n=n, seed=seed)
+
+
+def _random_symmetric(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[GeneratedStructure]:
+    return generate_random(formula, n=n, seed=seed)
+
+
+# Generators by the name that ``GeneratedStructure.generator`` records; each takes
+# ``(formula, family=None, n=4, seed=0)``. The MCP tool schema lists these names,
+# so registering a generator here offers it everywhere.
+GENERATORS: dict[str, Callable[..., list[GeneratedStructure]]] = {
+    "template": _template,
+    "random_symmetric": _random_symmetric,
+}
+
+
+def generate_with(generator: str, formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[GeneratedStructure]:
+    """Up to ``n`` structures of ``formula`` from the named generator (see ``GENERATORS``)."""
+    try:
+        run = GENERATORS[generator]
+    except KeyError:
+        raise GenerationError(f"unknown generator {generator!r}; available: {', '.join(GENERATORS)}") from None
+    return run(formula, family=family, n=n, seed=seed)

@@ -53,7 +53,8 @@ class GenerateTemplateInput(BaseModel):
     seed: int = Field(0, ge=0)
 
 
-def _propose_formulas(request: str, n: int = 20, seed: int = 0) -> dict:
+def propose_formulas(request: str, n: int = 20, seed: int = 0) -> dict:
+    """Read the request into a spec, propose ``n`` formulae and screen them (R_hi); ``error`` if unusable."""
     from tools.claude_proposer import propose
     from tools.screen import screen
     from tools.spec import RequestNotUnderstood, SpecConflict, parse_request
@@ -66,19 +67,30 @@ def _propose_formulas(request: str, n: int = 20, seed: int = 0) -> dict:
     return {"spec": spec.summary(), "proposer": proposer, "proposals": [s.as_dict() for s in screen(proposals, spec)]}
 
 
-def _generate_template(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[dict] | dict:
+def generate_structures(
+    formula: str, generator: str = "template", family: str | None = None, n: int = 4, seed: int = 0
+) -> list[dict] | dict:
+    """Up to ``n`` structures of ``formula`` from a generator of ``tools.generation.GENERATORS``, as CIF texts.
+
+    Returns ``{"error": reason}`` for a formula the generator cannot place.
+    """
     from tools.formula import FormulaError
-    from tools.generation import GenerationError, generate_template
+    from tools.generation import GenerationError, generate_with
     from tools.structure import write_cif
 
     try:
-        generated = generate_template(formula, family=family, n=n, seed=seed)
+        generated = generate_with(generator, formula, family=family, n=n, seed=seed)
     except (FormulaError, GenerationError, KeyError) as exc:
         return {"error": str(exc).strip("'\"")}
     return [
-        {"formula": g.formula, "family": g.family, "prototype": g.prototype, "assignment": g.assignment, "cif": write_cif(g.structure)}
+        {"formula": g.formula, "generator": g.generator, "family": g.family, "prototype": g.prototype,
+         "assignment": g.assignment, "variant": g.variant, "notes": g.notes, "cif": write_cif(g.structure)}
         for g in generated
     ]
+
+
+def _generate_template(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[dict] | dict:
+    return generate_structures(formula, "template", family=family, n=n, seed=seed)
 
 
 class DescribeFamilyInput(BaseModel):
@@ -141,7 +153,7 @@ score_structures_tool = StructuredTool.from_function(
 
 
 propose_formulas_tool = StructuredTool.from_function(
-    func=_propose_formulas,
+    func=propose_formulas,
     name="propose_formulas",
     description=(
         "Propose chemical formulae for a plain-language materials request (family, elements to include or "

@@ -1,0 +1,233 @@
+"""Argument bounds and result models of the MCP tools (``agent/mcp_server.py``).
+
+Arguments are bounded where clients send them: counts, string lengths and sizes out of range
+are refused by validation, before any work starts, as tool errors. Budget bounds come from
+``tools.spec`` (the same ones the CLI and the search use); generator names from
+``tools.generation.GENERATORS``. Result models list the keys that clients can rely on and
+allow extra keys, so a tool that reports more does not break the schema.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.generation import GENERATORS
+from tools.relaxation import FMAX_RANGE, MAX_STEPS_RANGE
+from tools.spec import Budget, SearchSpec
+
+MAX_CIF_CHARS = 1_000_000  # per CIF text; the readers take 2 MB files, MCP clients send at most 1 MB each
+MAX_REQUEST_CHARS = 2000
+MAX_FORMULAS = 500
+MAX_STRUCTURES = 50
+MAX_SEED = 2**32 - 1
+
+
+def _bounds(model: type[BaseModel], name: str) -> list:
+    """The constraints (ge, le, ...) a pydantic model declares on a field, to reuse them here."""
+    return list(model.model_fields[name].metadata)
+
+
+# The generators that exist, as a string enum that grows with tools.generation.GENERATORS.
+GeneratorName = Enum("GeneratorName", {name.upper(): name for name in GENERATORS}, type=str)
+GeneratorName.__doc__ = "A structure generator of tools.generation.GENERATORS."
+
+Request = Annotated[str, Field(min_length=1, max_length=MAX_REQUEST_CHARS, description="The request in plain language, e.g. 'a novel spinel oxide containing Mn'.")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Random seed; another seed gives other results.")]
+Proposals = Annotated[int, *_bounds(Budget, "proposals"), Field(description="H: formulae proposed per round.")]
+Formulas = Annotated[int, *_bounds(Budget, "formulas"), Field(description="W: formulae sent to the generator at a time.")]
+StructuresPerFormula = Annotated[int, *_bounds(Budget, "structures_per_formula"), Field(description="L: structures generated per formula.")]
+Rounds = Annotated[int, *_bounds(Budget, "rounds"), Field(description="Proposal rounds at most.")]
+RelaxSteps = Annotated[int, *_bounds(Budget, "relax_steps"), Field(description="CHGNet relaxation steps for each formula's best structure (0: none).")]
+Seconds = Annotated[float, *_bounds(Budget, "seconds"), Field(description="Wall-clock budget, seconds.")]
+Results = Annotated[int, *_bounds(SearchSpec, "n_results"), Field(description="Good candidates wanted.")]
+Formula = Annotated[str, Field(min_length=1, max_length=1000)]
+FormulaList = Annotated[list[Formula], Field(min_length=1, max_length=MAX_FORMULAS, description="Chemical formulas, e.g. ['SrTiO3', 'LiMn2O4'].")]
+ExcludeList = Annotated[list[Formula], Field(max_length=10_000, description="Formulas the user already knows; matches count as not unique.")]
+Cif = Annotated[str, Field(min_length=1, max_length=MAX_CIF_CHARS, description=f"A crystal structure as CIF text (at most {MAX_CIF_CHARS:,} characters).")]
+CifList = Annotated[list[Cif], Field(min_length=1, max_length=MAX_STRUCTURES, description=f"Crystal structures as CIF texts (1-{MAX_STRUCTURES}).")]
+OneFormula = Annotated[str, Field(min_length=1, max_length=100, description="A formula, e.g. 'MgAl2O4'.")]
+FamilyName = Annotated[str, Field(min_length=1, max_length=60, description="Crystal family, e.g. 'spinel'; default: every family the formula fits.")]
+StructureCount = Annotated[int, Field(ge=1, le=MAX_STRUCTURES, description="How many structures (L).")]
+Fmax = Annotated[float, Field(ge=FMAX_RANGE[0], le=FMAX_RANGE[1], description="Relaxation force criterion, eV/Å.")]
+MaxSteps = Annotated[int, Field(ge=MAX_STEPS_RANGE[0], le=MAX_STEPS_RANGE[1], description="Relaxation step limit.")]
+Query = Annotated[str, Field(min_length=1, max_length=1000, description="What to look up, e.g. 'spinel cation inversion'.")]
+PassageCount = Annotated[int, Field(ge=1, le=20, description="How many passages.")]
+RunLimit = Annotated[int, Field(ge=1, le=200, description="How many runs, newest first.")]
+RunId = Annotated[str, Field(min_length=1, max_length=200, description="A run id from list_runs or search_materials.")]
+
+
+class _Open(BaseModel):
+    """A result whose listed keys are guaranteed; tools may add more."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class FormulaReport(_Open):
+    input: str
+    valid: bool
+    error: str | None = None
+    reduced_formula: str | None = None
+    elements: list[str] | None = None
+    charge_balanced: bool | None = None
+    oxidation_states: dict[str, list[int]] | None = None
+    electronegativity_ok: bool | None = None
+    composition_valid: bool | None = None
+    known_in: list[str] | None = Field(None, description="Which of MP, ICSD, OQMD hold the reduced formula.")
+    in_exclusion_list: bool | None = None
+    unique: bool | None = Field(None, description="In neither MP nor ICSD nor the exclusion list.")
+    families: list[str] | None = None
+
+
+class CheckFormulasOutput(BaseModel):
+    results: list[FormulaReport]
+
+
+class StructureReport(_Open):
+    cif_valid: bool
+    structurally_valid: bool | None = Field(None, description="Every interatomic distance > 0.5 Å.")
+    min_distance: float | None = Field(None, description="Å, periodic images included.")
+    volume_per_atom: float | None = Field(None, description="Å^3.")
+    composition_valid: bool | None = None
+    charge_balanced: bool | None = None
+    reduced_formula: str | None = None
+    spacegroup_number: int | None = None
+    spacegroup_symbol: str | None = None
+    n_sites: int | None = None
+    known_in: list[str] | None = None
+    families: list[str] | None = None
+    error: str | None = None
+
+
+class Proposal(_Open):
+    formula: str
+    reduced_formula: str | None = None
+    passed: bool
+    rejected_by: str | None = Field(None, description="The first failed screen: regex, charge_neutrality, uniqueness or compliance.")
+    reason: str | None = None
+    score: float | None = Field(None, description="Screen score in [0, 1] of a survivor.")
+    rationale: str | None = None
+    known_in: list[str] | None = None
+
+
+class ProposeFormulasOutput(BaseModel):
+    spec: str = Field(description="The request as understood.")
+    proposer: str
+    proposals: list[Proposal]
+
+
+class GeneratedStructure(_Open):
+    formula: str
+    generator: str
+    family: str | None = None
+    prototype: str | None = None
+    assignment: dict[str, str] = Field(default_factory=dict)
+    variant: int = 0
+    notes: list[str] = Field(default_factory=list)
+    n_sites: int
+    cif: str
+
+
+class GenerateStructuresOutput(BaseModel):
+    structures: list[GeneratedStructure]
+
+
+class ScoreReport(_Open):
+    index: int = Field(description="Position of the CIF in the input list.")
+    reduced_formula: str | None = None
+    n_sites: int | None = None
+    energy_per_atom: float | None = Field(None, description="CHGNet, eV/atom.")
+    formation_energy_per_atom: float | None = Field(None, description="eV/atom, MP scale.")
+    e_above_hull: float | None = Field(None, description="eV/atom above the MP hull.")
+    decomposition: dict[str, float] | None = None
+    max_force: float | None = Field(None, description="eV/Å.")
+    max_stress: float | None = Field(None, description="GPa.")
+    plausible: bool
+    reason: str | None = None
+    relaxed_cif: str | None = None
+    relax_converged: bool | None = None
+    rmsd: float | None = Field(None, description="Å.")
+    energy_drop_per_atom: float | None = None
+    relax_steps: int | None = None
+
+
+class ScoreStructuresOutput(BaseModel):
+    results: list[ScoreReport]
+
+
+class Candidate(_Open):
+    rank: int
+    good: bool = Field(description="Plausible, valid, charge balanced and within 1 eV/atom of the hull.")
+    formula: str
+    reduced_formula: str | None = None
+    family: str | None = None
+    prototype: str | None = None
+    generator: str | None = None
+    formation_energy_per_atom: float | None = None
+    e_above_hull: float | None = None
+    energy_per_atom: float | None = None
+    density: float | None = Field(None, description="g/cm^3.")
+    known_in: list[str] | None = None
+    plausible: bool | None = None
+    reason: str | None = None
+    cif_uri: str | None = Field(None, description="The candidate's CIF as an MCP resource.")
+
+
+class RunResources(BaseModel):
+    report: str
+    results: str
+    cifs: list[str]
+
+
+class SearchOutput(_Open):
+    run_id: str
+    request: str
+    planner: str
+    seconds: float
+    spec: dict[str, Any] | None = None
+    n_candidates: int
+    n_good: int
+    candidates: list[Candidate]
+    decisions: list[dict[str, Any]] = Field(default_factory=list, description="Every branch the search took, with its reason.")
+    dropped: list[dict[str, Any]] = Field(default_factory=list)
+    resources: RunResources
+
+
+class RunSummary(_Open):
+    run_id: str
+    saved_at: str | None = None
+    request: str | None = None
+    planner: str | None = None
+    seconds: float | None = None
+    family: str | None = None
+    n_candidates: int | None = None
+    n_good: int | None = None
+    best: list[dict[str, Any]] = Field(default_factory=list)
+    report_uri: str
+
+
+class ListRunsOutput(BaseModel):
+    runs: list[RunSummary]
+
+
+class RunRecord(_Open):
+    """A run's results.json (spec, candidates, decisions, dropped, screened, timings) with its summary."""
+
+    run_id: str
+    summary: dict[str, Any]
+    files: list[str]
+    resources: list[str] = Field(description="The run's files as MCP resource URIs.")
+
+
+class Passage(_Open):
+    text: str
+    title: str | None = None
+    source: str | None = None
+    score: float | None = None
+    kind: str | None = None
+
+
+class RetrieveKnowledgeOutput(BaseModel):
+    passages: list[Passage]

@@ -1,0 +1,333 @@
+"""genms mcp: the server as a subprocess, driven by the real MCP client over stdio and streamable HTTP.
+
+stdio speaks the initialize handshake (as IDE assistants do today, cancellation by
+notifications/cancelled); HTTP lets the client negotiate (the 2026 per-request protocol,
+cancellation by closing the response stream). One server per transport serves every test;
+searches use tiny budgets and are shared between assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import anyio
+import anyio.from_thread
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+GENMS = shutil.which("genms") or str(Path(sys.executable).parent / "genms")
+ROOT = Path(__file__).resolve().parents[1]
+REQUEST = "a spinel oxide containing Mn"
+TINY = {"proposals": 6, "formulas": 2, "structures": 1, "rounds": 1, "relax_steps": 5, "results": 1}
+CANCELLED_REQUEST = "a novel pyrochlore oxide"
+BIG = {"proposals": 40, "formulas": 10, "structures": 4, "rounds": 5, "relax_steps": 200, "results": 30}
+STOPPED = "search cancelled by the client; stopped"
+TOOLS = {"search_materials", "propose_formulas", "check_formulas", "check_structure", "generate_structures",
+         "score_structures", "retrieve_knowledge", "list_runs", "get_run"}
+CIF_TRIAL = """data_SrTiO3
+_cell_length_a 3.905
+_cell_length_b 3.905
+_cell_length_c 3.905
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Sr1 Sr 0 0 0
+Ti1 Ti 0.5 0.5 0.5
+O1 O 0.5 0.5 0
+O2 O 0.5 0 0.5
+O3 O 0 0.5 0.5
+"""
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """The test session's environment (GENMS_HOME, GENMS_CACHE_DIR from conftest), offline, no Claude."""
+    env = {key: value for key, value in os.environ.items() if key not in {"ANTHROPIC_API_KEY", "GENMS_MCP_TOKEN"}}
+    return {**env, "GENMS_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "300", **extra}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"genms mcp exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"genms mcp did not listen on {port}: {log.read_text()[-2000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class Session:
+    """A connected MCP client on a loop in a background thread, callable from sync tests."""
+
+    def __init__(self, portal, client: Client, log: Path, transport: str):
+        self.portal, self.client, self.log, self.transport = portal, client, log, transport
+
+    def call(self, name: str, arguments: dict, **options):
+        return self.portal.call(partial(self.client.call_tool, name, arguments, **options))
+
+    def run(self, async_fn, *args):
+        return self.portal.call(async_fn, *args)
+
+    def read(self, uri: str):
+        return self.portal.call(self.client.read_resource, uri)
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            content = re.sub(r"\s+", " ", self.log.read_text(errors="replace"))
+            if text in content:
+                return content
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not in the server log: {self.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module", params=["stdio", "http"])
+def mcp(request, tmp_path_factory):
+    log = tmp_path_factory.mktemp(f"mcp-{request.param}") / "server.log"
+    with anyio.from_thread.start_blocking_portal() as portal:
+        if request.param == "stdio":
+            with open(log, "w") as errlog:
+                params = StdioServerParameters(command=GENMS, args=["mcp"], env=server_env(), cwd=str(ROOT))
+                with portal.wrap_async_context_manager(Client(stdio_client(params, errlog=errlog), mode="legacy")) as client:
+                    yield Session(portal, client, log, "stdio")
+        else:
+            port = free_port()
+            with open(log, "w") as errlog:
+                process = subprocess.Popen([GENMS, "mcp", "--transport", "http", "--port", str(port)], env=server_env(),
+                                           cwd=ROOT, stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
+            try:
+                wait_for_port(port, process, log)
+                with portal.wrap_async_context_manager(Client(f"http://127.0.0.1:{port}/mcp")) as client:
+                    yield Session(portal, client, log, "http")
+            finally:
+                stop(process)
+
+
+@pytest.fixture(scope="module")
+def searched(mcp):
+    """One tiny search per transport, with the progress notifications it streamed."""
+    events: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        events.append((progress, message))
+
+    result = mcp.call("search_materials", {"request": REQUEST, **TINY}, progress_callback=on_progress)
+    assert not result.is_error, result.content
+    return result.structured_content, events
+
+
+def test_lists_tools_with_bounded_schemas(mcp):
+    tools = {tool.name: tool for tool in mcp.run(mcp.client.list_tools).tools}
+    assert set(tools) == TOOLS
+    search = tools["search_materials"].input_schema["properties"]
+    assert search["proposals"]["maximum"] == 500 and search["relax_steps"]["maximum"] == 2000
+    assert tools["check_structure"].input_schema["properties"]["cif"]["maxLength"] == 1_000_000
+    generator = tools["generate_structures"].input_schema["$defs"]["GeneratorName"]
+    assert {"template", "random_symmetric"} <= set(generator["enum"])
+    assert all(tool.output_schema for tool in tools.values())
+    templates = {t.uri_template for t in mcp.run(mcp.client.list_resource_templates).resource_templates}
+    assert templates == {"genms://runs/{run_id}/report.md", "genms://runs/{run_id}/results.json",
+                         "genms://runs/{run_id}/cifs/{name}"}
+
+
+def test_search_streams_progress_and_records_a_run(mcp, searched):
+    result, events = searched
+    assert result["request"] == REQUEST and result["spec"]["family"] == "spinel"
+    assert result["n_candidates"] >= 1 and result["candidates"][0]["rank"] == 1
+    assert [p for p, _ in events] == sorted(p for p, _ in events) and len(events) >= 5
+    messages = " | ".join(m for _, m in events)
+    assert "understand: search" in messages and "generate" in messages and "score" in messages
+
+    report = mcp.read(result["resources"]["report"]).contents[0]
+    assert report.text.startswith(f"# genms search: {REQUEST}") and report.mime_type == "text/markdown"
+    cif = mcp.read(result["candidates"][0]["cif_uri"]).contents[0]
+    assert "_cell_length_a" in cif.text
+    assert f'"request": "{REQUEST}"' in mcp.read(result["resources"]["results"]).contents[0].text
+
+    runs = mcp.call("list_runs", {"limit": 50}).structured_content["runs"]
+    assert result["run_id"] in {r["run_id"] for r in runs}
+    record = mcp.call("get_run", {"run_id": result["run_id"]}).structured_content
+    assert record["summary"]["request"] == REQUEST and record["candidates"]
+    assert f"genms://runs/{result['run_id']}/report.md" in record["resources"]
+
+
+def test_chemistry_tools(mcp):
+    checked = mcp.call("check_formulas", {"formulas": ["LiMn2O4", "Xx2"]}).structured_content["results"]
+    assert checked[0]["known_in"] == ["MP", "ICSD", "OQMD"] and checked[1]["valid"] is False
+
+    structure = mcp.call("check_structure", {"cif": CIF_TRIAL}).structured_content
+    assert structure["cif_valid"] and structure["spacegroup_number"] == 221 and structure["reduced_formula"] == "SrTiO3"
+
+    proposed = mcp.call("propose_formulas", {"request": REQUEST, "n": 4}).structured_content
+    assert proposed["spec"].startswith("spinel") and len(proposed["proposals"]) == 4
+
+    generated = mcp.call("generate_structures", {"formula": "MgAl2O4", "generator": "template", "n": 1}).structured_content
+    assert generated["structures"][0]["prototype"] and "_cell_length_a" in generated["structures"][0]["cif"]
+    randomised = mcp.call("generate_structures", {"formula": "Li2MnO3", "generator": "random_symmetric", "n": 1, "seed": 1})
+    assert not randomised.is_error and randomised.structured_content["structures"][0]["generator"] == "random_symmetric"
+
+    scored = mcp.call("score_structures", {"cifs": [CIF_TRIAL, "not a cif"], "relax": True, "max_steps": 5})
+    first, second = scored.structured_content["results"]
+    assert first["plausible"] and first["formation_energy_per_atom"] < -2 and first["relax_steps"] is not None
+    assert second["plausible"] is False and "CIF" in second["reason"]
+
+    passages = mcp.call("retrieve_knowledge", {"query": "spinel AB2O4 cation sites", "k": 3})
+    assert not passages.is_error, passages.content
+    found = passages.structured_content["passages"]
+    assert len(found) == 3 and all(p["text"] and p["source"] and p["score"] is not None for p in found)
+
+
+@pytest.mark.parametrize(("tool", "arguments", "says"), [
+    ("check_formulas", {"formulas": "LiMn2O4"}, "valid list"),
+    ("check_formulas", {"formulas": []}, "at least 1"),
+    ("search_materials", {"request": REQUEST, "proposals": 0}, "greater than or equal to 1"),
+    ("search_materials", {"request": REQUEST, "relax_steps": 10_000}, "less than or equal to 2000"),
+    ("generate_structures", {"formula": "MgAl2O4", "n": 1000}, "less than or equal to 50"),
+    ("generate_structures", {"formula": "MgAl2O4", "generator": "nonsense"}, "template"),
+    ("generate_structures", {"formula": "Xx2O3"}, "unknown element"),
+    ("check_structure", {"cif": "x" * 5_000_000}, "at most 1000000 characters"),
+    ("get_run", {"run_id": "../../etc"}, "invalid run id"),
+    ("get_run", {"run_id": "20000101T000000-abcdef"}, "no run"),
+    ("propose_formulas", {"request": "make me a sandwich"}, "could not find a crystal family"),
+    ("search_materials", {"request": "make me a sandwich", **TINY}, "not searched"),
+])
+def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(mcp, tool, arguments, says):
+    result = mcp.call(tool, arguments)
+    assert result.is_error and says in result.content[0].text, result.content
+    assert not mcp.call("check_formulas", {"formulas": ["SrTiO3"]}).is_error
+
+
+def test_resources_refuse_names_outside_the_run(mcp, searched):
+    run_id = searched[0]["run_id"]
+    for uri in (f"genms://runs/{run_id}/cifs/..%2F..%2F..%2Fetc%2Fpasswd", f"genms://runs/..%2F..%2Fetc/report.md",
+                f"genms://runs/{run_id}/cifs/run.json", "genms://runs/nope/report.md"):
+        with pytest.raises(MCPError):
+            mcp.read(uri)
+    assert mcp.read(searched[0]["resources"]["report"]).contents[0].text
+
+
+def test_cancelling_a_search_stops_it(mcp, searched):
+    started = anyio.Event()
+    messages: list[str] = []
+
+    async def on_progress(progress, total, message):
+        messages.append(message)
+        if message.startswith("generate"):
+            started.set()
+
+    async def search_then_cancel():
+        async with anyio.create_task_group() as group:
+            async def call():
+                await mcp.client.call_tool("search_materials", {"request": CANCELLED_REQUEST, **BIG},
+                                           progress_callback=on_progress)
+                raise AssertionError("the search was not cancelled")
+
+            group.start_soon(call)
+            with anyio.fail_after(120):
+                await started.wait()
+            group.cancel_scope.cancel()
+
+    mcp.run(search_then_cancel)
+    mcp.wait_for_log(STOPPED)
+    runs = mcp.call("list_runs", {"limit": 200}).structured_content["runs"]
+    assert CANCELLED_REQUEST not in {r["request"] for r in runs}
+
+
+def test_concurrent_searches_complete_and_do_not_block_other_calls(mcp, searched):
+    if mcp.transport != "http":
+        pytest.skip("exercised once, over HTTP")
+    done: dict[str, float] = {}
+
+    async def both():
+        async with anyio.create_task_group() as group:
+            async def search(seed: int):
+                result = await mcp.client.call_tool("search_materials", {"request": REQUEST, **TINY, "seed": seed})
+                assert not result.is_error, result.content
+                done[f"search {seed}"] = time.perf_counter()
+
+            async def quick():
+                await anyio.sleep(0.5)
+                result = await mcp.client.call_tool("check_formulas", {"formulas": ["MgAl2O4"]})
+                assert not result.is_error
+                done["quick"] = time.perf_counter()
+
+            group.start_soon(search, 11)
+            group.start_soon(search, 12)
+            group.start_soon(quick)
+
+    mcp.run(both)
+    assert set(done) == {"search 11", "search 12", "quick"}
+    assert done["quick"] < min(done["search 11"], done["search 12"])
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--host", "0.0.0.0"], "--allow-remote"),
+    (["--host", "0.0.0.0", "--allow-remote"], "without a bearer token"),
+    (["--host", "0.0.0.0", "--allow-remote", "--token", "short"], "too short"),
+])
+def test_remote_binding_needs_allow_remote_and_a_token(args, says):
+    done = subprocess.run([GENMS, "mcp", "--transport", "http", *args], env={**server_env(), "COLUMNS": "300"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and says in " ".join(done.stderr.split())
+
+
+def test_remote_http_checks_the_bearer_token_on_every_request(tmp_path):
+    token = "t0ken-for-tests-" + "x" * 16
+    port = free_port("0.0.0.0")
+    log = tmp_path / "server.log"
+    with open(log, "w") as errlog:
+        process = subprocess.Popen([GENMS, "mcp", "--transport", "http", "--host", "0.0.0.0", "--allow-remote", "--port", str(port)],
+                                   env=server_env(GENMS_MCP_TOKEN=token), cwd=ROOT, stdin=subprocess.DEVNULL,
+                                   stdout=errlog, stderr=errlog)
+    try:
+        wait_for_port(port, process, log)
+        url = f"http://127.0.0.1:{port}/mcp"
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            answer = httpx2.post(url, json=body, headers={"Accept": "application/json, text/event-stream", **headers})
+            assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer")
+
+        async def list_tools():
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=300)) as http:
+                async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+                    return {tool.name for tool in (await client.list_tools()).tools}
+
+        assert anyio.run(list_tools) == TOOLS
+    finally:
+        stop(process)
