@@ -23,7 +23,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import BaseModel, Field
 
 from agent.chat_model import HELP, OfflineChatModel
-from agent.search import default_run_dir, run_search, write_results
+from agent.search import run_search, save_run, write_results
 from memory.paths import user_data_dir
 from tools.claude_proposer import chat_model as claude_model
 from tools.claude_proposer import claude_configured
@@ -50,7 +50,7 @@ def search_tool(budget: dict, on_progress: Callable[[dict], None] | None = None)
 
     def search_materials(request: str) -> str:
         result = run_search(request, {"budget": budget}, on_progress=on_progress)
-        files = write_results(result, default_run_dir())
+        files = save_run(result)
         return json.dumps({**result.as_dict(), "files": files})
 
     return StructuredTool.from_function(

@@ -23,7 +23,8 @@ from tools.spec import RequestNotUnderstood, SpecConflict, family_mentioned, par
 HELP = (
     "I can check formulas ('is LiMn2O4 known?'), check or score a CIF file ('score examples/SrTiO3.cif'), "
     "propose formulas ('propose a lead-free halide perovskite'), and run a full search "
-    "('find a novel spinel oxide containing Mn'). I am the offline planner: no network needed."
+    "('find a novel spinel oxide containing Mn'), look things up ('what is the Goldschmidt tolerance factor?') and "
+    "recall earlier results ('show me the spinels we found'). I am the offline planner: no network needed."
 )
 _FORMULA = re.compile(r"\b(?:[A-Z][a-z]?\d*(?:\.\d+)?){2,}\b|\b[A-Z][a-z]?\d+\b")
 _SEARCH_WORDS = re.compile(r"\b(find|search|generate|give me|i want|i need|looking for|discover|design|suggest)\b", re.I)
@@ -42,6 +43,9 @@ def _tool_call(name: str, arguments: dict) -> AIMessage:
 
 
 _QUESTION = re.compile(r"^\s*(what|which|how|why|explain|tell me|describe|is|are|does|do|can)\b", re.I)
+_RECALL = re.compile(r"\b(we|you|i) (?:have )?(?:found|generated|produced|made|discovered)\b|\b(earlier|previous|past|last) "
+                     r"(?:runs?|searches|results|candidates)\b", re.I)
+_ABOUT_GENMS = re.compile(r"\b(you|genms)\b.*\b(do|help|work)\b|^\s*help\b", re.I)
 
 
 def _understood(text: str) -> tuple[bool, str | None]:
@@ -65,12 +69,16 @@ def plan(text: str) -> AIMessage:
         return _tool_call("check_structure", {"cif": cifs[0]})
     if re.search(r"\bpropose\b", text, re.I):
         return _tool_call("propose_formulas", {"request": text, "n": 20})
+    if _RECALL.search(text):
+        return _tool_call("recall_candidates", {"query": text, "k": 20})
     formulas = _formulas(text)
     if _QUESTION.search(text) or (formulas and not _SEARCH_WORDS.search(text)):
         if formulas:
             return _tool_call("check_formulas", {"formulas": formulas})
         family = family_mentioned(text)
-        return _tool_call("describe_family", {"name": family}) if family else AIMessage(content=HELP)
+        if family:
+            return _tool_call("describe_family", {"name": family})
+        return AIMessage(content=HELP) if _ABOUT_GENMS.search(text) else _tool_call("retrieve_knowledge", {"query": text, "k": 3})
     searchable, conflict = _understood(text)
     if searchable:
         return _tool_call("search_materials", {"request": text})
@@ -118,6 +126,18 @@ def _summarise_search(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _summarise_recalled(candidates: list[dict], query: str) -> str:
+    if not candidates:
+        return f"No earlier run produced anything matching '{query}'."
+    lines = [f"{len(candidates)} candidates from earlier runs:"]
+    for c in candidates:
+        energy = "-" if c["formation_energy_per_atom"] is None else f"{c['formation_energy_per_atom']:.3f}"
+        hull = "-" if c["e_above_hull"] is None else f"{c['e_above_hull']:.3f}"
+        lines.append(f"- {c['formula']} ({c['family']}, {c['spacegroup'] or '-'}): E_f {energy} eV/atom, E_hull {hull} eV/atom, "
+                     f"{'good' if c['good'] else 'not good'}, run {c['run_id']}, {c['cif_path']}")
+    return "\n".join(lines)
+
+
 def summarise(tool_name: str, content: str) -> str:
     """A short answer from a tool's JSON result."""
     try:
@@ -143,6 +163,14 @@ def summarise(tool_name: str, content: str) -> str:
         return "\n".join([head] + [f"- {p['formula']} (score {p['score']:.2f}): {p['rationale']}" for p in passed[:10]])
     if tool_name == "search_materials":
         return _summarise_search(result)
+    if tool_name == "recall_candidates":
+        return _summarise_recalled(result["candidates"], result["query"])
+    if tool_name == "retrieve_knowledge":
+        passages = result["passages"]
+        if not passages:
+            return "I found nothing about that in the knowledge store."
+        sources = "; ".join(dict.fromkeys(f"{p['title']} ({p['source']})" for p in passages))
+        return f"{passages[0]['text'][:600]}\nSources: {sources}"
     if tool_name == "describe_family":
         templates = ", ".join(f"{t['name']} ({t['ratio']})" for t in result["templates"])
         return (f"{result['title']}: {result['description']} Templates: {templates}. Roles: {result['roles']} "

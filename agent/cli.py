@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_memory import knowledge_app, memory_app
+from agent.render import JsonOption, console
+from agent.render import emit_json as _emit_json
+from agent.render import fail as _fail
 from agent.render import mark as _mark
 from agent.render import number as _number
 
@@ -23,20 +26,8 @@ app.add_typer(structure_app, name="structure")
 generate_app = typer.Typer(help="Generate crystal structures for a formula.", no_args_is_help=True)
 app.add_typer(family_app, name="family")
 app.add_typer(generate_app, name="generate")
-
-console = Console()
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-
-
-def _emit_json(payload: object) -> None:
-    typer.echo(json.dumps(payload, indent=2, allow_nan=False))
-
-
-
-
-def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
+app.add_typer(knowledge_app, name="knowledge")
+app.add_typer(memory_app, name="memory")
 
 
 def _exit_if_all_failed(reports: list[dict]) -> None:
@@ -61,7 +52,7 @@ def search(
     """Run the hierarchical search: understand, propose, screen, generate, score, select, report."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agent.search import default_run_dir, run_search, write_results
+    from agent.search import run_search, save_run
 
     overrides = {
         "seed": seed,
@@ -88,9 +79,7 @@ def search(
             bar.update(tasks[event["stage"]], description=label, completed=event["done"], total=max(event["total"], 1))
 
         result = run_search(request, overrides, on_progress=show)
-    if out is None and not result.error:
-        out = default_run_dir()
-    written = write_results(result, out) if out else {}
+    written = save_run(result, out)
     if as_json:
         _emit_json({**result.as_dict(), "files": written})
     elif result.error:
@@ -98,7 +87,7 @@ def search(
     else:
         _print_candidates(result)
         if written:
-            console.print(f"results: {written['results']}, report: {written['report']}, CIFs: {written['cifs']}")
+            console.print(f"run {written['run_id']}: results {written['results']}, report {written['report']}, CIFs {written['cifs']}")
     if result.error or not result.good:
         raise typer.Exit(1)
 

@@ -1,6 +1,6 @@
 """The hierarchical search as a LangGraph (GenMS Algorithm 1, made dynamic).
 
-understand -> propose -> screen -> (enough survivors? else propose again with feedback)
+understand -> retrieve -> propose -> screen -> (enough survivors? else propose again with feedback)
 -> generate -> score -> (enough good candidates? else generate the next formulae, or propose
 again) -> report. Every branch taken is recorded as a decision with its reason. Long steps
 report progress through LangGraph's custom stream (``stream_mode="custom"``).
@@ -55,6 +55,23 @@ def understand(state: SearchState, planner: Planner) -> dict:
     }
 
 
+def retrieve(state: SearchState, planner: Planner) -> dict:
+    """Look the request up (seeded articles, Wikipedia when online) to ground the proposer."""
+    started = time.time()
+    _progress("retrieve", 0, 1, "knowledge")
+    try:
+        passages, status = planner.retrieve(_spec(state))
+    except Exception as exc:  # a broken store must not stop the search: propose without context
+        passages, status = [], f"retrieval failed ({type(exc).__name__}: {str(exc)[:120]})"
+    _progress("retrieve", 1, 1, "knowledge")
+    titles = "; ".join(dict.fromkeys(p["title"] for p in passages)) or "none"
+    return {
+        "context": passages,
+        "decisions": [decision(state, "retrieve", "ground" if passages else "skip", f"{len(passages)} passages ({titles}); {status}")],
+        "timings": [{"step": "retrieve", "seconds": round(time.time() - started, 2)}],
+    }
+
+
 def propose(state: SearchState, planner: Planner) -> dict:
     """Ask the planner for H new formulae (feedback from earlier rejections on later rounds)."""
     spec = _spec(state)
@@ -63,7 +80,8 @@ def propose(state: SearchState, planner: Planner) -> dict:
     feedback = [f"{count} failed {check}" for check, count in rejected.most_common()]
     _progress("propose", 0, 1, f"round {round_number}")
     proposals, proposer = planner.propose(
-        spec, spec.budget.proposals, seed=spec.seed + round_number - 1, avoid=set(state.get("proposals_tried", [])), feedback=feedback
+        spec, spec.budget.proposals, seed=spec.seed + round_number - 1, avoid=set(state.get("proposals_tried", [])),
+        feedback=feedback, context=state.get("context", []),
     )
     screened = [s.as_dict() for s in screen(proposals, spec)]
     keys = [parse_formula(s["formula"]).key for s in screened if s["reduced_formula"]]
@@ -272,12 +290,14 @@ def build_graph(planner: Planner | None = None, checkpointer=None):
     planner = planner or default_planner()
     graph = StateGraph(SearchState)
     graph.add_node("understand", partial(understand, planner=planner))
+    graph.add_node("retrieve", partial(retrieve, planner=planner))
     graph.add_node("propose", partial(propose, planner=planner))
     graph.add_node("generate", generate)
     graph.add_node("score", score)
     graph.add_node("report", report)
     graph.add_edge(START, "understand")
-    graph.add_conditional_edges("understand", lambda s: END if s.get("error") else "propose", ["propose", END])
+    graph.add_conditional_edges("understand", lambda s: END if s.get("error") else "retrieve", ["retrieve", END])
+    graph.add_edge("retrieve", "propose")
     graph.add_conditional_edges("propose", after_screen, ["propose", "generate", "report", END])
     graph.add_edge("generate", "score")
     graph.add_conditional_edges("score", after_score, ["propose", "generate", "report"])

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from tools.claude_proposer import claude_configured, propose
 from tools.formula import FormulaError, parse_formula
 
-log = logging.getLogger(__name__)
 from tools.proposer import Proposal, propose_offline
 from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict, parse_request, spec_conflicts
+
+log = logging.getLogger(__name__)
+RETRIEVED_PASSAGES = 4
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Planner:
     """Decides the spec and the formulae; ``name`` says which planner runs ('offline' or 'claude')."""
 
     use_claude: bool = False
+    use_retrieval: bool = True  # ground proposals in retrieved passages (GenMS's RAG; off for ablations)
 
     @property
     def name(self) -> str:
@@ -44,12 +47,25 @@ class Planner:
                 log.warning("Claude could not read the request, using the rule-based parser: %s", exc)
         return parse_request(request, **overrides)
 
-    def propose(self, spec: SearchSpec, n: int, seed: int, avoid: set[str], feedback: list[str]) -> tuple[list[Proposal], str]:
-        """``n`` new formulae (none whose key is in ``avoid``) and which proposer made them."""
+    def retrieve(self, spec: SearchSpec) -> tuple[list[dict], str]:
+        """Passages about the request (seeded articles, Wikipedia when online) and a status line."""
+        if not self.use_retrieval:
+            return [], "retrieval off"
+        from tools.knowledge import search_knowledge
+
+        found = search_knowledge(spec.request or spec.summary(), k=RETRIEVED_PASSAGES)
+        return [p.as_dict() for p in found.passages], found.wikipedia
+
+    def propose(self, spec: SearchSpec, n: int, seed: int, avoid: set[str], feedback: list[str],
+                context: list[dict] = ()) -> tuple[list[Proposal], str]:
+        """``n`` new formulae (none whose key is in ``avoid``) and which proposer made them.
+
+        Claude reads the retrieved ``context`` (fenced as data) and the screen's ``feedback``;
+        the offline proposer works from the catalogue and substitution statistics alone.
+        """
         if not self.use_claude:
             return propose_offline(spec, n, seed=seed, avoid=avoid), "offline"
-        context = [f"Earlier proposals were rejected: {'; '.join(feedback)}"] if feedback else []
-        proposals, proposer = propose(spec, n, seed=seed, context=context, use_claude=True)
+        proposals, proposer = propose(spec, n, seed=seed, context=list(context), use_claude=True, feedback=feedback)
         return [p for p in proposals if _key(p.formula) not in avoid], proposer
 
 

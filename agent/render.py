@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
 from rich.table import Table
+
+console = Console()
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def emit_json(payload: object) -> None:
+    typer.echo(json.dumps(payload, indent=2, allow_nan=False))
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print the error on stderr and exit with ``code`` (2: bad input, 1: nothing usable)."""
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
 
 
 def number(value, digits: int = 3) -> str:

@@ -6,13 +6,14 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.graph import build_graph, good_candidates
 from agent.planner import Planner, default_planner
+from memory.runs import RunStore, new_run_id
+from tools.knowledge import remember_candidates
 
 
 @dataclass
@@ -26,6 +27,7 @@ class SearchResult:
     dropped: list[dict] = field(default_factory=list)
     screened: list[dict] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
+    context: list[dict] = field(default_factory=list)  # retrieved passages that grounded the proposer
     error: str | None = None
     error_kind: str | None = None
     planner: str = "offline"
@@ -41,6 +43,7 @@ class SearchResult:
             "request": self.request, "spec": self.spec, "planner": self.planner, "error": self.error,
             "error_kind": self.error_kind, "seconds": round(self.seconds, 2), "candidates": candidates,
             "decisions": self.decisions, "dropped": self.dropped, "screened": self.screened, "timings": self.timings,
+            "context": self.context,
         }
 
 
@@ -72,20 +75,36 @@ def run_search(
     return SearchResult(
         request=request, spec=final.get("spec") if not final.get("error") else None,
         candidates=final.get("ranked", []), decisions=final.get("decisions", []), dropped=final.get("dropped", []),
-        screened=final.get("screened", []), timings=final.get("timings", []), error=final.get("error"),
+        screened=final.get("screened", []), timings=final.get("timings", []), context=final.get("context", []),
+        error=final.get("error"),
         error_kind=final.get("error_kind"), planner=planner.name, seconds=time.time() - started,
     )
 
 
-def default_run_dir() -> Path:
-    """A new folder for one run's files: ``$GENMS_HOME/runs/<UTC time>-<id>``."""
-    from memory.paths import user_data_dir
+def run_summary(result: SearchResult) -> dict:
+    """The short record of a run that ``genms memory list`` shows."""
+    good = result.good
+    return {
+        "request": result.request, "planner": result.planner, "seconds": round(result.seconds, 2),
+        "family": (result.spec or {}).get("family"), "n_candidates": len(result.candidates), "n_good": len(good),
+        "best": [{"formula": c["formula"], "family": c["family"], "formation_energy_per_atom": c["formation_energy_per_atom"],
+                  "e_above_hull": c["e_above_hull"]} for c in good[:5]],
+    }
 
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return user_data_dir() / "runs" / f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+def run_files(result: SearchResult) -> dict[str, str]:
+    """Each candidate's CIF, ``results.json`` and ``report.md``, by relative name (sets ``cif_path``)."""
+    files = {}
+    for rank, candidate in enumerate(result.candidates, start=1):
+        candidate["cif_path"] = f"cifs/{rank:02d}_{candidate['formula']}.cif"
+        files[candidate["cif_path"]] = candidate["cif"]
+    files["results.json"] = json.dumps(result.as_dict(), indent=2, allow_nan=False) + "\n"
+    files["report.md"] = markdown_report(result)
+    return files
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(handle, "w") as stream:
         stream.write(text)
@@ -93,16 +112,27 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_results(result: SearchResult, out: Path) -> dict[str, str]:
-    """Write each candidate's CIF, results.json and report.md under ``out`` (atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cifs").mkdir(exist_ok=True)
-    for rank, candidate in enumerate(result.candidates, start=1):
-        path = out / "cifs" / f"{rank:02d}_{candidate['formula']}.cif"
-        _atomic_write(path, candidate["cif"])
-        candidate["cif_path"] = str(path.relative_to(out))
-    _atomic_write(out / "results.json", json.dumps(result.as_dict(), indent=2, allow_nan=False) + "\n")
-    _atomic_write(out / "report.md", markdown_report(result))
+    """Write each candidate's CIF, results.json and report.md under ``out`` (each file atomically)."""
+    for relative, text in run_files(result).items():
+        _atomic_write(out / relative, text)
     return {"results": str(out / "results.json"), "report": str(out / "report.md"), "cifs": str(out / "cifs")}
+
+
+def save_run(result: SearchResult, out: Path | None = None, store: RunStore | None = None) -> dict[str, str]:
+    """Record the run in memory (run folder published atomically, candidates indexed); copy to ``out``.
+
+    A run that never searched (an unusable request) is not recorded; with ``out`` its report
+    is still written there. Returns the run id and the paths of the user-facing files.
+    """
+    if result.error:
+        return write_results(result, out) if out else {}
+    store = store or RunStore()
+    run_id = new_run_id()
+    folder = store.save(run_id, run_files(result), run_summary(result))
+    remember_candidates(run_id, result.request, result.candidates, result.good, folder)
+    written = write_results(result, out) if out else {
+        "results": str(folder / "results.json"), "report": str(folder / "report.md"), "cifs": str(folder / "cifs")}
+    return {"run_id": run_id, "run_dir": str(folder), **written}
 
 
 def _number(value, digits=3) -> str:
@@ -127,6 +157,10 @@ def markdown_report(result: SearchResult) -> str:
     lines += [f"- round {d['round']}, {d['elapsed_s']:.1f} s, **{d['step']}** -> {d['decision']}: {d['reason']}" for d in result.decisions]
     if result.dropped:
         lines += ["", "## Dropped formulae", ""] + [f"- {d['formula']}: {d['reason']}" for d in result.dropped]
+    if result.context:
+        lines += ["", "## Background retrieved", ""]
+        sources = {p["source"]: p for p in result.context}
+        lines += [f"- {p['title']} ({p['kind']}): {source}, similarity {p['score']:.2f}" for source, p in sources.items()]
     lines += ["", "## Candidates", ""]
     lines += [f"- **{c['formula']}**: {c['rationale']}" for c in result.candidates]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ class SearchState(TypedDict, total=False):
     error_kind: str | None
     round: int
     started_at: float
+    context: list[dict]  # retrieved passages (text, title, source, score, kind): data for the proposer
     proposals_tried: Annotated[list[str], operator.add]  # formula keys already proposed
     screened: Annotated[list[dict], operator.add]  # ScreenedFormula dicts, every round
     survivors: list[dict]  # passed the screen, best first, not yet sent to a generator

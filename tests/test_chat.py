@@ -48,6 +48,11 @@ def test_chat_session_through_a_terminal(tmp_path):
     resumed.sendline("/history")
     resumed.expect("you: is LiMn2O4 known")
     resumed.expect("you> ")
+    resumed.sendline("show me the pyrochlores we found")
+    resumed.expect("calling recall_candidates")
+    resumed.expect(r"\d+ candidates from earlier runs")
+    resumed.expect(r"\(pyrochlore, Fd-3m\): E_f -\d\.\d+ eV/atom")
+    resumed.expect("you> ")
     resumed.sendline("/results")
     resumed.expect(r"good candidates")
     resumed.expect("you> ")
@@ -68,6 +73,9 @@ def test_chat_session_through_a_terminal(tmp_path):
         ("what is a garnet?", "describe_family"),
         ("find a novel spinel oxide containing Mn", "search_materials"),
         ("propose a lead-free halide perovskite", "propose_formulas"),
+        ("show me the spinels we found", "recall_candidates"),
+        ("what did earlier runs give for Mn oxides?", "recall_candidates"),
+        ("what is the Goldschmidt tolerance factor?", "retrieve_knowledge"),
     ],
 )
 def test_offline_planner_routes_messages(message_text, tool):
@@ -76,6 +84,7 @@ def test_offline_planner_routes_messages(message_text, tool):
 
 def test_offline_planner_explains_what_it_cannot_do():
     assert "I can check formulas" in plan("make me a sandwich").content
+    assert "I can check formulas" in plan("what can you do?").content
     assert "cannot search" in plan("find a spinel without oxygen, sulphur, selenium or any anion").content
 
 

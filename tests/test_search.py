@@ -63,8 +63,21 @@ def test_novel_manganese_spinels(tmp_path):
 
 
 def test_pyrochlore_oxides(tmp_path):
+    from memory.runs import RunStore
+    from tools.knowledge import recall_candidates
+
     for candidate, _ in good_of("a pyrochlore oxide", tmp_path):
         assert candidate["family"] == "pyrochlore" and candidate["checks"]["spacegroup_number"] == 227
+    saved = json.loads((tmp_path / "results.json").read_text())
+    retrieved = next(d for d in saved["decisions"] if d["step"] == "retrieve")
+    assert retrieved["decision"] == "ground" and "Pyrochlore A2B2X7 (genms catalogue)" in retrieved["reason"]
+    assert saved["context"][0]["source"] == "genms://knowledge/families/pyrochlore"
+    assert "## Background retrieved" in (tmp_path / "report.md").read_text()
+    # the run is recorded in memory, its candidates searchable by meaning
+    run = RunStore().list(limit=1)[0]
+    assert run["request"] == "a pyrochlore oxide" and run["n_good"] >= 3
+    remembered = recall_candidates("pyrochlores we found", k=50, good_only=True)
+    assert {c.formula for c in remembered if c.run_id == run["run_id"]} == {c["formula"] for c in run["best"]}
 
 
 def test_bismuth_perovskites_not_in_mp(tmp_path):
@@ -108,6 +121,8 @@ def test_search_with_the_claude_planner(anthropic_env):
     screen_reason = next(d["reason"] for d in result.decisions if d["step"] == "screen")
     assert screen_reason.startswith("claude proposer: 3 formulae, 1 passed")
     assert [c["formula"] for c in result.good] == ["MnGa2O4"]
+    proposer_prompt = server.requests[1]["body"]["messages"][0]["content"]
+    assert "<retrieved_passages" in proposer_prompt and 'title="Spinel AB2X4 (genms catalogue)"' in proposer_prompt
 
 
 def test_claude_planner_falls_back_to_the_rules(anthropic_env):

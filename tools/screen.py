@@ -2,8 +2,8 @@
 
 Checks run in order and the first failure is recorded with its reason:
 ``regex`` (a formula of known elements) -> ``charge_neutrality`` (SMACT, mixed valence
-allowed) -> ``uniqueness`` (not in the sets the request excludes: MP, ICSD, OQMD, the user's
-list) -> ``compliance`` (family template, atom ratio, required / excluded / allowed
+allowed) -> ``uniqueness`` (not in the sets the request excludes: MP, ICSD, OQMD, what earlier
+genms runs produced, the user's list) -> ``compliance`` (family template, atom ratio, required / excluded / allowed
 elements, anion class, size). Survivors are ranked by a score in [0, 1] that combines the
 proposer's own prior with how common the oxidation states are and Pauling's test.
 """
@@ -67,12 +67,28 @@ def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
     return None
 
 
-def _uniqueness(parsed: ParsedFormula, spec: SearchSpec) -> tuple[str | None, list[str]]:
+def _uniqueness(parsed: ParsedFormula, spec: SearchSpec, earlier: frozenset[str]) -> tuple[str | None, list[str]]:
     verdict = check_uniqueness(parsed, exclude=spec.exclude_formulas, against=spec.novel_against or ())
+    known_in = verdict.known_in + (["genms"] if parsed.key in earlier else [])
     if verdict.in_exclusion_list:
-        return "in the user's exclusion list", verdict.known_in
-    clash = [s for s in verdict.known_in if s in spec.novel_against]
-    return (f"already known in {', '.join(clash)}" if clash else None), verdict.known_in
+        return "in the user's exclusion list", known_in
+    clash = [s for s in known_in if s in spec.novel_against]
+    return (f"already known in {', '.join(clash)}" if clash else None), known_in
+
+
+def earlier_runs_formulas(spec: SearchSpec) -> frozenset[str]:
+    """Composition keys of what earlier genms runs produced, when the request asks for novelty against them."""
+    if "genms" not in spec.novel_against:
+        return frozenset()
+    from tools.knowledge import earlier_formulas
+
+    keys = set()
+    for formula in earlier_formulas():
+        try:
+            keys.add(parse_formula(formula).key)
+        except FormulaError:
+            continue
+    return frozenset(keys)
 
 
 def oxidation_state_score(balance: ChargeBalance) -> float:
@@ -90,8 +106,9 @@ def rank_score(balance: ChargeBalance, prior: float | None) -> float:
     return round(score + 0.2 * (prior if prior is not None else 0.5), 4)
 
 
-def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str = "user", prior: float | None = None) -> ScreenedFormula:
-    """Run the checks on one formula."""
+def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str = "user", prior: float | None = None,
+               earlier: frozenset[str] | None = None) -> ScreenedFormula:
+    """Run the checks on one formula (``earlier``: formulae of earlier runs, looked up if not given)."""
     result = ScreenedFormula(formula, None, rationale, source, False, None, None, None)
     try:
         parsed = parse_formula(formula)
@@ -104,7 +121,8 @@ def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str 
     if not balance.charge_balanced:
         result.rejected_by, result.reason = "charge_neutrality", "no charge-neutral assignment of common oxidation states"
         return result
-    reason, result.known_in = _uniqueness(parsed, spec)
+    earlier = earlier_runs_formulas(spec) if earlier is None else earlier
+    reason, result.known_in = _uniqueness(parsed, spec, earlier)
     if reason:
         result.rejected_by, result.reason = "uniqueness", reason
         return result
@@ -121,12 +139,12 @@ def screen(proposals, spec: SearchSpec) -> list[ScreenedFormula]:
 
     A formula proposed twice (the same reduced composition) is kept once.
     """
-    screened, seen = [], set()
+    screened, seen, earlier = [], set(), earlier_runs_formulas(spec)
     for proposal in proposals:
         if isinstance(proposal, str):
-            item = screen_one(proposal, spec)
+            item = screen_one(proposal, spec, earlier=earlier)
         else:
-            item = screen_one(proposal.formula, spec, proposal.rationale, proposal.source, proposal.prior)
+            item = screen_one(proposal.formula, spec, proposal.rationale, proposal.source, proposal.prior, earlier)
         key = item.reduced_formula or item.formula
         if key in seen:
             continue

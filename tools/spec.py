@@ -60,7 +60,8 @@ class SearchSpec(BaseModel):
     allowed_elements: list[str] | None = Field(None, description="if set, only these elements may appear")
     excluded_elements: list[str] = Field(default_factory=list)
     anion_class: str | None = Field(None, description="oxide, fluoride, halide, chalcogenide, nitride ...")
-    novel_against: list[Literal["MP", "ICSD", "OQMD"]] = Field(default_factory=list)
+    novel_against: list[Literal["MP", "ICSD", "OQMD", "genms"]] = Field(
+        default_factory=list, description="known sets to avoid; 'genms' = what earlier genms runs produced")
     exclude_formulas: list[str] = Field(default_factory=list, description="a user's list of formulae to avoid")
     band_gap: float | None = Field(None, ge=0, le=15, description="target band gap, eV")
     band_gap_tolerance: float = Field(0.5, gt=0, le=10, description="eV")
@@ -241,6 +242,9 @@ def _novelty(text: str) -> list[str]:
         sets.append("OQMD")
     if not sets and re.search(r"\b(novel|new|unknown|undiscovered|unreported|unique|hypothetical)\b", lowered):
         sets = ["MP", "ICSD"]
+    if re.search(r"\b(?:not|never) (?:found|produced|generated|seen|proposed) (?:before|earlier|already)|"
+                 r"\bnot (?:in|from) (?:our |my |the )?(?:earlier|previous|past|other) (?:runs|searches)|\bnew to (?:us|me|genms)\b", lowered):
+        sets.append("genms")
     return sets
 
 

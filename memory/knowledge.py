@@ -1,0 +1,123 @@
+"""The ``knowledge`` collection: articles split into chunks, each with its title, source and kind.
+
+Kinds: ``seed`` (articles genms writes itself), ``wikipedia`` (fetched, with their URLs) and
+``user`` (added with ``genms knowledge add``). Adding an article again replaces its chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import asdict, dataclass
+
+from memory.vectors import collection, similarity, write_lock
+
+COLLECTION = "knowledge"
+CHUNK_CHARS = 900
+OVERLAP_CHARS = 150
+KINDS = ("seed", "wikipedia", "user")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk: its text, the article's title and source (URL or genms path), score in [-1, 1]."""
+
+    text: str
+    title: str
+    source: str
+    score: float
+    kind: str
+    chunk: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pieces(paragraph: str) -> list[str]:
+    """Sentences of an over-long paragraph, each at most CHUNK_CHARS."""
+    if len(paragraph) <= CHUNK_CHARS:
+        return [paragraph]
+    pieces = []
+    for sentence in re.split(r"(?<=[.!?])\s+", paragraph):
+        pieces += [sentence[i:i + CHUNK_CHARS] for i in range(0, len(sentence), CHUNK_CHARS)]
+    return pieces
+
+
+def chunk_text(text: str) -> list[str]:
+    """Split text at paragraphs (then sentences) into chunks of at most ~CHUNK_CHARS characters.
+
+    Consecutive chunks share up to OVERLAP_CHARS of context so that a fact that straddles a
+    boundary is still found whole in one of them.
+    """
+    paragraphs = [" ".join(block.split()) for block in re.split(r"\n\s*\n", text)]
+    pieces = [piece for paragraph in paragraphs if paragraph for piece in _pieces(paragraph)]
+    chunks, current = [], ""
+    for piece in pieces:
+        if current and len(current) + len(piece) + 1 > CHUNK_CHARS:
+            chunks.append(current)
+            tail = current[-OVERLAP_CHARS:]
+            current = tail[tail.find(" ") + 1:] if " " in tail else ""
+        current = f"{current} {piece}".strip()
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _source_key(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:16]
+
+
+class KnowledgeStore:
+    """Chunked articles in the vector store, searched by meaning."""
+
+    def __init__(self):
+        self._collection = collection(COLLECTION)
+
+    def add(self, title: str, text: str, source: str, kind: str, extra: dict | None = None) -> int:
+        """Index an article (replacing an earlier copy from the same source); returns its chunk count."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown knowledge kind {kind!r}; one of {', '.join(KINDS)}")
+        chunks = chunk_text(text)
+        if not chunks:
+            raise ValueError(f"article {title!r} has no text")
+        key = _source_key(source)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        metadata = {"title": title, "source": source, "kind": kind, "source_key": key, "added_at": stamp, **(extra or {})}
+        with write_lock():
+            self._collection.delete(where={"source_key": key})
+            self._collection.add(
+                ids=[f"{key}-{i}" for i in range(len(chunks))], documents=chunks,
+                metadatas=[{**metadata, "chunk": i} for i in range(len(chunks))])
+        return len(chunks)
+
+    def has(self, source: str) -> bool:
+        return bool(self._collection.get(where={"source_key": _source_key(source)}, limit=1, include=[])["ids"])
+
+    def chunk_count(self, source: str) -> int:
+        return len(self._collection.get(where={"source_key": _source_key(source)}, include=[])["ids"])
+
+    def sources(self, kind: str | None = None) -> dict[str, dict]:
+        """Source -> metadata of the first chunk, for every article (of one kind)."""
+        found = self._collection.get(where={"kind": kind} if kind else None, include=["metadatas"])
+        return {m["source"]: m for m in found["metadatas"] if m.get("chunk") == 0}
+
+    def delete_kind(self, kind: str) -> None:
+        with write_lock():
+            self._collection.delete(where={"kind": kind})
+
+    def count(self) -> int:
+        return self._collection.count()
+
+    def query(self, text: str, k: int = 5, kinds: tuple[str, ...] | None = None) -> list[Passage]:
+        """The ``k`` chunks closest in meaning to ``text``, best first."""
+        if not self.count():
+            return []
+        where = {"kind": {"$in": list(kinds)}} if kinds else None
+        found = self._collection.query(query_texts=[text], n_results=min(k, self.count()), where=where,
+                                       include=["documents", "metadatas", "distances"])
+        return [
+            Passage(text=doc, title=meta["title"], source=meta["source"], score=similarity(distance),
+                    kind=meta["kind"], chunk=int(meta["chunk"]))
+            for doc, meta, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0])
+        ]
