@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/genms doctor
 	$(BIN)/genms search "a novel spinel oxide containing Mn" -H 12 -W 3 -L 2 --relax-steps 40 -n 3 --out runs/demo
+	$(BIN)/genms memory list -n 3
+	$(BIN)/genms knowledge search "pyrochlore A2B2O7" -k 3 --no-wikipedia
 	$(BIN)/genms formula check SrTiO3 MgAl2O4 Sr4Ti4O12 Fe3O4 Zn2Ti2O7 Cs2AgBiBr6 Xx2O
 	$(BIN)/genms formula propose "a novel spinel oxide containing Mn" -n 10 --offline
 	$(BIN)/genms generate template Y2Ti2O7 --family pyrochlore -n 2 --out $(VENV)/demo
@@ -35,6 +37,7 @@ bench: setup
 	$(BIN)/python -m evals.bench_formula_check
 	$(BIN)/python -m evals.bench_scoring
 	$(BIN)/python -m evals.bench_formation_energy
+	$(BIN)/python -m evals.bench_retrieval
 
 # Refit the CHGNet elemental reference energies on MP-20 train (about 12 minutes).
 references: setup
