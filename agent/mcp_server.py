@@ -91,15 +91,24 @@ async def run_in_worker(
                 if on_event is not None:
                     await on_event(event)
 
+    def guarded(report: Callable[[Any], None]) -> tuple[bool, Any]:
+        try:  # the work's own exceptions are re-raised below, outside the task group, unwrapped
+            return True, work(report)
+        except Exception as exc:
+            return False, exc
+
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(pump)
             try:
-                return await anyio.to_thread.run_sync(work, report, abandon_on_cancel=True)
+                ok, value = await anyio.to_thread.run_sync(guarded, report, abandon_on_cancel=True)
             finally:
                 send.close()
     finally:
         cancelled.set()  # a no-op after normal completion; after a cancellation it stops the worker
+    if not ok:
+        raise value
+    return value
 
 
 def _failure(tool: str, exc: Exception) -> ToolError:
@@ -346,6 +355,9 @@ def get_run(run_id: s.RunId) -> s.RunRecord:
         record = _store().load(run_id)
     except (InvalidRunId, RunNotFound) as exc:
         raise ToolError(str(exc)) from exc
+    for candidate in record.get("candidates") or []:
+        if candidate.get("cif_path"):
+            candidate["cif_uri"] = run_uri(run_id, candidate["cif_path"])
     return s.RunRecord(**record, resources=[run_uri(run_id, f) for f in record["files"]])
 
 
