@@ -114,8 +114,8 @@ def generate_structures(
 
     try:
         generated = generate_with(generator, formula, family=family, n=n, seed=seed)
-    except (FormulaError, GenerationError, KeyError) as exc:
-        return {"error": str(exc).strip("'\"")}
+    except (FormulaError, GenerationError, KeyError) as exc:  # KeyError: an unknown family, its message quoted
+        return {"error": exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)}
     return [
         {"formula": g.formula, "generator": g.generator, "family": g.family, "prototype": g.prototype,
          "assignment": g.assignment, "variant": g.variant, "notes": g.notes, "cif": write_cif(g.structure)}
