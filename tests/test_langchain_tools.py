@@ -11,11 +11,23 @@ def test_tools_expose_bounded_schemas():
     tools = {tool.name: tool for tool in chemistry_tools()}
     assert set(tools) == {
         "check_formulas", "check_structure", "score_structures", "propose_formulas", "generate_template_structures",
-        "describe_family",
+        "describe_family", "retrieve_knowledge", "recall_candidates",
     }
     schema = tools["score_structures"].tool_call_schema.model_json_schema()
     assert schema["properties"]["fmax"]["maximum"] == 1.0
     assert schema["properties"]["cifs"]["maxItems"] == 50
+    retrieve = tools["retrieve_knowledge"].tool_call_schema.model_json_schema()
+    assert retrieve["properties"]["k"]["maximum"] == 50 and retrieve["properties"]["query"]["maxLength"] == 2000
+
+
+def test_knowledge_tools_answer_and_refuse():
+    from tools.langchain_tools import recall_candidates_tool, retrieve_knowledge_tool
+
+    found = retrieve_knowledge_tool.invoke({"query": "pyrochlore A2B2O7", "k": 2})
+    assert found["passages"][0]["source"] == "genms://knowledge/families/pyrochlore" and len(found["passages"]) == 2
+    with pytest.raises(ValidationError):
+        retrieve_knowledge_tool.invoke({"query": "spinel", "k": 500})
+    assert "unknown crystal family" in recall_candidates_tool.invoke({"query": "x", "family": "quasicrystal"})["error"]
 
 
 def test_check_formulas_tool():
