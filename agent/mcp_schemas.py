@@ -3,8 +3,9 @@
 Arguments are bounded where clients send them: counts, string lengths and sizes out of range
 are refused by validation, before any work starts, as tool errors. Budget bounds come from
 ``tools.spec`` (the same ones the CLI and the search use); generator names from
-``tools.generation.GENERATORS``. Result models list the keys that clients can rely on and
-allow extra keys, so a tool that reports more does not break the schema.
+``tools.generation.GENERATORS``; query and passage bounds from ``tools.knowledge``. Result
+models list the keys that clients can rely on and allow extra keys, so a tool that reports
+more does not break the schema.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.generation import GENERATORS
+from tools.knowledge import MAX_K as MAX_PASSAGES
+from tools.knowledge import MAX_QUERY_CHARS
 from tools.relaxation import FMAX_RANGE, MAX_STEPS_RANGE
 from tools.spec import Budget, SearchSpec
 
@@ -23,6 +26,7 @@ MAX_REQUEST_CHARS = 2000
 MAX_FORMULAS = 500
 MAX_STRUCTURES = 50
 MAX_SEED = 2**32 - 1
+MAX_RECALLED = 500  # the bound tools.knowledge.recall_candidates checks
 
 
 def _bounds(model: type[BaseModel], name: str) -> list:
@@ -53,8 +57,11 @@ FamilyName = Annotated[str, Field(min_length=1, max_length=60, description="Crys
 StructureCount = Annotated[int, Field(ge=1, le=MAX_STRUCTURES, description="How many structures (L).")]
 Fmax = Annotated[float, Field(ge=FMAX_RANGE[0], le=FMAX_RANGE[1], description="Relaxation force criterion, eV/Å.")]
 MaxSteps = Annotated[int, Field(ge=MAX_STEPS_RANGE[0], le=MAX_STEPS_RANGE[1], description="Relaxation step limit.")]
-Query = Annotated[str, Field(min_length=1, max_length=1000, description="What to look up, e.g. 'spinel cation inversion'.")]
-PassageCount = Annotated[int, Field(ge=1, le=20, description="How many passages.")]
+Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look up, e.g. 'pyrochlore A2B2O7'.")]
+PassageCount = Annotated[int, Field(ge=1, le=MAX_PASSAGES, description="How many passages.")]
+RecallQuery = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to recall, e.g. 'the spinels we found'.")]
+RecallCount = Annotated[int, Field(ge=1, le=MAX_RECALLED, description="How many candidates.")]
+RecallFamily = Annotated[str, Field(min_length=1, max_length=60, description="Only this crystal family, e.g. 'spinel' (a family named in the query also filters).")]
 RunLimit = Annotated[int, Field(ge=1, le=200, description="How many runs, newest first.")]
 RunId = Annotated[str, Field(min_length=1, max_length=200, description="A run id from list_runs or search_materials.")]
 
@@ -224,10 +231,38 @@ class RunRecord(_Open):
 class Passage(_Open):
     text: str
     title: str | None = None
-    source: str | None = None
-    score: float | None = None
-    kind: str | None = None
+    source: str | None = Field(None, description="URL, or genms://knowledge/... for genms's own articles.")
+    score: float | None = Field(None, description="Similarity to the query, in [-1, 1].")
+    kind: str | None = Field(None, description="seed (written by genms), wikipedia or user.")
+    chunk: int | None = Field(None, description="Position of the passage in its article.")
 
 
-class RetrieveKnowledgeOutput(BaseModel):
+class RetrieveKnowledgeOutput(_Open):
+    query: str
+    wikipedia: str | None = Field(None, description="How Wikipedia was consulted (cached, fetched, off ...).")
+    seconds: float | None = None
     passages: list[Passage]
+
+
+class RecalledCandidate(_Open):
+    run_id: str
+    rank: int
+    formula: str
+    reduced_formula: str | None = None
+    family: str | None = None
+    prototype: str | None = None
+    generator: str | None = None
+    spacegroup: str | None = None
+    formation_energy_per_atom: float | None = Field(None, description="eV/atom, MP scale.")
+    e_above_hull: float | None = Field(None, description="eV/atom above the MP hull.")
+    good: bool
+    novel: bool | None = Field(None, description="In none of MP, ICSD, OQMD.")
+    request: str | None = Field(None, description="The request of the run that produced it.")
+    description: str | None = None
+    score: float | None = Field(None, description="Similarity to the query.")
+    cif_uri: str | None = Field(None, description="The candidate's CIF as an MCP resource.")
+
+
+class RecallCandidatesOutput(_Open):
+    query: str
+    candidates: list[RecalledCandidate]

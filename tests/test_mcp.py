@@ -35,7 +35,7 @@ CANCELLED_REQUEST = "a novel pyrochlore oxide"
 BIG = {"proposals": 40, "formulas": 10, "structures": 4, "rounds": 5, "relax_steps": 200, "results": 30}
 STOPPED = "search cancelled by the client; stopped"
 TOOLS = {"search_materials", "propose_formulas", "check_formulas", "check_structure", "generate_structures",
-         "score_structures", "retrieve_knowledge", "list_runs", "get_run"}
+         "score_structures", "retrieve_knowledge", "recall_candidates", "list_runs", "get_run"}
 CIF_TRIAL = """data_SrTiO3
 _cell_length_a 3.905
 _cell_length_b 3.905
@@ -165,6 +165,9 @@ def test_lists_tools_with_bounded_schemas(mcp):
     generator = tools["generate_structures"].input_schema["$defs"]["GeneratorName"]
     assert {"template", "random_symmetric"} <= set(generator["enum"])
     assert all(tool.output_schema for tool in tools.values())
+    recall = tools["recall_candidates"].input_schema["properties"]
+    assert recall["query"]["maxLength"] == 2000 and recall["k"]["maximum"] == 500 and "good_only" in recall
+    assert tools["retrieve_knowledge"].input_schema["properties"]["k"]["maximum"] == 50
     templates = {t.uri_template for t in mcp.run(mcp.client.list_resource_templates).resource_templates}
     assert templates == {"genms://runs/{run_id}/report.md", "genms://runs/{run_id}/results.json",
                          "genms://runs/{run_id}/cifs/{name}"}
@@ -211,10 +214,39 @@ def test_chemistry_tools(mcp):
     assert first["plausible"] and first["formation_energy_per_atom"] < -2 and first["relax_steps"] is not None
     assert second["plausible"] is False and "CIF" in second["reason"]
 
+
+
+def test_retrieve_knowledge_offline(mcp):
     passages = mcp.call("retrieve_knowledge", {"query": "spinel AB2O4 cation sites", "k": 3})
     assert not passages.is_error, passages.content
     found = passages.structured_content["passages"]
     assert len(found) == 3 and all(p["text"] and p["source"] and p["score"] is not None for p in found)
+
+    answer = mcp.call("retrieve_knowledge", {"query": "pyrochlore A2B2O7", "k": 2})
+    assert not answer.is_error, answer.content
+    retrieved = answer.structured_content
+    assert retrieved["query"] == "pyrochlore A2B2O7" and "GENMS_OFFLINE" in retrieved["wikipedia"]  # the server inherited it
+    first = retrieved["passages"][0]
+    assert first["source"] == "genms://knowledge/families/pyrochlore" and first["kind"] == "seed"
+    assert "pyrochlore" in first["text"].lower() and first["chunk"] is not None
+
+
+def test_recall_candidates_finds_the_recorded_search(mcp, searched):
+    result = searched[0]
+    answer = mcp.call("recall_candidates", {"query": "the spinels we found", "k": 50})
+    assert not answer.is_error, answer.content
+    recalled = answer.structured_content["candidates"]
+    mine = [c for c in recalled if c["run_id"] == result["run_id"]]
+    assert len(mine) == result["n_candidates"] and all(c["family"] == "spinel" for c in recalled)
+    best = min(mine, key=lambda c: c["rank"])
+    assert best["formula"] == result["candidates"][0]["formula"] and best["request"] == REQUEST
+    assert "cif_path" not in best and best["cif_uri"] == result["candidates"][0]["cif_uri"]
+    assert "_cell_length_a" in mcp.read(best["cif_uri"]).contents[0].text
+
+    good = mcp.call("recall_candidates", {"query": "Mn oxide", "family": "spinel", "good_only": True, "k": 50})
+    assert not good.is_error and all(c["good"] for c in good.structured_content["candidates"])
+    assert {c["run_id"] for c in good.structured_content["candidates"] if c["run_id"] == result["run_id"]} == (
+        {result["run_id"]} if result["n_good"] else set())
 
 
 @pytest.mark.parametrize(("tool", "arguments", "says"), [
@@ -231,6 +263,12 @@ def test_chemistry_tools(mcp):
     ("get_run", {"run_id": "20000101T000000-abcdef"}, "no run"),
     ("propose_formulas", {"request": "make me a sandwich"}, "could not find a crystal family"),
     ("search_materials", {"request": "make me a sandwich", **TINY}, "not searched"),
+    ("retrieve_knowledge", {"query": "   "}, "empty query"),
+    ("retrieve_knowledge", {"query": "spinel", "k": 100}, "less than or equal to 50"),
+    ("retrieve_knowledge", {"query": "x" * 2001}, "at most 2000 characters"),
+    ("recall_candidates", {"query": ""}, "at least 1 character"),
+    ("recall_candidates", {"query": "spinels", "k": 501}, "less than or equal to 500"),
+    ("recall_candidates", {"query": "x", "family": "quasicrystal"}, "unknown crystal family 'quasicrystal'"),
 ])
 def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(mcp, tool, arguments, says):
     result = mcp.call(tool, arguments)
