@@ -1,0 +1,510 @@
+"""Crystal-GFN environment: space group -> composition -> lattice parameters, constraints as masks.
+
+Structured like the gflownet library's crystal environments: one class per sub-space
+(:class:`SpaceGroupEnv`, :class:`CompositionEnv`, :class:`LatticeEnv`) and the composite
+:class:`CrystalEnv`. States are small Python objects; masks are boolean numpy arrays (True = valid).
+
+Constraints (paper Fig. 1):
+- space group: choosing a crystal-lattice system, a point symmetry or a space group (any order)
+  masks the options of the other two that are inconsistent with it; stop only once the group is set;
+- composition: only counts compatible with the chosen group's Wyckoff multiplicities (pyxtal), the
+  joint check done on every partial composition (adding elements never repairs an incompatible
+  one), and only actions after which a charge-neutral completion is still reachable with the
+  elements' oxidation states (SMACT's ICSD-24 set, the set ``smact_validity`` uses); stop only when
+  the composition is charge neutral and Wyckoff compatible;
+- lattice: the free parameters of the lattice system are sampled (one continuous step, a mixture of
+  Beta distributions on [0, 1] per free parameter), the tied ones follow the system's equalities.
+
+Sampling-time restrictions (elements, space groups, atoms per element, lattice ranges) are a
+:class:`Restrictions` object that narrows the masks without retraining.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+
+from generators.gfn import spacegroups as sgs
+
+PAPER_ELEMENTS = ("H", "Li", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K",
+                  "V", "Mn", "Fe", "Co", "Ni", "Cu", "Se")
+CHARGE_OFFSET = 2048  # bit index = charge + offset in the Python-int bitsets below
+
+
+@dataclass(frozen=True)
+class CrystalConfig:
+    """The sample space: element vocabulary, space-group subset, atom counts, lattice ranges."""
+
+    elements: tuple[str, ...] = PAPER_ELEMENTS
+    space_groups: tuple[int, ...] = tuple(range(1, 231))
+    max_atoms_per_element: int = 16
+    max_atoms: int = 80
+    max_elements: int = 5
+    min_elements: int = 2
+    length_range: tuple[float, float] = (0.9, 100.0)
+    angle_range: tuple[float, float] = (50.0, 150.0)
+    n_components: int = 5  # Beta mixture components for the lattice
+
+    def __post_init__(self):
+        if len(set(self.elements)) != len(self.elements) or not self.elements:
+            raise ValueError("elements must be distinct and non-empty")
+        for sg in self.space_groups:
+            sgs._check(sg)
+        if not 1 <= self.min_elements <= self.max_elements:
+            raise ValueError("need 1 <= min_elements <= max_elements")
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CrystalConfig":
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def paper_config(space_groups: tuple[int, ...] | None = None) -> CrystalConfig:
+    """The paper's setting: 22 elements, up to 5 of them and 16 atoms each (80 in all).
+
+    The paper's 113 space groups are those present in both its proxy's train and validation sets;
+    :func:`generators.gfn.proxy.data_space_groups` computes the analogue from our data.
+    """
+    return CrystalConfig(space_groups=space_groups or tuple(range(1, 231)))
+
+
+@dataclass(frozen=True)
+class Restrictions:
+    """Sampling-time restrictions, applied through the masks (no retraining)."""
+
+    elements: frozenset[str] | None = None
+    space_groups: frozenset[int] | None = None
+    max_atoms_per_element: int | None = None
+    max_atoms: int | None = None
+    length_range: tuple[float, float] | None = None
+    angle_range: tuple[float, float] | None = None
+
+    @classmethod
+    def make(cls, elements=None, space_groups=None, lattice_ranges=None, max_atoms_per_element=None,
+             max_atoms=None) -> "Restrictions":
+        lr = dict(lattice_ranges or {})
+        return cls(
+            elements=frozenset(elements) if elements else None,
+            space_groups=frozenset(int(s) for s in space_groups) if space_groups else None,
+            max_atoms_per_element=max_atoms_per_element,
+            max_atoms=max_atoms,
+            length_range=tuple(lr["lengths"]) if "lengths" in lr else None,
+            angle_range=tuple(lr["angles"]) if "angles" in lr else None,
+        )
+
+
+NO_RESTRICTIONS = Restrictions()
+
+
+# --------------------------------------------------------------------------------------------
+# space group
+# --------------------------------------------------------------------------------------------
+class SpaceGroupEnv:
+    """State (cls, ps, sg) as indices, -1 when unset; actions: set cls | set ps | set sg | stop."""
+
+    def __init__(self, space_groups: tuple[int, ...]):
+        self.space_groups = tuple(int(s) for s in space_groups)
+        self.n_cls, self.n_ps, self.n_sg = len(sgs.CRYSTAL_LATTICE_SYSTEMS), len(sgs.POINT_SYMMETRIES), len(self.space_groups)
+        self.sg_cls = np.array([sgs.CRYSTAL_LATTICE_SYSTEMS.index(sgs.crystal_lattice_system(s)) for s in self.space_groups])
+        self.sg_ps = np.array([sgs.POINT_SYMMETRIES.index(sgs.point_symmetry(s)) for s in self.space_groups])
+        self.eos = self.n_cls + self.n_ps + self.n_sg
+        self.n_actions = self.eos + 1
+
+    source = (-1, -1, -1)
+
+    def allowed_groups(self, restrictions: Restrictions) -> np.ndarray:
+        if restrictions.space_groups is None:
+            return np.ones(self.n_sg, dtype=bool)
+        return np.array([s in restrictions.space_groups for s in self.space_groups])
+
+    def mask(self, state, restrictions: Restrictions = NO_RESTRICTIONS, usable: np.ndarray | None = None) -> np.ndarray:
+        """``usable``: extra per-group filter (groups for which a valid composition exists)."""
+        cls, ps, sg = state
+        m = np.zeros(self.n_actions, dtype=bool)
+        if sg >= 0:
+            m[self.eos] = True
+            return m
+        ok = self.allowed_groups(restrictions)
+        if usable is not None:
+            ok &= usable
+        if cls >= 0:
+            ok &= self.sg_cls == cls
+        if ps >= 0:
+            ok &= self.sg_ps == ps
+        if cls < 0:
+            m[np.unique(self.sg_cls[ok])] = True
+        if ps < 0:
+            m[self.n_cls + np.unique(self.sg_ps[ok])] = True
+        m[self.n_cls + self.n_ps: self.eos] = ok
+        return m
+
+    def step(self, state, action: int):
+        cls, ps, sg = state
+        if action < self.n_cls:
+            assert cls < 0
+            return (action, ps, sg)
+        if action < self.n_cls + self.n_ps:
+            assert ps < 0
+            return (cls, action - self.n_cls, sg)
+        assert action < self.eos and sg < 0
+        idx = action - self.n_cls - self.n_ps
+        return (int(self.sg_cls[idx]), int(self.sg_ps[idx]), idx)
+
+    def n_parents(self, state) -> int:
+        """Parents of a non-source state (for the uniform backward policy)."""
+        cls, ps, sg = state
+        if sg >= 0:
+            return 4  # the group was set from (-,-), (c,-), (-,p) or (c,p)
+        return (cls >= 0) + (ps >= 0)
+
+    def space_group(self, state) -> int | None:
+        return self.space_groups[state[2]] if state[2] >= 0 else None
+
+
+# --------------------------------------------------------------------------------------------
+# composition
+# --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def oxidation_states(symbol: str) -> tuple[int, ...]:
+    """Oxidation states used for the charge-neutrality mask: SMACT's ICSD-24 set (what
+    ``smact.screening.smact_validity`` uses by default), falling back to pymatgen's common ones."""
+    try:
+        import smact
+
+        states = smact.Element(symbol).oxidation_states_icsd24 or []
+    except Exception:  # noqa: BLE001 - element unknown to SMACT
+        states = []
+    if not states:
+        from pymatgen.core import Element
+
+        states = list(Element(symbol).common_oxidation_states)
+    return tuple(sorted(set(int(s) for s in states if s != 0)))
+
+
+def _shift(bits: int, k: int) -> int:
+    return bits << k if k >= 0 else bits >> (-k)
+
+
+def charge_bits(counts: dict[int, int] | list, ox: list[tuple[int, ...]]) -> int:
+    """Bitset of the total charges reachable, one oxidation state per element."""
+    bits = 1 << CHARGE_OFFSET
+    for i, n in (counts.items() if isinstance(counts, dict) else enumerate(counts)):
+        if n > 0:
+            new = 0
+            for o in ox[i]:
+                new |= _shift(bits, n * o)
+            bits = new
+    return bits
+
+
+def is_charge_neutral(counts, ox) -> bool:
+    return bool(charge_bits(counts, ox) >> CHARGE_OFFSET & 1)
+
+
+class CompositionEnv:
+    """State: tuple of atom counts over the element vocabulary. Action (element i, count n) sets
+    element i (once) to n atoms; the last action stops."""
+
+    def __init__(self, config: CrystalConfig):
+        self.config = config
+        self.elements = config.elements
+        self.n_el = len(self.elements)
+        self.max_n = config.max_atoms_per_element
+        self.eos = self.n_el * self.max_n
+        self.n_actions = self.eos + 1
+        self.ox = [oxidation_states(e) for e in self.elements]
+        self.source = (0,) * self.n_el
+
+    def action(self, element: int, count: int) -> int:
+        return element * self.max_n + count - 1
+
+    def decode(self, action: int) -> tuple[int, int]:
+        return action // self.max_n, action % self.max_n + 1
+
+    def _limits(self, r: Restrictions):
+        max_n = min(self.max_n, r.max_atoms_per_element or self.max_n)
+        max_atoms = min(self.config.max_atoms, r.max_atoms or self.config.max_atoms)
+        allowed = np.array([r.elements is None or e in r.elements for e in self.elements])
+        return max_n, max_atoms, allowed
+
+    def _charge_kernel(self, free: list[int], counts_ok: list[int]) -> set[int]:
+        kernel: set[int] = set()
+        for i in free:
+            for o in self.ox[i]:
+                kernel.update(n * o for n in counts_ok)
+        return kernel
+
+    def mask(self, state, sg: int, restrictions: Restrictions = NO_RESTRICTIONS) -> np.ndarray:
+        cfg = self.config
+        counts = np.asarray(state)
+        m = np.zeros(self.n_actions, dtype=bool)
+        used = [i for i in range(self.n_el) if counts[i] > 0]
+        total = int(counts.sum())
+        max_n, max_atoms, allowed = self._limits(restrictions)
+        present = sorted(int(counts[i]) for i in used)
+        if len(used) >= cfg.min_elements and is_charge_neutral(state, self.ox) and sgs.counts_compatible(sg, tuple(present)):
+            m[self.eos] = True
+        if len(used) >= cfg.max_elements:
+            return m
+        single = sgs.single_counts_compatible(sg, self.max_n)
+        cand_n = [n for n in range(1, max_n + 1) if single[n - 1] and total + n <= max_atoms
+                  and sgs.counts_compatible(sg, tuple(sorted(present + [n])))]
+        if not cand_n:
+            return m
+        free = [i for i in range(self.n_el) if counts[i] == 0 and allowed[i]]
+        if not free:
+            return m
+        # charges reachable by up to r more elements after this action (union kernel: a slight
+        # over-approximation, since it may reuse an element)
+        r = cfg.max_elements - len(used) - 1
+        all_n = [n for n in range(1, max_n + 1) if single[n - 1]]
+        kernel = self._charge_kernel(free, all_n)
+        reach = 1 << CHARGE_OFFSET
+        layer = reach
+        for _ in range(r):
+            nxt = 0
+            for k in kernel:
+                nxt |= _shift(layer, k)
+            layer = nxt
+            reach |= layer
+        # mirror: bit (-f + offset) for each reachable f
+        neg = int(format(reach, f"0{2 * CHARGE_OFFSET + 1}b")[::-1], 2) if reach else 0
+        # the mirrored string has bit index (2*OFF - j): value -f at index -f + OFF, as needed
+        current = charge_bits(state, self.ox)
+        for i in free:
+            for n in cand_n:
+                for o in self.ox[i]:
+                    if _shift(current, n * o) & neg:
+                        m[self.action(i, n)] = True
+                        break
+        return m
+
+    def step(self, state, action: int):
+        i, n = self.decode(action)
+        assert state[i] == 0
+        s = list(state)
+        s[i] = n
+        return tuple(s)
+
+    def n_parents(self, state) -> int:
+        return sum(1 for c in state if c > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# lattice
+# --------------------------------------------------------------------------------------------
+FREE_PARAMETERS = {  # which of (a, b, c, alpha, beta, gamma) are sampled
+    "cubic": (0,), "tetragonal": (0, 2), "orthorhombic": (0, 1, 2), "hexagonal": (0, 2),
+    "monoclinic": (0, 1, 2, 4), "triclinic": (0, 1, 2, 3, 4, 5),
+}
+
+
+def lattice_from_free(system: str, free_values: dict[int, float]) -> tuple[float, ...]:
+    v = free_values
+    if system == "cubic":
+        return (v[0], v[0], v[0], 90.0, 90.0, 90.0)
+    if system == "tetragonal":
+        return (v[0], v[0], v[2], 90.0, 90.0, 90.0)
+    if system == "orthorhombic":
+        return (v[0], v[1], v[2], 90.0, 90.0, 90.0)
+    if system == "hexagonal":
+        return (v[0], v[0], v[2], 90.0, 90.0, 120.0)
+    if system == "monoclinic":
+        return (v[0], v[1], v[2], 90.0, v[4], 90.0)
+    return tuple(v[i] for i in range(6))
+
+
+def cell_volume(lattice) -> float:
+    a, b, c, al, be, ga = lattice
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    arg = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
+    return a * b * c * math.sqrt(arg) if arg > 0 else 0.0
+
+
+def lattice_valid(sg: int, lattice, config: CrystalConfig | None = None, tol: float = 1e-3) -> bool:
+    """Lattice obeys the space group's lattice-system equalities, lies in the ranges and has a volume."""
+    a, b, c, al, be, ga = lattice
+    system = sgs.lattice_system(sg)
+    close = lambda x, y: abs(x - y) <= tol * max(1.0, abs(y))  # noqa: E731
+    ok = {
+        "cubic": close(a, b) and close(b, c) and all(close(x, 90) for x in (al, be, ga)),
+        "tetragonal": close(a, b) and all(close(x, 90) for x in (al, be, ga)),
+        "orthorhombic": all(close(x, 90) for x in (al, be, ga)),
+        "hexagonal": close(a, b) and close(al, 90) and close(be, 90) and close(ga, 120),
+        "monoclinic": close(al, 90) and close(ga, 90),
+        "triclinic": True,
+    }[system]
+    if config is not None:
+        lo, hi = config.length_range
+        alo, ahi = config.angle_range
+        ok = ok and all(lo - tol <= x <= hi + tol for x in (a, b, c))
+        free_angles = [lattice[i] for i in FREE_PARAMETERS[system] if i >= 3]
+        ok = ok and all(alo - tol <= x <= ahi + tol for x in free_angles)
+    return bool(ok and cell_volume(lattice) > 1e-6)
+
+
+class LatticeEnv:
+    """One continuous step: x in [0, 1]^6 (only the lattice system's free entries matter) mapped to
+    the configured (or restricted) ranges."""
+
+    def __init__(self, config: CrystalConfig):
+        self.config = config
+
+    def ranges(self, restrictions: Restrictions = NO_RESTRICTIONS):
+        lr = restrictions.length_range or self.config.length_range
+        ar = restrictions.angle_range or self.config.angle_range
+        return lr, ar
+
+    def to_lattice(self, sg: int, x) -> tuple[float, ...]:
+        """Map unit-cube values to lattice parameters in the *training* ranges."""
+        (llo, lhi), (alo, ahi) = self.config.length_range, self.config.angle_range
+        system = sgs.lattice_system(sg)
+        vals = {}
+        for i in FREE_PARAMETERS[system]:
+            lo, hi = (llo, lhi) if i < 3 else (alo, ahi)
+            vals[i] = lo + float(x[i]) * (hi - lo)
+        return lattice_from_free(system, vals)
+
+    def in_restriction(self, sg: int, lattice, restrictions: Restrictions) -> bool:
+        if restrictions.length_range is None and restrictions.angle_range is None:
+            return True
+        (llo, lhi), (alo, ahi) = self.ranges(restrictions)
+        if any(not llo <= x <= lhi for x in lattice[:3]):
+            return False
+        angles = [lattice[i] for i in FREE_PARAMETERS[sgs.lattice_system(sg)] if i >= 3]
+        return all(alo <= x <= ahi for x in angles) and cell_volume(lattice) > 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# composite
+# --------------------------------------------------------------------------------------------
+STAGE_SG, STAGE_COMP, STAGE_LATTICE, STAGE_DONE = 0, 1, 2, 3
+
+
+@dataclass
+class CrystalState:
+    sg_state: tuple = (-1, -1, -1)
+    comp_state: tuple = ()
+    lattice: tuple | None = None
+    stage: int = STAGE_SG
+    dead_end: bool = False
+
+    def copy(self) -> "CrystalState":
+        return replace(self)
+
+
+@dataclass
+class Crystal:
+    """A terminal state: what Crystal-GFN samples (no atom positions)."""
+
+    space_group: int
+    composition: dict[str, int]
+    lattice: tuple[float, ...]
+
+    @property
+    def n_atoms(self) -> int:
+        return sum(self.composition.values())
+
+    def formula(self) -> str:
+        return "".join(f"{e}{n}" for e, n in self.composition.items())
+
+    def to_dict(self) -> dict:
+        return {"space_group": self.space_group, "composition": dict(self.composition), "lattice": list(self.lattice)}
+
+
+class CrystalEnv:
+    """Space group, then composition, then lattice; discrete actions index a joint vector
+    ``[space-group actions | composition actions]``; the lattice step is continuous."""
+
+    def __init__(self, config: CrystalConfig):
+        self.config = config
+        self.sg_env = SpaceGroupEnv(config.space_groups)
+        self.comp_env = CompositionEnv(config)
+        self.lat_env = LatticeEnv(config)
+        self.comp_offset = self.sg_env.n_actions
+        self.n_discrete = self.sg_env.n_actions + self.comp_env.n_actions
+        self._usable_cache: dict = {}
+
+    def source(self) -> CrystalState:
+        return CrystalState(comp_state=self.comp_env.source)
+
+    def usable_groups(self, restrictions: Restrictions) -> np.ndarray:
+        """Groups whose source composition mask has a valid action (no dead end right away)."""
+        key = restrictions
+        if key not in self._usable_cache:
+            ok = np.zeros(self.sg_env.n_sg, dtype=bool)
+            allowed = self.sg_env.allowed_groups(restrictions)
+            for j, sg in enumerate(self.sg_env.space_groups):
+                if allowed[j]:
+                    ok[j] = self.comp_env.mask(self.comp_env.source, sg, restrictions)[: self.comp_env.eos].any()
+            self._usable_cache[key] = ok
+        return self._usable_cache[key]
+
+    def mask(self, state: CrystalState, restrictions: Restrictions = NO_RESTRICTIONS) -> np.ndarray:
+        """Joint discrete mask (all False in the lattice stage, which is continuous)."""
+        m = np.zeros(self.n_discrete, dtype=bool)
+        if state.stage == STAGE_SG:
+            m[: self.comp_offset] = self.sg_env.mask(state.sg_state, restrictions, self.usable_groups(restrictions))
+        elif state.stage == STAGE_COMP:
+            sg = self.sg_env.space_group(state.sg_state)
+            m[self.comp_offset:] = self.comp_env.mask(state.comp_state, sg, restrictions)
+        return m
+
+    def step(self, state: CrystalState, action) -> tuple[CrystalState, float]:
+        """Apply an action; returns (new state, log P_B of the transition under the uniform backward policy)."""
+        s = state.copy()
+        if s.stage == STAGE_SG:
+            if action == self.sg_env.eos:
+                s.stage = STAGE_COMP
+                return s, 0.0
+            s.sg_state = self.sg_env.step(s.sg_state, int(action))
+            return s, -math.log(self.sg_env.n_parents(s.sg_state))
+        if s.stage == STAGE_COMP:
+            a = int(action) - self.comp_offset
+            if a == self.comp_env.eos:
+                s.stage = STAGE_LATTICE
+                return s, 0.0
+            s.comp_state = self.comp_env.step(s.comp_state, a)
+            return s, -math.log(self.comp_env.n_parents(s.comp_state))
+        if s.stage == STAGE_LATTICE:
+            sg = self.sg_env.space_group(s.sg_state)
+            s.lattice = self.lat_env.to_lattice(sg, action)
+            s.stage = STAGE_DONE
+            return s, 0.0
+        raise ValueError("step on a finished state")
+
+    def to_crystal(self, state: CrystalState) -> Crystal:
+        comp = {e: int(n) for e, n in zip(self.config.elements, state.comp_state) if n > 0}
+        return Crystal(self.sg_env.space_group(state.sg_state), comp, tuple(state.lattice))
+
+    def sample_random(self, n: int, rng: np.random.Generator | None = None,
+                      restrictions: Restrictions = NO_RESTRICTIONS, max_tries: int = 20) -> list[Crystal]:
+        """The untrained baseline: uniform over valid actions, uniform lattice in the allowed ranges."""
+        rng = rng or np.random.default_rng()
+        out: list[Crystal] = []
+        tries = 0
+        while len(out) < n and tries < n * max_tries:
+            tries += 1
+            s = self.source()
+            while s.stage in (STAGE_SG, STAGE_COMP):
+                m = self.mask(s, restrictions)
+                valid = np.flatnonzero(m)
+                if valid.size == 0:
+                    s.dead_end = True
+                    break
+                s, _ = self.step(s, int(rng.choice(valid)))
+            if s.dead_end:
+                continue
+            sg = self.sg_env.space_group(s.sg_state)
+            for _ in range(64):
+                x = rng.random(6)
+                s2, _ = self.step(s, x)
+                if self.lat_env.in_restriction(sg, s2.lattice, restrictions) and cell_volume(s2.lattice) > 1e-6:
+                    break
+            out.append(self.to_crystal(s2))
+        return out
