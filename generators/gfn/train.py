@@ -1,0 +1,71 @@
+"""Train a Crystal-GFN sampler with trajectory balance on the formation-energy proxy reward (CPU).
+
+    python -m generators.gfn.train --minutes 12 --out generators/weights/gfn/sampler_formation_energy.pt
+
+Setting: the paper's 22 elements, up to 5 elements / 16 atoms each / 80 in all, the space groups
+present in both the proxy's training and validation parts, lengths and angles over the bulk of
+the data (2.5-30 A, 55-140 deg). Reward exp(-E_f / T).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generators.gfn.env import PAPER_ELEMENTS, CrystalConfig, CrystalEnv
+from generators.gfn.gfn import WEIGHTS_DIR, FormationEnergyReward, GFNSampler, TrainConfig, train
+from generators.gfn.proxy import Proxy
+
+TRAIN_LENGTHS = (2.5, 30.0)
+TRAIN_ANGLES = (55.0, 140.0)
+
+
+def default_config(proxy: Proxy) -> CrystalConfig:
+    return CrystalConfig(elements=PAPER_ELEMENTS, space_groups=tuple(proxy.meta["space_groups_train_and_val"]),
+                         length_range=TRAIN_LENGTHS, angle_range=TRAIN_ANGLES)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=12)
+    p.add_argument("--iterations", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-logz", type=float, default=0.05)
+    p.add_argument("--temperature", type=float, default=0.25)
+    p.add_argument("--epsilon", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(WEIGHTS_DIR / "sampler_formation_energy.pt"))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    proxy = Proxy.load("formation_energy", device=a.device)
+    env = CrystalEnv(default_config(proxy))
+    cfg = TrainConfig(iterations=a.iterations, batch_size=a.batch_size, lr=a.lr, lr_logz=a.lr_logz,
+                      epsilon=a.epsilon, temperature=a.temperature, seed=a.seed, max_seconds=a.minutes * 60)
+    t0 = time.time()
+    policy, logz, history = train(env, FormationEnergyReward(proxy, env, a.temperature, a.device), cfg, a.device)
+    first = history[: max(1, len(history) // 20)]
+    last = history[-max(1, len(history) // 20):]
+    summary = {
+        "iterations": len(history), "seconds": round(time.time() - t0, 1), "logZ": float(logz.sum()),
+        "first_5pct_mean_log_reward": float(np.mean([h["mean_log_reward"] for h in first])),
+        "last_5pct_mean_log_reward": float(np.mean([h["mean_log_reward"] for h in last])),
+        "first_5pct_mean_e_form": float(np.mean([h["mean_e_form"] for h in first])),
+        "last_5pct_mean_e_form": float(np.mean([h["mean_e_form"] for h in last])),
+        "train_config": cfg.__dict__, "proxy_val_mae": proxy.meta["val_mae"],
+    }
+    print(json.dumps(summary))
+    meta = {"trained": True, "reward": "formation_energy", "temperature": a.temperature, "summary": summary,
+            "history": history[:: max(1, len(history) // 200)]}
+    GFNSampler(policy, meta).save(a.out, meta)
+    print("saved", a.out)
+
+
+if __name__ == "__main__":
+    main()
