@@ -255,3 +255,20 @@ def test_sampling_restrictions_and_placement():
     for s in structures:
         assert {e.symbol for e in s.composition} <= {"Li", "Mn", "O"} and len(s) <= 80
         assert min(s.distance_matrix[np.triu_indices(len(s), 1)], default=9) > 0.5
+
+
+def test_committed_sampler_beats_untrained_under_cubic_restriction():
+    """Restriction C of the paper on the committed formation-energy sampler (trained unrestricted)."""
+    from generators.gfn.gfn import WEIGHTS_DIR, GFNSampler
+    from generators.gfn.proxy import Proxy
+
+    sampler = GFNSampler.load(WEIGHTS_DIR / "sampler_formation_energy.pt")
+    assert sampler.meta["trained"] and len(sampler.env.config.elements) == 22
+    cubic = [g for g in sampler.env.config.space_groups if g >= 195]
+    proxy = Proxy.load("formation_energy")
+    trained = sampler.sample_crystals(120, space_groups=cubic, seed=0)
+    untrained = GFNSampler.untrained(sampler.env.config, seed=0).sample_crystals(120, space_groups=cubic, seed=0)
+    assert len(trained) == len(untrained) == 120
+    assert all(c.space_group >= 195 and lattice_valid(c.space_group, c.lattice, sampler.env.config) for c in trained)
+    e_tr, e_un = np.median(proxy.predict(trained)), np.median(proxy.predict(untrained))
+    assert e_tr < e_un - 0.8 and e_tr < proxy.meta["train_median"], (e_tr, e_un)

@@ -248,11 +248,13 @@ class FormationEnergyReward:
         return log_reward_formation_energy(e, self.temperature), e
 
 
-def train(env: CrystalEnv, reward_fn, cfg: TrainConfig, device="cpu", log=print):
+def train(env: CrystalEnv, reward_fn, cfg: TrainConfig, device="cpu", log=print,
+          policy: CrystalPolicy | None = None, logz_init: float = 0.0):
+    """Trajectory balance; ``policy``/``logz_init`` continue an earlier run."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    policy = CrystalPolicy(env, cfg.hidden, cfg.layers).to(device)
-    logz = nn.Parameter(torch.zeros(16, device=device))
+    policy = (policy or CrystalPolicy(env, cfg.hidden, cfg.layers)).to(device).train()
+    logz = nn.Parameter(torch.full((16,), logz_init / 16, device=device))
     opt = torch.optim.Adam([{"params": policy.parameters(), "lr": cfg.lr}, {"params": [logz], "lr": cfg.lr_logz}])
     history = []
     t0 = time.time()
@@ -267,7 +269,7 @@ def train(env: CrystalEnv, reward_fn, cfg: TrainConfig, device="cpu", log=print)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        rec = {"iter": it, "loss": float(loss), "logZ": float(logz.sum()), "mean_log_reward": float(log_r.mean()),
+        rec = {"iter": it, "loss": float(loss.detach()), "logZ": float(logz.detach().sum()), "mean_log_reward": float(log_r.mean()),
                "mean_e_form": float(e.mean()), "median_e_form": float(e.median()), "dead_ends": int(ro.dead.sum()),
                "seconds": round(time.time() - t0, 1)}
         history.append(rec)
@@ -299,7 +301,7 @@ class GFNSampler:
         ckpt = torch.load(path, map_location=device, weights_only=False)
         env = CrystalEnv(CrystalConfig.from_dict(ckpt["config"]))
         policy = CrystalPolicy(env, **ckpt["hparams"])
-        policy.load_state_dict(ckpt["state_dict"])
+        policy.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
         return cls(policy.to(device), ckpt.get("meta", {}), device)
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
@@ -325,18 +327,22 @@ class GFNSampler:
                         max_atoms_per_element=None, max_atoms=None, batch_size: int = 256) -> list[Crystal]:
         """Crystals (space group, composition, lattice) without atom positions."""
         r = self._restrictions(elements, space_groups, lattice_ranges, max_atoms_per_element, max_atoms)
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+        gen.manual_seed(seed)
         out: list[Crystal] = []
-        for _ in range(20 * (n // batch_size + 1)):
-            if len(out) >= n:
-                break
-            ro = rollout(self.policy, min(batch_size, 2 * (n - len(out))), 0.0, r, gen, self.device, grad=False)
-            out += [self.env.to_crystal(s) for s, d in zip(ro.states, ro.dead.tolist()) if not d]
+        # the Beta draws use torch's global generator: seed it inside a forked RNG state
+        with torch.random.fork_rng(devices=[] if str(self.device) == "cpu" else None):
+            torch.manual_seed(seed)
+            for _ in range(20 * (n // batch_size + 1)):
+                if len(out) >= n:
+                    break
+                ro = rollout(self.policy, min(batch_size, 2 * (n - len(out))), 0.0, r, gen, self.device, grad=False)
+                out += [self.env.to_crystal(s) for s, d in zip(ro.states, ro.dead.tolist()) if not d]
         return out[:n]
 
     def sample(self, n: int, elements=None, space_groups=None, lattice_ranges=None, seed=None,
-               max_atoms_per_element=None, max_atoms=None, max_attempts: int = 5):
+               max_atoms_per_element=None, max_atoms=None, max_attempts: int = 5, timeout_s: float = 5.0):
         """pymatgen Structures: sampled crystals with atoms placed symmetrically by pyxtal
         (``from_random`` with the sampled group, composition and lattice); crystals pyxtal cannot
         fill (cell too small for the atoms) are replaced by new samples."""
@@ -350,7 +356,7 @@ class GFNSampler:
                                             None if rng_seed is None else rng_seed + attempt,
                                             max_atoms_per_element, max_atoms)
             for c in crystals:
-                s = place_atoms(c, seed=None if seed is None else seed + len(structures))
+                s = place_atoms(c, seed=None if seed is None else seed + len(structures), timeout_s=timeout_s)
                 if s is not None:
                     structures.append(s)
                     if len(structures) >= n:
@@ -358,8 +364,12 @@ class GFNSampler:
         return structures
 
 
-def place_atoms(crystal: Crystal, seed: int | None = None):
-    """Symmetric placement with pyxtal; returns a pymatgen Structure or None."""
+def place_atoms(crystal: Crystal, seed: int | None = None, timeout_s: float = 5.0, max_count: int = 3):
+    """Symmetric placement with pyxtal (``from_random`` with the crystal's group, composition and
+    lattice); a pymatgen Structure, or None when pyxtal finds no placement within ``max_count``
+    attempts or ``timeout_s`` seconds (the limit applies in the main thread, through SIGALRM)."""
+    import signal
+    import threading
     import warnings
 
     from pyxtal import pyxtal
@@ -368,15 +378,30 @@ def place_atoms(crystal: Crystal, seed: int | None = None):
     ltype = {"trigonal-rhombohedral": "hexagonal", "trigonal-hexagonal": "hexagonal",
              "hexagonal-hexagonal": "hexagonal"}.get(sgs.crystal_lattice_system(crystal.space_group),
                                                      sgs.crystal_lattice_system(crystal.space_group))
+
+    class _Timeout(Exception):
+        pass
+
+    def _alarm(signum, frame):
+        raise _Timeout
+
+    use_alarm = timeout_s and threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGALRM, _alarm) if use_alarm else None
     try:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, timeout_s)
         lat = PxLattice.from_para(*crystal.lattice, ltype=ltype)
         xtal = pyxtal()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             xtal.from_random(3, crystal.space_group, list(crystal.composition), list(crystal.composition.values()),
-                             lattice=lat, random_state=seed)
+                             lattice=lat, random_state=seed, max_count=max_count)
         if not xtal.valid:
             return None
         return xtal.to_pymatgen()
-    except Exception:  # noqa: BLE001 - pyxtal raises several kinds when a placement is impossible
+    except (_Timeout, Exception):  # noqa: BLE001 - pyxtal raises several kinds when a placement is impossible
         return None
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)

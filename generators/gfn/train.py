@@ -41,15 +41,19 @@ def main() -> None:
     p.add_argument("--epsilon", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--init", default=None, help="continue from this sampler checkpoint (its config)")
     p.add_argument("--out", default=str(WEIGHTS_DIR / "sampler_formation_energy.pt"))
     a = p.parse_args()
     torch.set_num_threads(1)
     proxy = Proxy.load("formation_energy", device=a.device)
-    env = CrystalEnv(default_config(proxy))
+    init = GFNSampler.load(a.init, a.device) if a.init else None
+    env = init.env if init else CrystalEnv(default_config(proxy))
+    prev = init.meta.get("summary", {}) if init else {}
     cfg = TrainConfig(iterations=a.iterations, batch_size=a.batch_size, lr=a.lr, lr_logz=a.lr_logz,
                       epsilon=a.epsilon, temperature=a.temperature, seed=a.seed, max_seconds=a.minutes * 60)
     t0 = time.time()
-    policy, logz, history = train(env, FormationEnergyReward(proxy, env, a.temperature, a.device), cfg, a.device)
+    policy, logz, history = train(env, FormationEnergyReward(proxy, env, a.temperature, a.device), cfg, a.device,
+                                  policy=init.policy if init else None, logz_init=prev.get("logZ", 0.0))
     first = history[: max(1, len(history) // 20)]
     last = history[-max(1, len(history) // 20):]
     summary = {
@@ -59,6 +63,7 @@ def main() -> None:
         "first_5pct_mean_e_form": float(np.mean([h["mean_e_form"] for h in first])),
         "last_5pct_mean_e_form": float(np.mean([h["mean_e_form"] for h in last])),
         "train_config": cfg.__dict__, "proxy_val_mae": proxy.meta["val_mae"],
+        "continued_from": a.init, "previous_iterations": prev.get("iterations", 0) + prev.get("previous_iterations", 0),
     }
     print(json.dumps(summary))
     meta = {"trained": True, "reward": "formation_energy", "temperature": a.temperature, "summary": summary,
