@@ -272,3 +272,15 @@ def test_committed_sampler_beats_untrained_under_cubic_restriction():
     assert all(c.space_group >= 195 and lattice_valid(c.space_group, c.lattice, sampler.env.config) for c in trained)
     e_tr, e_un = np.median(proxy.predict(trained)), np.median(proxy.predict(untrained))
     assert e_tr < e_un - 0.8 and e_tr < proxy.meta["train_median"], (e_tr, e_un)
+
+
+def test_paper_preset_and_config_roundtrip():
+    from generators.gfn.env import paper_config
+
+    cfg = paper_config()
+    assert len(cfg.elements) == 22 and cfg.max_elements == 5 and cfg.max_atoms_per_element == 16
+    assert cfg.max_atoms == 80 and cfg.length_range == (0.9, 100.0)
+    assert CrystalConfig.from_dict(cfg.to_dict()) == cfg
+    # 16 atoms per element is the least that lets every group host one element (Ia-3d needs 16)
+    assert all(any(sgs.single_counts_compatible(g, 16)) for g in range(1, 231))
+    assert not any(sgs.single_counts_compatible(230, 15))
