@@ -34,6 +34,7 @@ def evaluate(sampler, proxy, crystals, seconds: float) -> dict:
         smact_np = [smact_validity(Composition(c.composition), use_pauling_test=False) for c in crystals]
     wyck = [sgs.pyxtal_group(c.space_group).check_compatible(list(c.composition.values()))[0] for c in crystals]
     lat = [lattice_valid(c.space_group, c.lattice, sampler.env.config) for c in crystals]
+    vpa = np.array([cell_volume(c.lattice) / c.n_atoms for c in crystals])
     return {
         "n": len(crystals),
         "median_e_form": round(float(np.median(e)), 3),
@@ -45,7 +46,9 @@ def evaluate(sampler, proxy, crystals, seconds: float) -> dict:
         "distinct_space_groups": len({c.space_group for c in crystals}),
         "distinct_elements": len({el for c in crystals for el in c.composition}),
         "mean_atoms": round(float(np.mean([c.n_atoms for c in crystals])), 1),
-        "median_volume_per_atom": round(float(np.median([cell_volume(c.lattice) / c.n_atoms for c in crystals])), 2),
+        "median_volume_per_atom": round(float(np.median(vpa)), 2),
+        # 1st-99th percentile of the proxy data's volume per atom (8.7-47.3 A^3; median 16.2)
+        "volume_per_atom_in_data_range_pct": round(100 * float(np.mean((vpa >= 8.7) & (vpa <= 47.3))), 1),
         "sampling_seconds": round(seconds, 2),
     }
 
