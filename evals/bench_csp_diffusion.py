@@ -38,6 +38,8 @@ from rich.table import Table
 MATCHER_TOLERANCES = {"stol": 0.5, "ltol": 0.3, "angle_tol": 10.0}
 DIFFCSP_MIN_DISTANCE = 0.5  # Å, DiffCSP/CDVAE structure_validity cutoff
 DIFFCSP_MIN_VOLUME = 0.1  # Å^3
+MIN_CELL_HEIGHT = 1.0  # Å; thinner cells are skipped for CHGNet (their neighbour lists explode memory)
+CHGNET_BATCH = 8  # structures per CHGNet call in the selection
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -194,18 +196,33 @@ def pair_jobs(unpacked_sample: list, cifs: list[str]) -> list[tuple]:
     return [(c.double().numpy(), z.numpy(), l.double().numpy(), cif) for (c, z, l), cif in zip(unpacked_sample, cifs)]
 
 
+def min_cell_height(structure) -> float:
+    """Smallest distance between opposite faces of the cell, Å (volume / largest face area)."""
+    a, b, c = structure.lattice.matrix
+    areas = [np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)), np.linalg.norm(np.cross(a, b))]
+    return float(abs(structure.volume) / max(areas))
+
+
 def chgnet_choice(unpacked: list[list], results: list[list[dict]]) -> list[int]:
-    """Per crystal, the sample index of lowest CHGNet energy per atom among structurally valid samples (0 if none)."""
+    """Per crystal, the sample index of lowest CHGNet energy per atom among structurally valid samples (0 if none).
+
+    Candidates must pass the project's structural validity (``tools.structure``: shortest
+    distance, periodic images included, > 0.5 Å and a plausible volume per atom); cells with a
+    sub-ångström axis pass DiffCSP's looser check but would flood CHGNet's neighbour lists,
+    so cells thinner than :data:`MIN_CELL_HEIGHT` are skipped too.
+    """
     from tools.energy import predict
 
     candidates, owners = [], []
     for m in range(len(unpacked[0])):
         for k in range(len(unpacked)):
-            if results[k][m]["struct_valid"]:
+            if results[k][m]["project_valid"]:
                 coords, numbers, lattice = unpacked[k][m]
-                candidates.append(predicted_structure(coords.double().numpy(), numbers.numpy(), lattice.double().numpy()))
-                owners.append((m, k))
-    energies = predict(candidates)
+                structure = predicted_structure(coords.double().numpy(), numbers.numpy(), lattice.double().numpy())
+                if structure is not None and min_cell_height(structure) >= MIN_CELL_HEIGHT:
+                    candidates.append(structure)
+                    owners.append((m, k))
+    energies = predict(candidates, batch_size=CHGNET_BATCH)
     best: dict[int, tuple[float, int]] = {}
     for (m, k), outcome in zip(owners, energies):
         if isinstance(outcome, Exception):

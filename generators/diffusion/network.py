@@ -9,6 +9,12 @@ the encoder's outputs (U-Net skips), with no down- or up-sampling. Every block i
 (adaptive LayerNorm with zero-initialised gates, as in DiT) by a global conditioning vector
 made of the diffusion time, the noisy lattice, the number of atoms and the composition.
 
+The attention is geometric: its logits and values also see periodic features of the
+fractional offsets between atoms (:class:`SelfAttention`). In a tiny-model test (64 training
+crystals, 6 CPU minutes, random translations) plain attention over absolute coordinates left
+the coordinate loss at its initial value (1.00) while the lattice loss fell to 0.01; with the
+offsets the coordinate loss fell to 0.5. ``pair_frequencies = 0`` gives the plain network.
+
 Outputs: per atom, the (normalised) negative score of the wrapped-normal noise on the
 fractional coordinates (3 numbers); for the crystal, the noise of the normalised lattice
 (6 numbers), read from the lattice token and the mean over atom tokens (invariant to the order

@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="folder of the tensor files (generators.diffusion.data build)")
     parser.add_argument("--out", type=Path, required=True, help="folder for train_log.jsonl, model.pt, checkpoint.pt")
     parser.add_argument("--minutes", type=float, required=True, help="training wall-time budget of the whole run (min)")
-    parser.add_argument("--stop-after", type=float, default=None, help="end this invocation after this many minutes")
+    parser.add_argument("--stop-after", type=float, default=None, help="end this invocation this many minutes after it started")
     parser.add_argument("--batch", type=int, default=512, help="crystals per step")
     parser.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (AdamW)")
     parser.add_argument("--final-lr-fraction", type=float, default=0.05, help="lr at the end of the cosine, as a fraction of --lr")
@@ -292,7 +292,13 @@ def _request_stop(signum, frame):
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Run the training loop until the budget (or ``--stop-after``) is spent; returns the last log record."""
+    """Run the training loop until the budget (or ``--stop-after``) is spent; returns the last log record.
+
+    The budget (``--minutes``) counts training-loop wall time only, summed over resumed
+    invocations; ``--stop-after`` counts this process's wall time from its start, data
+    loading and compilation included, so an invocation fits a fixed command limit.
+    """
+    process_start = time.perf_counter()
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -305,7 +311,8 @@ def train(args: argparse.Namespace) -> dict:
     stop_seconds = args.stop_after * 60.0 if args.stop_after else float("inf")
     sampler = EpochSampler(run.train_rows, args.batch, run.device)
     run.log({"event": "start", "device": str(run.device), "parameters": run.model.parameter_count(), "train_rows": run.train_rows,
-             "resumed_at_step": run.progress.step, "resumed_seconds": round(run.progress.seconds, 1)})
+             "resumed_at_step": run.progress.step, "resumed_seconds": round(run.progress.seconds, 1),
+             "compiled": run.training_model is not run.model, "batch": args.batch, "train_sets": run.train_sets})
     previous_handlers = {s: signal.signal(s, _request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     invocation_start = time.perf_counter()
     base_seconds = run.progress.seconds
@@ -319,7 +326,7 @@ def train(args: argparse.Namespace) -> dict:
             run.progress.seconds = base_seconds + (now - invocation_start)
             if run.progress.seconds >= total_seconds:
                 break
-            if now - invocation_start >= stop_seconds:
+            if now - process_start >= stop_seconds:
                 stop_reason = "stop_after"
                 break
             lr = learning_rate(run.progress.seconds / total_seconds, args.lr, args.warmup_fraction, args.final_lr_fraction)
