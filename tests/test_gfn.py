@@ -284,3 +284,47 @@ def test_paper_preset_and_config_roundtrip():
     # 16 atoms per element is the least that lets every group host one element (Ia-3d needs 16)
     assert all(any(sgs.single_counts_compatible(g, 16)) for g in range(1, 231))
     assert not any(sgs.single_counts_compatible(230, 15))
+
+
+def test_stop_mask_is_smact_validity():
+    """Stop is allowed exactly when some assignment of the environment's oxidation states is
+    neutral and passes SMACT's Pauling test (brute force with SMACT's own ``pauling_test``), and
+    then SMACT's ``smact_validity`` accepts the composition (our states are a subset of SMACT's)."""
+    import itertools
+    import random
+    import warnings
+
+    from pymatgen.core import Composition
+    from smact.screening import pauling_test, smact_validity
+
+    from generators.gfn.env import pauling_electronegativity
+
+    cfg = CrystalConfig(space_groups=(1,))
+    env = CompositionEnv(cfg)
+    rng = random.Random(0)
+    accepted = 0
+    for _ in range(400):
+        els = rng.sample(range(env.n_el), rng.randint(2, 4))
+        state = [0] * env.n_el
+        for i in els:
+            state[i] = rng.randint(1, 8)
+        brute = any(sum(o * state[i] for o, i in zip(oxs, els)) == 0
+                    and pauling_test(oxs, [pauling_electronegativity(env.elements[i]) for i in els])
+                    for oxs in itertools.product(*(env.ox[i] for i in els)))
+        stop = bool(env.mask(tuple(state), 1)[env.eos])  # P1: every count is Wyckoff-compatible
+        assert stop == brute, {env.elements[i]: state[i] for i in els}
+        if stop:
+            accepted += 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert smact_validity(Composition({env.elements[i]: state[i] for i in els}))
+    assert accepted >= 40, accepted
+    # Pauling: Si Ni is neutral only as Si(1-) Ni(1+), but Ni (1.91) is more electronegative than
+    # Si (1.90); C Se needs C and Se (both 2.55) on opposite sides: both rejected
+    for a, b in (("Si", "Ni"), ("C", "Se")):
+        st = [0] * env.n_el
+        st[cfg.elements.index(a)] = st[cfg.elements.index(b)] = 1
+        assert is_charge_neutral(st, env.ox) and not env.mask(tuple(st), 1)[env.eos]
+    st = [0] * env.n_el
+    st[cfg.elements.index("Li")], st[cfg.elements.index("O")] = 2, 1
+    assert env.mask(tuple(st), 1)[env.eos]

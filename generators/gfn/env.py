@@ -10,8 +10,10 @@ Constraints (paper Fig. 1):
 - composition: only counts compatible with the chosen group's Wyckoff multiplicities (pyxtal), the
   joint check done on every partial composition (adding elements never repairs an incompatible
   one), and only actions after which a charge-neutral completion is still reachable with the
-  elements' oxidation states (SMACT's ICSD-24 set, the set ``smact_validity`` uses); stop only when
-  the composition is charge neutral and Wyckoff compatible;
+  elements' oxidation states (SMACT's ICSD-24 states, a subset of what ``smact_validity`` accepts)
+  *and* Pauling's electronegativity rule (cations less electronegative than anions, SMACT's
+  ``pauling_test``); stop only when the composition is neutral under that rule and Wyckoff
+  compatible, so every sample is SMACT-valid;
 - lattice: the free parameters of the lattice system are sampled (one continuous step, a mixture of
   Beta distributions on [0, 1] per free parameter), the tied ones follow the system's equalities.
 
@@ -206,9 +208,38 @@ def is_charge_neutral(counts, ox) -> bool:
     return bool(charge_bits(counts, ox) >> CHARGE_OFFSET & 1)
 
 
+@lru_cache(maxsize=None)
+def pauling_electronegativity(symbol: str) -> float | None:
+    """Pauling electronegativity as SMACT's ``pauling_test`` reads it (None if unknown)."""
+    try:
+        import smact
+
+        return smact.Element(symbol).pauling_eneg
+    except Exception:  # noqa: BLE001 - element unknown to SMACT
+        return None
+
+
+def _bits_to_array(bits: int) -> np.ndarray:
+    """Python-int bitset -> bool array over charges -OFFSET..OFFSET (index = charge + OFFSET)."""
+    n = 2 * CHARGE_OFFSET + 1
+    raw = np.frombuffer(bits.to_bytes((n + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
+
+
 class CompositionEnv:
     """State: tuple of atom counts over the element vocabulary. Action (element i, count n) sets
-    element i (once) to n atoms; the last action stops."""
+    element i (once) to n atoms; the last action stops.
+
+    Charge neutrality with the Pauling electronegativity rule, as SMACT's ``smact_validity``
+    checks it: some choice of one oxidation state per element sums to zero and every cation is
+    less electronegative than every anion. Such an assignment exists iff, for some *cut* k of the
+    vocabulary's electronegativities sorted in increasing order, the elements up to the cut take
+    positive states and those above it negative states (k = 0..number of distinct values). The
+    mask therefore runs the charge look-ahead once per cut, with each element's states restricted
+    to its side of the cut; stop needs a cut under which the composition is neutral.
+    """
+
+    MASK_CACHE = 200_000
 
     def __init__(self, config: CrystalConfig):
         self.config = config
@@ -219,6 +250,26 @@ class CompositionEnv:
         self.n_actions = self.eos + 1
         self.ox = [oxidation_states(e) for e in self.elements]
         self.source = (0,) * self.n_el
+        en = [pauling_electronegativity(e) for e in self.elements]
+        levels = sorted({x for x in en if x is not None})
+        # ox_cut[k][i]: states of element i allowed when cations have EN <= levels[k-1] < anions
+        # (elements without a known electronegativity keep all their states, as SMACT does)
+        self.ox_cut = []
+        for k in range(len(levels) + 1):
+            cut = levels[k - 1] if k > 0 else -math.inf
+            self.ox_cut.append([ox if e is None else tuple(o for o in ox if (o > 0) == (e <= cut))
+                                for ox, e in zip(self.ox, en)])
+        # delta index arrays [cut, element, count, state] -> index into a charge array (pad: a False slot)
+        n_states = max(len(o) for o in self.ox)
+        pad = 2 * CHARGE_OFFSET + 1
+        idx = np.full((len(self.ox_cut), self.n_el, self.max_n, n_states), pad, dtype=np.int64)
+        for k, oxk in enumerate(self.ox_cut):
+            for i, states in enumerate(oxk):
+                for j, o in enumerate(states):
+                    idx[k, i, :, j] = CHARGE_OFFSET + o * np.arange(1, self.max_n + 1)
+        self._delta_idx = idx
+        self._reach_cache: dict = {}
+        self._mask_cache: dict = {}
 
     def action(self, element: int, count: int) -> int:
         return element * self.max_n + count - 1
@@ -232,14 +283,45 @@ class CompositionEnv:
         allowed = np.array([r.elements is None or e in r.elements for e in self.elements])
         return max_n, max_atoms, allowed
 
-    def _charge_kernel(self, free: list[int], counts_ok: list[int]) -> set[int]:
-        kernel: set[int] = set()
-        for i in free:
-            for o in self.ox[i]:
-                kernel.update(n * o for n in counts_ok)
-        return kernel
+    def _completion_charges(self, k: int, pool: tuple[int, ...], counts: tuple[int, ...], r: int) -> int:
+        """Bitset of -f for the charges f that up to ``r`` elements of ``pool`` (one state each,
+        under cut k) can add (a slight over-approximation: an element may be reused)."""
+        key = (k, pool, counts, r)
+        hit = self._reach_cache.get(key)
+        if hit is not None:
+            return hit
+        kernel = {n * o for i in pool for o in self.ox_cut[k][i] for n in counts}
+        reach = layer = 1 << CHARGE_OFFSET
+        for _ in range(r):
+            nxt = 0
+            for d in kernel:
+                nxt |= _shift(layer, d)
+            if nxt == layer:
+                break
+            layer = nxt
+            reach |= layer
+        # mirror: bit (-f + offset) for each reachable f
+        neg = int(format(reach, f"0{2 * CHARGE_OFFSET + 1}b")[::-1], 2)
+        if len(self._reach_cache) > 50_000:
+            self._reach_cache.clear()
+        self._reach_cache[key] = neg
+        return neg
+
+    def neutral_cuts(self, state) -> list[int]:
+        """Cuts under which the composition is charge neutral (empty: not SMACT-valid)."""
+        return [k for k, oxk in enumerate(self.ox_cut) if charge_bits(state, oxk) >> CHARGE_OFFSET & 1]
 
     def mask(self, state, sg: int, restrictions: Restrictions = NO_RESTRICTIONS) -> np.ndarray:
+        key = (state, sg, restrictions)
+        hit = self._mask_cache.get(key)
+        if hit is None:
+            hit = self._mask(state, sg, restrictions)
+            if len(self._mask_cache) > self.MASK_CACHE:
+                self._mask_cache.clear()
+            self._mask_cache[key] = hit
+        return hit.copy()
+
+    def _mask(self, state, sg: int, restrictions: Restrictions) -> np.ndarray:
         cfg = self.config
         counts = np.asarray(state)
         m = np.zeros(self.n_actions, dtype=bool)
@@ -247,41 +329,38 @@ class CompositionEnv:
         total = int(counts.sum())
         max_n, max_atoms, allowed = self._limits(restrictions)
         present = sorted(int(counts[i]) for i in used)
-        if len(used) >= cfg.min_elements and is_charge_neutral(state, self.ox) and sgs.counts_compatible(sg, tuple(present)):
+        current = [charge_bits(state, oxk) for oxk in self.ox_cut]
+        if (len(used) >= cfg.min_elements and any(c >> CHARGE_OFFSET & 1 for c in current)
+                and sgs.counts_compatible(sg, tuple(present))):
             m[self.eos] = True
         if len(used) >= cfg.max_elements:
             return m
         single = sgs.single_counts_compatible(sg, self.max_n)
-        cand_n = [n for n in range(1, max_n + 1) if single[n - 1] and total + n <= max_atoms
-                  and sgs.counts_compatible(sg, tuple(sorted(present + [n])))]
-        if not cand_n:
+        cand = np.array([n <= max_n and single[n - 1] and total + n <= max_atoms
+                         and sgs.counts_compatible(sg, tuple(sorted(present + [n]))) for n in range(1, self.max_n + 1)])
+        free = np.array([counts[i] == 0 and allowed[i] for i in range(self.n_el)])
+        if not cand.any() or not free.any():
             return m
-        free = [i for i in range(self.n_el) if counts[i] == 0 and allowed[i]]
-        if not free:
-            return m
-        # charges reachable by up to r more elements after this action (union kernel: a slight
-        # over-approximation, since it may reuse an element)
         r = cfg.max_elements - len(used) - 1
-        all_n = [n for n in range(1, max_n + 1) if single[n - 1]]
-        kernel = self._charge_kernel(free, all_n)
-        reach = 1 << CHARGE_OFFSET
-        layer = reach
-        for _ in range(r):
-            nxt = 0
-            for k in kernel:
-                nxt |= _shift(layer, k)
-            layer = nxt
-            reach |= layer
-        # mirror: bit (-f + offset) for each reachable f
-        neg = int(format(reach, f"0{2 * CHARGE_OFFSET + 1}b")[::-1], 2) if reach else 0
-        # the mirrored string has bit index (2*OFF - j): value -f at index -f + OFF, as needed
-        current = charge_bits(state, self.ox)
-        for i in free:
-            for n in cand_n:
-                for o in self.ox[i]:
-                    if _shift(current, n * o) & neg:
-                        m[self.action(i, n)] = True
-                        break
+        all_n = tuple(n for n in range(1, max_n + 1) if single[n - 1])
+        pool = tuple(int(i) for i in np.flatnonzero(free))
+        valid = np.zeros((self.n_el, self.max_n), dtype=bool)
+        for k, cur in enumerate(current):
+            if not cur:
+                continue
+            neg = self._completion_charges(k, pool, all_n, r)
+            # deltas d (charge of the new element) after which some completion reaches zero
+            ok_delta = 0
+            c = cur
+            while c:
+                low = c & -c
+                ok_delta |= _shift(neg, -(low.bit_length() - 1 - CHARGE_OFFSET))
+                c ^= low
+            ok_delta &= (1 << (2 * CHARGE_OFFSET + 1)) - 1
+            arr = np.append(_bits_to_array(ok_delta), False)
+            valid |= arr[self._delta_idx[k]].any(-1)
+        valid &= free[:, None] & cand[None, :]
+        m[: self.eos] = valid.reshape(-1)
         return m
 
     def step(self, state, action: int):
