@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_eval import eval_app
 from agent.cli_memory import knowledge_app, memory_app
 from agent.render import JsonOption, console
 from agent.render import emit_json as _emit_json
@@ -28,6 +29,7 @@ app.add_typer(family_app, name="family")
 app.add_typer(generate_app, name="generate")
 app.add_typer(knowledge_app, name="knowledge")
 app.add_typer(memory_app, name="memory")
+app.add_typer(eval_app, name="eval")
 
 
 def _exit_if_all_failed(reports: list[dict]) -> None:
