@@ -328,3 +328,33 @@ def test_stop_mask_is_smact_validity():
     st = [0] * env.n_el
     st[cfg.elements.index("Li")], st[cfg.elements.index("O")] = 2, 1
     assert env.mask(tuple(st), 1)[env.eos]
+
+
+def test_volume_prior_keeps_volume_per_atom_plausible():
+    from generators.gfn.env import with_volume_prior
+    from generators.gfn.volumes import atomic_volume, load
+
+    table = load()
+    lo, hi = table["ratio_range"]
+    assert 0.6 < lo < 1.0 < hi < 2.0 and table["median_abs_log_ratio"] < 0.15
+    assert 7 < atomic_volume("O") < 11 and atomic_volume("K") > atomic_volume("Li")  # fitted, physical
+    base = CrystalConfig(space_groups=SMALL_SGS, length_range=(2.5, 30.0), angle_range=(55.0, 140.0))
+    env = CrystalEnv(with_volume_prior(base))
+    crystals = env.sample_random(80, np.random.default_rng(0))
+    inside = 0
+    for c in crystals:
+        state = tuple(c.composition.get(e, 0) for e in env.config.elements)
+        vlo, vhi = env.lat_env.volume_per_atom_range(state)
+        v = cell_volume(c.lattice) / c.n_atoms
+        inside += vlo * 0.999 <= v <= vhi * 1.001
+        assert lattice_valid(c.space_group, c.lattice, env.config)
+    assert inside >= 76, inside  # only cells with a clipped length may leave the range
+    # without the prior (the paper's lattice), most random cells are far too large
+    plain = CrystalEnv(base).sample_random(80, np.random.default_rng(0))
+    assert np.median([cell_volume(c.lattice) / c.n_atoms for c in plain]) > 2 * np.median(
+        [cell_volume(c.lattice) / c.n_atoms for c in crystals])
+    # the mapping: x[0] spans the volume range, cubic cells have a = (V N)^(1/3)
+    lat_lo = env.lat_env.to_lattice(225, np.zeros(6), state)
+    lat_hi = env.lat_env.to_lattice(225, np.ones(6), state)
+    n = sum(state)
+    assert math.isclose(cell_volume(lat_lo) / n, vlo, rel_tol=1e-6) and math.isclose(cell_volume(lat_hi) / n, vhi, rel_tol=1e-6)

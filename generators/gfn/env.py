@@ -49,6 +49,14 @@ class CrystalConfig:
     length_range: tuple[float, float] = (0.9, 100.0)
     angle_range: tuple[float, float] = (50.0, 150.0)
     n_components: int = 5  # Beta mixture components for the lattice
+    # volume prior (None: the paper's parametrisation, free lengths in length_range): per-element
+    # atomic volumes (A^3, same order as ``elements``, ``generators.gfn.volumes``); the lattice step
+    # then samples the volume per atom within ``volume_ratio_range`` times the composition's
+    # predicted volume per atom, the free axis ratios b/a, c/a within ``axis_ratio_range`` and the
+    # free angles within ``angle_range``; lengths are clipped to ``length_range``
+    atomic_volumes: tuple[float, ...] | None = None
+    volume_ratio_range: tuple[float, float] = (0.794, 1.566)
+    axis_ratio_range: tuple[float, float] = (0.2, 5.0)
 
     def __post_init__(self):
         if len(set(self.elements)) != len(self.elements) or not self.elements:
@@ -57,6 +65,8 @@ class CrystalConfig:
             sgs._check(sg)
         if not 1 <= self.min_elements <= self.max_elements:
             raise ValueError("need 1 <= min_elements <= max_elements")
+        if self.atomic_volumes is not None and len(self.atomic_volumes) != len(self.elements):
+            raise ValueError("atomic_volumes needs one volume per element")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -73,6 +83,16 @@ def paper_config(space_groups: tuple[int, ...] | None = None) -> CrystalConfig:
     :func:`generators.gfn.proxy.data_space_groups` computes the analogue from our data.
     """
     return CrystalConfig(space_groups=space_groups or tuple(range(1, 231)))
+
+
+def with_volume_prior(config: CrystalConfig) -> CrystalConfig:
+    """``config`` with the volume prior: atomic volumes and ratio range fitted on the proxy's
+    training rows (``generators/weights/gfn/atomic_volumes.json``)."""
+    from generators.gfn import volumes
+
+    table = volumes.load()
+    return replace(config, atomic_volumes=tuple(float(table["volumes"][e]) for e in config.elements),
+                   volume_ratio_range=tuple(table["ratio_range"]))
 
 
 @dataclass(frozen=True)
@@ -214,7 +234,8 @@ def pauling_electronegativity(symbol: str) -> float | None:
     try:
         import smact
 
-        return smact.Element(symbol).pauling_eneg
+        x = smact.Element(symbol).pauling_eneg
+        return None if x is None or math.isnan(x) else float(x)
     except Exception:  # noqa: BLE001 - element unknown to SMACT
         return None
 
@@ -429,7 +450,10 @@ def lattice_valid(sg: int, lattice, config: CrystalConfig | None = None, tol: fl
 
 class LatticeEnv:
     """One continuous step: x in [0, 1]^6 (only the lattice system's free entries matter) mapped to
-    the configured (or restricted) ranges."""
+    lattice parameters. Without a volume prior, the free lengths and angles map linearly to the
+    configured ranges (the paper). With one (``config.atomic_volumes``), x[0] is the log volume per
+    atom within the composition's plausible range, x[1], x[2] the log axis ratios b/a, c/a (when
+    free) and the free angles map to the angle range; the cell is scaled to that volume."""
 
     def __init__(self, config: CrystalConfig):
         self.config = config
@@ -439,14 +463,41 @@ class LatticeEnv:
         ar = restrictions.angle_range or self.config.angle_range
         return lr, ar
 
-    def to_lattice(self, sg: int, x) -> tuple[float, ...]:
-        """Map unit-cube values to lattice parameters in the *training* ranges."""
+    def volume_per_atom_range(self, comp_state) -> tuple[float, float]:
+        """Plausible volume per atom (A^3) of a composition (counts over the vocabulary)."""
+        cfg = self.config
+        n = sum(comp_state)
+        vbar = sum(c * v for c, v in zip(comp_state, cfg.atomic_volumes)) / max(n, 1)
+        return vbar * cfg.volume_ratio_range[0], vbar * cfg.volume_ratio_range[1]
+
+    def to_lattice(self, sg: int, x, comp_state=None) -> tuple[float, ...]:
+        """Map unit-cube values to lattice parameters in the *training* ranges (the volume prior
+        needs the composition)."""
         (llo, lhi), (alo, ahi) = self.config.length_range, self.config.angle_range
         system = sgs.lattice_system(sg)
         vals = {}
+        if self.config.atomic_volumes is None:
+            for i in FREE_PARAMETERS[system]:
+                lo, hi = (llo, lhi) if i < 3 else (alo, ahi)
+                vals[i] = lo + float(x[i]) * (hi - lo)
+            return lattice_from_free(system, vals)
+        if comp_state is None:
+            raise ValueError("the volume prior needs the composition")
+        rlo, rhi = (math.log(v) for v in self.config.axis_ratio_range)
         for i in FREE_PARAMETERS[system]:
-            lo, hi = (llo, lhi) if i < 3 else (alo, ahi)
-            vals[i] = lo + float(x[i]) * (hi - lo)
+            vals[i] = 1.0 if i == 0 else math.exp(rlo + float(x[i]) * (rhi - rlo)) if i < 3 else alo + float(x[i]) * (ahi - alo)
+        unit = lattice_from_free(system, vals)
+        shape = cell_volume(unit)
+        vlo, vhi = self.volume_per_atom_range(comp_state)
+        v_atom = math.exp(math.log(vlo) + float(x[0]) * (math.log(vhi) - math.log(vlo)))
+        a = (v_atom * sum(comp_state) / shape) ** (1 / 3) if shape > 1e-9 else lhi
+        return tuple(min(max(a * u, llo), lhi) for u in unit[:3]) + tuple(unit[3:])
+
+    def uniform_in(self, sg: int, restrictions: Restrictions, rng) -> tuple[float, ...]:
+        """Free lengths and angles uniform in the (restricted) ranges; ``rng()`` gives floats in [0, 1)."""
+        (llo, lhi), (alo, ahi) = self.ranges(restrictions)
+        system = sgs.lattice_system(sg)
+        vals = {i: (llo + rng() * (lhi - llo)) if i < 3 else (alo + rng() * (ahi - alo)) for i in FREE_PARAMETERS[system]}
         return lattice_from_free(system, vals)
 
     def in_restriction(self, sg: int, lattice, restrictions: Restrictions) -> bool:
@@ -552,7 +603,7 @@ class CrystalEnv:
             return s, -math.log(self.comp_env.n_parents(s.comp_state))
         if s.stage == STAGE_LATTICE:
             sg = self.sg_env.space_group(s.sg_state)
-            s.lattice = self.lat_env.to_lattice(sg, action)
+            s.lattice = self.lat_env.to_lattice(sg, action, s.comp_state)
             s.stage = STAGE_DONE
             return s, 0.0
         raise ValueError("step on a finished state")
@@ -585,5 +636,10 @@ class CrystalEnv:
                 s2, _ = self.step(s, x)
                 if self.lat_env.in_restriction(sg, s2.lattice, restrictions) and cell_volume(s2.lattice) > 1e-6:
                     break
+            else:  # restricted box the mapping rarely reaches: uniform in the box
+                for _ in range(64):
+                    s2.lattice = self.lat_env.uniform_in(sg, restrictions, rng.random)
+                    if self.lat_env.in_restriction(sg, s2.lattice, restrictions) and cell_volume(s2.lattice) > 1e-6:
+                        break
             out.append(self.to_crystal(s2))
         return out

@@ -157,7 +157,7 @@ def rollout(policy: CrystalPolicy, n: int, epsilon: float = 0.0, restrictions: R
             if rows.size:
                 ridx = torch.as_tensor(rows, device=device)
                 params = tuple(p[ridx] for p in latp)
-                xs = _sample_lattice(env, policy, params, [states[active[r]] for r in rows], epsilon, restrictions, generator)
+                xs, overrides = _sample_lattice(env, policy, params, [states[active[r]] for r in rows], epsilon, restrictions, generator)
                 lp = beta_mixture_log_prob(params, xs)
                 free = torch.zeros(len(rows), 6, device=device)
                 for r, row in enumerate(rows):
@@ -167,41 +167,43 @@ def rollout(policy: CrystalPolicy, n: int, epsilon: float = 0.0, restrictions: R
                 for r, row in enumerate(rows):
                     i = active[row]
                     states[i], _ = env.step(states[i], xs[r].detach().cpu().numpy())
+                    if overrides[r] is not None:
+                        states[i].lattice = overrides[r]
                     log_pf[i] = log_pf[i] + lp[r]
     return Rollout(states, torch.stack(log_pf), torch.as_tensor(log_pb, dtype=torch.float32, device=device),
                    torch.as_tensor(dead, device=device))
 
 
-def _sample_lattice(env, policy, params, states, epsilon, restrictions, generator, tries: int = 64) -> torch.Tensor:
+def _sample_lattice(env, policy, params, states, epsilon, restrictions, generator, tries: int = 64):
+    """Unit-cube draws [B, 6] from the policy (with ``epsilon`` uniform ones), and per row either
+    None or a lattice that replaces the mapped draw: under lattice-range restrictions, rows whose
+    64 policy draws all miss the box get free parameters uniform in the box (sampling only)."""
     device = params[0].device
     xs = beta_mixture_sample(params, generator)
+    overrides = [None] * len(states)
     if epsilon > 0:
         u = torch.rand(xs.shape, generator=generator, device=device)
         pick = torch.rand(xs.shape[0], 1, generator=generator, device=device) < epsilon
         xs = torch.where(pick, u, xs)
     if restrictions.length_range is None and restrictions.angle_range is None:
-        return xs
-    # rejection into the restricted box, then uniform in it
-    (llo, lhi), (alo, ahi) = env.lat_env.ranges(restrictions)
-    (Llo, Lhi), (Alo, Ahi) = env.config.length_range, env.config.angle_range
-    box_lo = torch.tensor([(llo - Llo) / (Lhi - Llo)] * 3 + [(alo - Alo) / (Ahi - Alo)] * 3, device=device).clamp(0, 1)
-    box_hi = torch.tensor([(lhi - Llo) / (Lhi - Llo)] * 3 + [(ahi - Alo) / (Ahi - Alo)] * 3, device=device).clamp(0, 1)
+        return xs, overrides
+    lat_env = env.lat_env
     out = xs.clone()
     for r, s in enumerate(states):
         sg = env.sg_env.space_group(s.sg_state)
         ok = False
         for t in range(tries):
             x = xs[r] if t == 0 else beta_mixture_sample(tuple(p[r: r + 1] for p in params), generator)[0]
-            if env.lat_env.in_restriction(sg, env.lat_env.to_lattice(sg, x.cpu().numpy()), restrictions):
+            if lat_env.in_restriction(sg, lat_env.to_lattice(sg, x.cpu().numpy(), s.comp_state), restrictions):
                 out[r], ok = x, True
                 break
         if not ok:
+            rand = lambda: float(torch.rand((), generator=generator, device=device))  # noqa: E731
             for _ in range(tries):
-                x = box_lo + (box_hi - box_lo) * torch.rand(6, generator=generator, device=device)
-                out[r] = x
-                if env.lat_env.in_restriction(sg, env.lat_env.to_lattice(sg, x.cpu().numpy()), restrictions):
+                overrides[r] = lat_env.uniform_in(sg, restrictions, rand)
+                if lat_env.in_restriction(sg, overrides[r], restrictions):
                     break
-    return out
+    return out, overrides
 
 
 def states_to_tensors(env: CrystalEnv, states, device="cpu"):
@@ -234,18 +236,68 @@ class TrainConfig:
     log_every: int = 25
 
 
-class FormationEnergyReward:
-    def __init__(self, proxy, env: CrystalEnv, temperature: float, device="cpu"):
-        self.proxy, self.env, self.temperature, self.device = proxy, env, temperature, device
+def parse_reward(spec: str) -> tuple[str, float | None]:
+    """``formation_energy`` | ``band_gap[:target]`` (1.34 eV by default) | ``density`` -> (kind, target)."""
+    kind, _, arg = str(spec).strip().partition(":")
+    kind = kind.strip().lower().replace("-", "_")
+    if kind not in REWARDS:
+        raise ValueError(f"unknown reward {spec!r}; use formation_energy, band_gap[:TARGET_EV] or density")
+    if kind != "band_gap":
+        if arg:
+            raise ValueError(f"reward {kind} takes no target (got {spec!r})")
+        return kind, None
+    try:
+        target = float(arg) if arg else 1.34
+    except ValueError:
+        raise ValueError(f"band-gap target must be a number of eV, got {arg!r}") from None
+    if not 0.0 <= target <= 10.0:
+        raise ValueError(f"band-gap target must lie in 0-10 eV, got {target}")
+    return kind, target
+
+
+REWARDS = ("formation_energy", "band_gap", "density")
+
+
+class ProxyReward:
+    """log R of finished states and the property it rewards: ``formation_energy`` (Boltzmann of the
+    proxy E_f, ``exp(-E_f / T)``), ``band_gap`` (``exp(-|gap - target| / width)`` of the proxy gap)
+    or ``density`` (``rho ** scale``, exact). Degenerate cells (no volume) get the lowest reward."""
+
+    def __init__(self, kind: str, env: CrystalEnv, proxy=None, temperature: float = 0.25, target: float = 1.34,
+                 width: float = 0.25, scale: float = 4.0, device="cpu"):
+        if kind not in REWARDS:
+            raise ValueError(f"unknown reward {kind!r}")
+        self.kind, self.env, self.proxy, self.device = kind, env, proxy, device
+        self.temperature, self.target, self.width, self.scale = temperature, target, width, scale
+
+    def params(self) -> dict:
+        return {"formation_energy": {"temperature": self.temperature},
+                "band_gap": {"target": self.target, "width": self.width},
+                "density": {"scale": self.scale}}[self.kind]
 
     def __call__(self, states):
-        from generators.gfn.rewards import cell_volumes, log_reward_formation_energy
+        from generators.gfn.rewards import (
+            cell_volumes, density, log_reward_band_gap, log_reward_density, log_reward_formation_energy,
+        )
 
         counts, sg, lat = states_to_tensors(self.env, states, self.device)
-        e = self.proxy.predict_tensors(counts, sg, lat)
         bad = cell_volumes(lat) <= 1e-6
-        e = torch.where(bad, torch.full_like(e, 5.0), e)  # degenerate cell: treated as +5 eV/atom
-        return log_reward_formation_energy(e, self.temperature), e
+        if self.kind == "density":
+            value = torch.where(bad, torch.zeros(()), density(counts, lat))
+            log_r = log_reward_density(value, self.scale)
+        else:
+            value = self.proxy.predict_tensors(counts, sg, lat)
+            if self.kind == "formation_energy":
+                value = torch.where(bad, torch.full_like(value, 5.0), value)  # as +5 eV/atom
+                log_r = log_reward_formation_energy(value, self.temperature)
+            else:
+                log_r = log_reward_band_gap(value, self.target, self.width)
+        return torch.where(bad, torch.full_like(log_r, -20.0), log_r), value
+
+
+class FormationEnergyReward(ProxyReward):
+    def __init__(self, proxy, env: CrystalEnv, temperature: float, device="cpu"):
+        super().__init__("formation_energy", env, proxy, temperature=temperature, device=device)
 
 
 def train(env: CrystalEnv, reward_fn, cfg: TrainConfig, device="cpu", log=print,
@@ -270,7 +322,7 @@ def train(env: CrystalEnv, reward_fn, cfg: TrainConfig, device="cpu", log=print,
         loss.backward()
         opt.step()
         rec = {"iter": it, "loss": float(loss.detach()), "logZ": float(logz.detach().sum()), "mean_log_reward": float(log_r.mean()),
-               "mean_e_form": float(e.mean()), "median_e_form": float(e.median()), "dead_ends": int(ro.dead.sum()),
+               "mean_value": float(e.mean()), "median_value": float(e.median()), "dead_ends": int(ro.dead.sum()),
                "seconds": round(time.time() - t0, 1)}
         history.append(rec)
         if log and (it % cfg.log_every == 0 or it == 1):
