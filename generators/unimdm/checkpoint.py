@@ -1,0 +1,67 @@
+"""Uni-MDM Crystal DiT model file ``model.pt`` and training checkpoint (torch only).
+
+``model.pt``: EMA weights as float16 (loaded back to float32), the network and diffusion
+configs, the k normaliser's statistics, the space groups' polar axes and a ``training``
+record. ``checkpoint.pt`` adds float32 weights, the optimizer and counters for ``--resume``.
+Files are written atomically (:func:`generators.diffusion.checkpoint.atomic_save`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from generators.diffusion.checkpoint import atomic_save
+from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule
+from generators.unimdm.diffusion import Tables
+from generators.unimdm.lattice import KNormaliser
+from generators.unimdm.network import CrystalDiT, DiTConfig
+
+MODEL_FORMAT = "genms-unimdm-dit/1"
+__all__ = ["MODEL_FORMAT", "UniMDMModel", "atomic_save", "load_model", "model_payload"]
+
+
+@dataclass
+class UniMDMModel:
+    network: CrystalDiT
+    schedule: NoiseSchedule
+    normaliser: KNormaliser
+    tables: Tables
+    training: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device) -> UniMDMModel:
+        self.network.to(device)
+        self.schedule.to(device)
+        self.tables.to(device)
+        return self
+
+
+def model_payload(ema_state: dict, network_config: DiTConfig, diffusion_config: DiffusionConfig, normaliser: KNormaliser,
+                  polar_axes: torch.Tensor, training: dict, weight_dtype: torch.dtype = torch.float16) -> dict:
+    return {
+        "format": MODEL_FORMAT,
+        "network": network_config.to_dict(),
+        "diffusion": diffusion_config.to_dict(),
+        "k_normaliser": {"mean": list(normaliser.mean), "std": list(normaliser.std)},
+        "polar_axes": polar_axes.bool().cpu(),
+        "state_dict": {name: tensor.detach().to("cpu", weight_dtype) for name, tensor in ema_state.items()},
+        "training": training,
+    }
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> UniMDMModel:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a genms Uni-MDM model file (format {payload.get('format')!r})")
+    network = CrystalDiT(DiTConfig.from_dict(payload["network"]))
+    network.load_state_dict({name: tensor.float() for name, tensor in payload["state_dict"].items()})
+    network.eval()
+    model = UniMDMModel(network, NoiseSchedule(DiffusionConfig.from_dict(payload["diffusion"])),
+                        KNormaliser(**payload["k_normaliser"]), Tables(payload["polar_axes"]), payload.get("training", {}))
+    return model.to(device)

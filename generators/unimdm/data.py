@@ -1,0 +1,146 @@
+"""CPU preprocessing of MP-20 into Uni-MDM's symmetry tensor files (uses pymatgen and pyxtal).
+
+``python -m generators.unimdm.data build --out .device_data_unimdm/`` reads every CIF of MP-20
+train and test (and the first ``--val-rows`` of val, for the validation loss), extracts the
+space group and Wyckoff orbits (:func:`generators.unimdm.symmetry.symmetry_info`), and writes
+one file per split in the format of :mod:`generators.unimdm.tensor_files`, plus ``meta.json``
+(rows, failures, the reconstruction check, sizes). Band gap and formation energy come from
+the MP-20 table (NaN where missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generators.unimdm.symmetry import LETTERS, SymmetryInfo, encode_operations, polar_axes
+from generators.unimdm.tensor_files import split_path
+
+
+def _symmetry_of_cif(cif: str):
+    """(SymmetryInfo, reconstruction ok) of one CIF, or (None, error text)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    from generators.unimdm.symmetry import symmetry_info
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(cif, fmt="cif")
+            info = symmetry_info(structure)
+            for orbit in info.orbits:
+                encode_operations(orbit.rotations, orbit.translations)
+            matched = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10).fit(info.structure(), structure)
+    except Exception as exc:  # pymatgen/pyxtal/encoding failures: skip the row, count it
+        return None, f"{type(exc).__name__}: {exc}"[:200]
+    return info, bool(matched)
+
+
+def pack_infos(infos: list[SymmetryInfo], material_ids: list[str], formulas: list[str],
+               band_gap: list[float], formation_energy: list[float]) -> dict:
+    """Packed tensors (see :mod:`generators.unimdm.tensor_files`) of several crystals."""
+    from generators.unimdm.lattice import k_from_parameters
+
+    orbits = [o for info in infos for o in info.orbits]
+    lattice = torch.tensor(np.array([info.lattice for info in infos]), dtype=torch.float64).reshape(-1, 6)
+    ops = [encode_operations(o.rotations, o.translations) for o in orbits]
+    return {
+        "format": "genms-unimdm-symmetry/1",
+        "material_ids": list(material_ids),
+        "formulas": list(formulas),
+        "space_group": torch.tensor([info.space_group for info in infos], dtype=torch.int16),
+        "lattice": lattice.float(),
+        "k": k_from_parameters(lattice).float() if len(infos) else torch.zeros(0, 6),
+        "n_atoms": torch.tensor([info.n_atoms for info in infos], dtype=torch.int16),
+        "n_orbits": torch.tensor([len(info.orbits) for info in infos], dtype=torch.int16),
+        "orbit_z": torch.tensor([o.atomic_number for o in orbits], dtype=torch.uint8),
+        "orbit_letter": torch.tensor([LETTERS.index(o.letter) for o in orbits], dtype=torch.int8),
+        "orbit_multiplicity": torch.tensor([o.multiplicity for o in orbits], dtype=torch.int16),
+        "orbit_coords": torch.tensor(np.array([o.position for o in orbits]).reshape(-1, 3), dtype=torch.float32),
+        "orbit_free": torch.tensor(np.array([o.free for o in orbits]).reshape(-1, 3), dtype=torch.bool),
+        "atom_ops": torch.from_numpy(np.concatenate(ops) if ops else np.zeros((0, 12), np.int8)),
+        "band_gap": torch.tensor(band_gap, dtype=torch.float32),
+        "formation_energy": torch.tensor(formation_energy, dtype=torch.float32),
+        "polar_axes": torch.tensor([[False] * 3] + [list(polar_axes(g)) for g in range(1, 231)], dtype=torch.bool),
+    }
+
+
+def _float(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return value
+
+
+def build_split(split: str, workers: int, limit: int | None = None) -> tuple[dict, dict]:
+    """Tensors of one MP-20 split and its statistics (rows, failures, reconstruction matches)."""
+    from generators.datasets import load_mp20
+
+    table = load_mp20(split)
+    if limit:
+        table = table.head(limit)
+    cifs = table["cif"].tolist()
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_symmetry_of_cif, cifs, chunksize=32)
+    else:
+        results = [_symmetry_of_cif(cif) for cif in cifs]
+    keep = [i for i, (info, _) in enumerate(results) if info is not None]
+    errors = [results[i][1] for i in range(len(results)) if results[i][0] is None]
+    pick = lambda column, cast=lambda v: v: [cast(table[column].iloc[i]) for i in keep]  # noqa: E731
+    tensors = pack_infos([results[i][0] for i in keep], pick("material_id"), pick("pretty_formula"),
+                         pick("band_gap", _float), pick("formation_energy_per_atom", _float))
+    stats = {
+        "rows": len(keep), "failed": len(errors), "errors": errors[:5],
+        "reconstruction_matched": sum(bool(results[i][1]) for i in keep),
+        "atoms": int(tensors["n_atoms"].long().sum()), "max_atoms": int(tensors["n_atoms"].max()),
+        "orbits": int(tensors["n_orbits"].long().sum()), "max_orbits": int(tensors["n_orbits"].max()),
+    }
+    return tensors, stats
+
+
+def build(out: Path, splits: list[str], workers: int, limit: int | None = None, val_rows: int = 2048) -> dict:
+    from generators.datasets import data_dir
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"splits": {}}
+    meta.update(source=str(data_dir()), command=" ".join(["python -m generators.unimdm.data", *sys.argv[1:]]))
+    for split in splits:
+        start = time.perf_counter()
+        tensors, stats = build_split(split, workers, min(limit or val_rows, val_rows) if split == "val" else limit)
+        path = split_path(out, split)
+        torch.save(tensors, path)
+        stats.update(megabytes=round(path.stat().st_size / 1e6, 2), seconds=round(time.perf_counter() - start, 1))
+        meta["splits"][split] = stats
+        print(json.dumps({split: stats}), flush=True)
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m generators.unimdm.data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="write the symmetry tensor files of MP-20 splits")
+    build_parser.add_argument("--out", type=Path, default=Path(".device_data_unimdm"))
+    build_parser.add_argument("--splits", default="test,val,train")
+    build_parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    build_parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (tests)")
+    build_parser.add_argument("--val-rows", type=int, default=2048, help="rows of MP-20 val kept for the validation loss")
+    args = parser.parse_args(argv)
+    build(args.out, [s for s in args.splits.split(",") if s], args.workers, args.limit, args.val_rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Crystal DiT of Uni-MDM: transformer blocks over atom tokens with the property fused by attention (torch only).
+
+Tokens: one per atom of the conventional cell plus one lattice token. An atom token sees its
+element (learned embedding), its Wyckoff operation (the 3 x 4 affine map from its orbit's
+representative: rotation entries and sin/cos of the translation), its orbit's free components
+and multiplicity, and Fourier features of its noisy fractional coordinates. The lattice
+token sees the noisy standardised k vector and the space group's free-component mask.
+
+Each block (DiT, adaLN-single as PixArt-alpha: one modulation MLP shared by the blocks plus a
+learned per-block offset; zero-initialised gates) is
+
+1. geometric multi-head self-attention over the crystal's tokens
+   (:class:`generators.diffusion.network.SelfAttention`: logits and values see periodic
+   features of the fractional offsets between atoms);
+2. the crystal multi-head attention of Uni-MDM: the tokens (queries) attend to the property
+   tokens (keys/values): one token per property (band gap, formation energy), its value
+   embedded by an MLP, or a learned null embedding when the property is unknown or dropped
+   (classifier-free guidance), plus an always-present register token;
+3. a per-token MLP.
+
+The global condition (diffusion time, space group embedding, number of atoms) drives the
+modulation. Outputs: per atom the normalised wrapped-normal score (3 numbers, projected onto
+the orbit representatives by the diffusion), and the noise of the lattice's k vector (6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generators.diffusion.network import OutputHead, SelfAttention, modulate, sinusoidal_embedding
+from generators.diffusion.representation import MAX_ATOMIC_NUMBER, fourier_features
+
+PROPERTIES = ("band_gap", "formation_energy")
+PROPERTY_SCALE = {"band_gap": 3.0, "formation_energy": 2.0}  # eV, eV/atom: values divided by these
+MAX_CELL_ATOMS = 160  # embedding size of the atom count
+
+
+@dataclass
+class DiTConfig:
+    width: int = 224
+    depth: int = 7
+    head_dim: int = 32
+    mlp_ratio: float = 2.5
+    element_dim: int = 64
+    time_dim: int = 128
+    fourier_frequencies: int = 8
+    pair_frequencies: int = 6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DiTConfig:
+        return cls(**values)
+
+
+DIT_PRESETS = {
+    # about 5.5 M parameters, 11 MB as float16: the GPU model
+    "base": {},
+    # about 0.1 M parameters: tests and CPU dry runs
+    "tiny": {"width": 48, "depth": 2, "head_dim": 16, "mlp_ratio": 2.0, "element_dim": 16, "time_dim": 32,
+             "fourier_frequencies": 4, "pair_frequencies": 3},
+}
+
+
+def dit_config(preset: str) -> DiTConfig:
+    if preset not in DIT_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(DIT_PRESETS)}")
+    return DiTConfig(**DIT_PRESETS[preset])
+
+
+class PropertyTokens(nn.Module):
+    """[B, 1 + P, W]: a register token and one token per property (MLP of the value, or a null embedding)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.kind = nn.Parameter(torch.randn(len(PROPERTIES), width) * 0.02)
+        self.null = nn.Parameter(torch.randn(len(PROPERTIES), width) * 0.02)
+        self.value = nn.ModuleList(
+            nn.Sequential(nn.Linear(16, width), nn.SiLU(), nn.Linear(width, width)) for _ in PROPERTIES
+        )
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` [B, P] already scaled, NaN = unknown/dropped."""
+        batch = values.shape[0]
+        tokens = [self.register.expand(batch, -1, -1)]
+        frequencies = torch.arange(1, 9, device=values.device, dtype=torch.float32)
+        for p in range(len(PROPERTIES)):
+            v = values[:, p]
+            known = torch.isfinite(v)
+            v = torch.where(known, v, torch.zeros_like(v)).float()
+            features = torch.cat([torch.sin(v[:, None] * frequencies), torch.cos(v[:, None] * frequencies)], -1)
+            embedded = self.value[p](features) + self.kind[p]
+            tokens.append(torch.where(known[:, None], embedded, self.null[p].expand(batch, -1)).unsqueeze(1))
+        return torch.cat(tokens, dim=1)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of crystal tokens (queries) to property tokens (keys, values)."""
+
+    def __init__(self, width: int, head_dim: int):
+        super().__init__()
+        self.heads = max(1, width // head_dim)
+        self.head_dim = width // self.heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        batch, length, width = tokens.shape
+        q = self.q(tokens).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(context).view(batch, context.shape[1], 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return self.out(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        width = config.width
+        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(3))
+        self.attention = SelfAttention(width, config.head_dim, 6 * config.pair_frequencies)
+        self.cross = CrossAttention(width, config.head_dim)
+        hidden = int(width * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.offset = nn.Parameter(torch.randn(9, width) * width**-0.5)
+
+    def forward(self, tokens, modulation, key_mask, pairs, context):
+        m = (modulation.view(modulation.shape[0], 9, -1) + self.offset)[:, :, None, :]
+        shift1, scale1, gate1, shift2, scale2, gate2, shift3, scale3, gate3 = m.unbind(1)
+        tokens = tokens + gate1 * self.attention(modulate(self.norms[0](tokens), shift1, scale1), key_mask, pairs)
+        tokens = tokens + gate2 * self.cross(modulate(self.norms[1](tokens), shift2, scale2), context)
+        return tokens + gate3 * self.mlp(modulate(self.norms[2](tokens), shift3, scale3))
+
+
+class CrystalDiT(nn.Module):
+    """``forward(coords [B,N,3], batch, lattice_z [B,6], time [B], properties [B,P])``
+    -> ``(lattice_noise [B,6], atom_score [B,N,3])`` (padded atoms 0)."""
+
+    def __init__(self, config: DiTConfig | None = None):
+        super().__init__()
+        self.config = config = config or DiTConfig()
+        width = config.width
+        self.element = nn.Embedding(MAX_ATOMIC_NUMBER + 1, config.element_dim, padding_idx=0)
+        self.space_group = nn.Embedding(231, width)
+        self.atom_count = nn.Embedding(MAX_CELL_ATOMS + 1, width)
+        self.time = nn.Sequential(nn.Linear(config.time_dim, width), nn.SiLU(), nn.Linear(width, width))
+        atom_features = config.element_dim + 9 + 6 + 3 + 1 + 6 * config.fourier_frequencies
+        self.atom_input = nn.Sequential(nn.Linear(atom_features, width), nn.SiLU(), nn.Linear(width, width))
+        self.lattice_input = nn.Sequential(nn.Linear(12, width), nn.SiLU(), nn.Linear(width, width))
+        self.properties = PropertyTokens(width)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
+        nn.init.zeros_(self.modulation[-1].weight)
+        nn.init.zeros_(self.modulation[-1].bias)
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.coord_head = OutputHead(width, 3, width)
+        self.lattice_head = OutputHead(2 * width, 6, width)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, coords, batch, lattice_z, lattice_free, time, properties):
+        mask = batch.atom_mask
+        cond = (self.time(sinusoidal_embedding(time, self.config.time_dim)) + self.space_group(batch.space_group)
+                + self.atom_count(batch.n_atoms.clamp(0, MAX_CELL_ATOMS)))
+        translation_angles = 2 * math.pi * batch.translations
+        features = torch.cat([
+            self.element(batch.atom_z),
+            batch.rotations.flatten(-2) / 2,
+            torch.sin(translation_angles), torch.cos(translation_angles),
+            batch.atom_free,
+            torch.log(batch.atom_multiplicity.clamp_min(1)).unsqueeze(-1) / 4,
+            fourier_features(coords, self.config.fourier_frequencies),
+        ], dim=-1)
+        atoms = self.atom_input(features)
+        lattice = self.lattice_input(torch.cat([lattice_z, lattice_free.to(lattice_z.dtype)], dim=-1))
+        tokens = torch.cat([lattice.unsqueeze(1), atoms], dim=1)
+        key_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        offsets = coords.float()[:, None, :, :] - coords.float()[:, :, None, :]
+        pairs = F.pad(fourier_features(offsets, self.config.pair_frequencies), (0, 0, 1, 0, 1, 0))
+        context = self.properties(properties)
+        modulation = self.modulation(cond)
+        for block in self.blocks:
+            tokens = block(tokens, modulation, key_mask, pairs, context)
+        weights = mask.unsqueeze(-1).to(tokens.dtype)
+        atoms = tokens[:, 1:]
+        pooled = (atoms * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        lattice_noise = self.lattice_head(torch.cat([tokens[:, 0], pooled], dim=-1), cond)
+        return lattice_noise, self.coord_head(atoms, cond) * weights

@@ -1,0 +1,147 @@
+"""Sample crystals for a whole symmetry file in big batches, pure torch (for the GPU machine).
+
+``python -m generators.unimdm.sample_tensors --weights DIR/model.pt --data .device_data_unimdm
+--inputs test --samples 1 --out FILE.pt [--band-gap 1.5] [--guidance 1.0]``
+
+``--inputs`` names a symmetry file of ``--data`` (``test``: MP-20 test with its true space group
+and Wyckoff assignment; ``test_pred``: the symmetry predictor's top-5 candidates per test
+crystal; ``control``: the property-control inputs), all in the format of
+:mod:`generators.unimdm.tensor_files`. Each row's own band gap / formation energy conditions
+the sample unless ``--band-gap`` / ``--formation-energy`` override them (``nan``:
+unconditional). Crystals are sorted by size and batched by an atom budget. The output is a
+samples file of :mod:`generators.diffusion.tensor_files` (``pack_samples``; one row per input
+row, conventional cells) with ``space_group`` and ``candidate`` added; evaluate it on the CPU
+with ``python -m evals.bench_csp_unimdm --samples FILE.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from generators.diffusion.diffusion import SamplerSettings
+from generators.diffusion.tensor_files import pack_samples
+from generators.unimdm.checkpoint import UniMDMModel, atomic_save, load_model
+from generators.unimdm.diffusion import sample
+from generators.unimdm.network import PROPERTIES, PROPERTY_SCALE
+from generators.unimdm.tensor_files import SplitIndex, collate, load_split, take_rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m generators.unimdm.sample_tensors", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--inputs", default="test", help="symmetry file name in --data (test, test_pred, control)")
+    parser.add_argument("--samples", type=int, default=1, help="structures per input row")
+    parser.add_argument("--method", default="ddpm", choices=["ddpm", "fast"])
+    parser.add_argument("--steps", type=int, default=None, help="reverse steps (default: 1000 ddpm, 100 fast)")
+    parser.add_argument("--band-gap", type=float, default=None, help="override every row's band gap (eV; nan = unconditional)")
+    parser.add_argument("--formation-energy", type=float, default=None, help="override every row's formation energy (eV/atom)")
+    parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight")
+    parser.add_argument("--atom-budget", type=int, default=None, help="padded atoms per network call (default 262144 CUDA, 4096 CPU)")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def override_properties(split: dict, band_gap: float | None, formation_energy: float | None) -> dict:
+    rows = len(split["material_ids"])
+    split = dict(split)
+    if band_gap is not None:
+        split["band_gap"] = torch.full((rows,), float(band_gap))
+    if formation_energy is not None:
+        split["formation_energy"] = torch.full((rows,), float(formation_energy))
+    return split
+
+
+def sample_rows(model: UniMDMModel, split: dict, samples: int, settings: SamplerSettings, atom_budget: int,
+                generator: torch.Generator, guidance: float = 0.0, log: bool = True):
+    """``coords[k][m]`` [n_m, 3], lattices [K, M, 6] for every row m and sample k (conventional cells)."""
+    index = SplitIndex(split)
+    n_atoms = split["n_atoms"].long()
+    rows = len(index)
+    jobs = sorted((int(n_atoms[m]), k, m) for k in range(samples) for m in range(rows))
+    coords = [[None] * rows for _ in range(samples)]
+    lattices = torch.zeros(samples, rows, 6)
+    start_time = time.perf_counter()
+    position = 0
+    while position < len(jobs):
+        width = jobs[position][0]
+        count = 1
+        while position + count < len(jobs) and (count + 1) * jobs[position + count][0] <= atom_budget:
+            count += 1
+        chunk = jobs[position : position + count]
+        position += count
+        batch = collate(index, [m for _, _, m in chunk]).to(model.device)
+        _, atom_coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
+                                         guidance=guidance, generator=generator)
+        atom_coords, lattice = atom_coords.cpu(), lattice.cpu()
+        for i, (n, k, m) in enumerate(chunk):
+            coords[k][m] = atom_coords[i, :n]
+            lattices[k, m] = lattice[i]
+        if log:
+            print(json.dumps({"sampled": position, "of": len(jobs), "atoms": width,
+                              "seconds": round(time.perf_counter() - start_time, 1)}), flush=True)
+    return coords, lattices
+
+
+def atom_numbers(split: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded atomic numbers [M, N] and mask (each orbit's element repeated by its multiplicity)."""
+    per_atom = torch.repeat_interleave(split["orbit_z"].long(), split["orbit_multiplicity"].long())
+    n_atoms = split["n_atoms"].long()
+    width = max(1, int(n_atoms.max())) if len(n_atoms) else 1
+    mask = torch.arange(width)[None, :] < n_atoms[:, None]
+    numbers = torch.zeros(len(n_atoms), width, dtype=torch.uint8)
+    numbers[mask] = per_atom.to(torch.uint8)
+    return numbers, mask
+
+
+def pack(split: dict, coords, lattices, info: dict) -> dict:
+    numbers, mask = atom_numbers(split)
+    packed = pack_samples({"material_ids": split["material_ids"], "n_atoms": split["n_atoms"], "mask": mask,
+                           "atomic_numbers": numbers}, coords, lattices, info)
+    packed["space_group"] = split["space_group"].to(torch.int16)
+    packed["candidate"] = split.get("candidate", torch.zeros(len(split["material_ids"]), dtype=torch.int16))
+    for name in PROPERTIES:
+        packed[f"target_{name}"] = split[name].float()
+    return packed
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    model = load_model(args.weights, device)
+    split = load_split(args.data, args.inputs)
+    if args.limit:
+        split = take_rows(split, list(range(min(args.limit, len(split["material_ids"])))))
+    split = override_properties(split, args.band_gap, args.formation_energy)
+    settings = SamplerSettings.for_method(args.method, model.schedule.config.timesteps, args.steps)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    budget = args.atom_budget or (262144 if device.type == "cuda" else 4096)
+    start = time.perf_counter()
+    coords, lattices = sample_rows(model, split, args.samples, settings, budget, generator, args.guidance)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    total = args.samples * len(split["material_ids"])
+    info = {"inputs": args.inputs, "samples": args.samples, "method": args.method, "steps": settings.steps,
+            "guidance": args.guidance, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
+            "weights": str(args.weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "seed": args.seed, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
+    info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
+    atomic_save(pack(split, coords, lattices, info), args.out)
+    print(json.dumps({"event": "done", "out": str(args.out), **info}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Space group and Wyckoff assignment of crystals, and the per-atom operations (pymatgen, pyxtal).
+
+As DiffCSP++ (``get_symmetry_info``): pymatgen's ``SpacegroupAnalyzer`` (symprec 0.01) refines
+the structure, pyxtal's ``from_seed`` (tol 0.01, then 1e-4) finds its Wyckoff sites in the
+standard setting (conventional cell; R groups hexagonal). Each Wyckoff orbit has one
+representative (element, letter, fractional coordinates ``u``); each atom of the conventional
+cell has the affine operation ``x = R u + t`` (pyxtal's Wyckoff operation) that maps its
+orbit's representative onto it. For a special position the first operation projects: the
+representative's free coordinates are the diagonal of ``pinv(R0) R0`` (0/1 for every Wyckoff
+position of pyxtal's tables; checked when built) and the columns of every ``R`` outside them
+are zero, so constrained components of ``u`` do not matter.
+
+Operations are stored as int8: rotations have entries in {-2..2}, translations are multiples of
+1/24 (stored as ``24 t``), both checked exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+SYMPREC = 0.01  # SpacegroupAnalyzer / pyxtal tolerance (DiffCSP++)
+TRANSLATION_GRID = 24
+LETTERS = "abcdefghijklmnopqrstuvwxyzA"  # pyxtal's Wyckoff letters, 'a' = highest site symmetry
+CENTERING = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
+
+
+@dataclass
+class Orbit:
+    """One Wyckoff orbit: element (Z), letter, representative coordinates, operations of its atoms."""
+
+    atomic_number: int
+    letter: str
+    position: np.ndarray  # [3] representative u
+    rotations: np.ndarray  # [m, 3, 3]
+    translations: np.ndarray  # [m, 3]
+
+    @property
+    def multiplicity(self) -> int:
+        return len(self.rotations)
+
+    @property
+    def free(self) -> np.ndarray:
+        return free_components(self.rotations[0])
+
+
+@dataclass
+class SymmetryInfo:
+    """A crystal as its space group, lattice (conventional cell) and Wyckoff orbits."""
+
+    space_group: int
+    lattice: np.ndarray  # [6] lengths (Å), angles (degrees)
+    orbits: list[Orbit] = field(default_factory=list)
+
+    @property
+    def n_atoms(self) -> int:
+        return sum(o.multiplicity for o in self.orbits)
+
+    def frac_coords(self) -> np.ndarray:
+        return np.concatenate([expand(o.rotations, o.translations, o.position) for o in self.orbits])
+
+    def atomic_numbers(self) -> np.ndarray:
+        return np.concatenate([[o.atomic_number] * o.multiplicity for o in self.orbits]).astype(np.int64)
+
+    def structure(self):
+        from pymatgen.core import Lattice, Structure
+
+        return Structure(Lattice.from_parameters(*self.lattice), self.atomic_numbers().tolist(), self.frac_coords())
+
+    def wyckoff_letters(self) -> dict[int, list[str]]:
+        """Letters of each element's orbits (sorted), the Wyckoff assignment."""
+        letters: dict[int, list[str]] = {}
+        for o in self.orbits:
+            letters.setdefault(o.atomic_number, []).append(o.letter)
+        return {z: sorted(v, key=LETTERS.index) for z, v in sorted(letters.items())}
+
+
+def expand(rotations: np.ndarray, translations: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """[m, 3] coordinates ``R u + t`` wrapped into [0, 1)."""
+    coords = np.einsum("mij,j->mi", rotations, position) + translations
+    coords = np.mod(coords, 1.0)
+    coords[coords >= 1.0 - 1e-12] = 0.0
+    return coords
+
+
+def free_components(rotation: np.ndarray) -> np.ndarray:
+    """[3] bool: the diagonal of ``pinv(R) R`` for the site's first operation."""
+    projector = np.linalg.pinv(rotation) @ rotation
+    diagonal = np.round(np.diag(projector), 6)
+    if not np.allclose(projector, np.diag(diagonal), atol=1e-6) or not np.all(np.isin(diagonal, (0.0, 1.0))):
+        raise ValueError(f"Wyckoff operation with a non-axis-aligned free space: {rotation.tolist()}")
+    return diagonal > 0.5
+
+
+def centering_factor(space_group: int) -> int:
+    """Lattice points of the conventional cell (P 1, A/B/C/I 2, R 3 in the hexagonal setting, F 4)."""
+    return CENTERING[group_symbol(space_group)[0]]
+
+
+@lru_cache(maxsize=256)
+def _group(space_group: int):
+    from pyxtal.symmetry import Group
+
+    return Group(int(space_group))
+
+
+def group_symbol(space_group: int) -> str:
+    return _group(space_group).symbol
+
+
+@lru_cache(maxsize=None)
+def wyckoff_table(space_group: int) -> tuple[tuple[str, int, bool], ...]:
+    """(letter, multiplicity, has free parameters) of every Wyckoff position of a group, 'a' first."""
+    rows = []
+    for wp in _group(space_group).Wyckoff_positions:
+        rows.append((wp.letter, int(wp.multiplicity), bool(free_components(wp.ops[0].affine_matrix[:3, :3]).any())))
+    return tuple(sorted(rows, key=lambda r: LETTERS.index(r[0])))
+
+
+@lru_cache(maxsize=None)
+def wyckoff_operations(space_group: int, letter: str) -> tuple[np.ndarray, np.ndarray]:
+    """([m, 3, 3] rotations, [m, 3] translations) of one Wyckoff position, in pyxtal's order."""
+    wp = _group(space_group).get_wyckoff_position(letter)
+    matrices = np.array([op.affine_matrix for op in wp.ops])
+    return matrices[:, :3, :3].copy(), matrices[:, :3, 3].copy()
+
+
+def symmetry_info(structure, symprec: float = SYMPREC) -> SymmetryInfo:
+    """Space group, conventional lattice and Wyckoff orbits of a pymatgen structure (raises ValueError)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from pyxtal import pyxtal
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refined = SpacegroupAnalyzer(structure, symprec=symprec).get_refined_structure()
+        crystal = pyxtal()
+        try:
+            crystal.from_seed(refined, tol=symprec)
+        except Exception:
+            try:
+                crystal.from_seed(refined, tol=1e-4)
+            except Exception as exc:
+                raise ValueError(f"pyxtal could not read the structure: {exc}") from exc
+    orbits = []
+    for site in crystal.atom_sites:
+        matrices = np.array([op.affine_matrix for op in site.wp.ops])
+        rotations, translations = matrices[:, :3, :3], matrices[:, :3, 3]
+        position = np.mod(np.asarray(site.position, dtype=np.float64), 1.0)
+        free = free_components(rotations[0])
+        position = np.where(free, position, 0.0)
+        from pymatgen.core import Element
+
+        orbits.append(Orbit(Element(site.specie).Z, site.wp.letter, position, rotations, translations))
+    return SymmetryInfo(int(crystal.group.number), np.array(crystal.lattice.get_para(degree=True), dtype=np.float64), orbits)
+
+
+def orbits_from_letters(space_group: int, letters: dict[int, list[str]]) -> list[Orbit]:
+    """Orbits (representatives at 0) for a Wyckoff assignment ``{Z: [letters]}`` of a space group."""
+    orbits = []
+    for z, element_letters in sorted(letters.items()):
+        for letter in element_letters:
+            rotations, translations = wyckoff_operations(space_group, letter)
+            orbits.append(Orbit(int(z), letter, np.zeros(3), rotations, translations))
+    return orbits
+
+
+def encode_operations(rotations: np.ndarray, translations: np.ndarray) -> np.ndarray:
+    """[m, 12] int8: 9 rotation entries then 24 x translation (mod 24), exactly (raises ValueError)."""
+    r = np.round(rotations).astype(np.int64)
+    t = np.round(np.mod(translations, 1.0) * TRANSLATION_GRID).astype(np.int64) % TRANSLATION_GRID
+    if np.abs(r - rotations).max(initial=0) > 1e-6 or np.abs(r).max(initial=0) > 2:
+        raise ValueError("rotation entries outside the integers -2..2")
+    if np.abs(t / TRANSLATION_GRID - np.mod(translations, 1.0)).max(initial=0) > 1e-6 and \
+            np.abs(np.mod(t / TRANSLATION_GRID - translations + 0.5, 1.0) - 0.5).max(initial=0) > 1e-6:
+        raise ValueError("translation not a multiple of 1/24")
+    return np.concatenate([r.reshape(-1, 9), t.reshape(-1, 3)], axis=1).astype(np.int8)
+
+
+@lru_cache(maxsize=None)
+def polar_axes(space_group: int) -> tuple[bool, bool, bool]:
+    """Axes along which the origin may move continuously (every rotation of the group fixes them)."""
+    ops = _group(space_group)[0].ops
+    return tuple(bool(all(np.allclose(op.affine_matrix[:3, :3][:, d], np.eye(3)[d]) for op in ops)) for d in range(3))
