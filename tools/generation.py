@@ -136,12 +136,21 @@ def _random_symmetric(formula: str, family: str | None = None, n: int = 4, seed:
     return generate_random(formula, n=n, seed=seed)
 
 
+def _gfn(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[GeneratedStructure]:
+    """Crystal-GFN for a formula: its sampler picks space group, formula units and lattice (see
+    ``tools.gfn_generation``); pyxtal places the atoms, CHGNet relaxes them."""
+    from tools.gfn_generation import generate_gfn_for_formula
+
+    return generate_gfn_for_formula(formula, family=family, n=n, seed=seed)
+
+
 # Generators by the name that ``GeneratedStructure.generator`` records; each takes
 # ``(formula, family=None, n=4, seed=0)``. The MCP tool schema lists these names,
 # so registering a generator here offers it everywhere.
 GENERATORS: dict[str, Callable[..., list[GeneratedStructure]]] = {
     "template": _template,
     "random_symmetric": _random_symmetric,
+    "gfn": _gfn,
 }
 
 

@@ -105,12 +105,19 @@ class Restrictions:
     max_atoms: int | None = None
     length_range: tuple[float, float] | None = None
     angle_range: tuple[float, float] | None = None
+    # a fixed formula: ((element, amount in the reduced formula), ...); the cell then holds
+    # k formula units for a k the space group's Wyckoff positions and the atom limits allow
+    formula: tuple[tuple[str, int], ...] | None = None
 
     @classmethod
     def make(cls, elements=None, space_groups=None, lattice_ranges=None, max_atoms_per_element=None,
-             max_atoms=None) -> "Restrictions":
+             max_atoms=None, formula=None) -> "Restrictions":
         lr = dict(lattice_ranges or {})
+        if formula:
+            formula = tuple(sorted((str(e), int(n)) for e, n in dict(formula).items()))
+            elements = [e for e, _ in formula]
         return cls(
+            formula=formula or None,
             elements=frozenset(elements) if elements else None,
             space_groups=frozenset(int(s) for s in space_groups) if space_groups else None,
             max_atoms_per_element=max_atoms_per_element,
@@ -231,10 +238,14 @@ def is_charge_neutral(counts, ox) -> bool:
 @lru_cache(maxsize=None)
 def pauling_electronegativity(symbol: str) -> float | None:
     """Pauling electronegativity as SMACT's ``pauling_test`` reads it (None if unknown)."""
+    import warnings
+
     try:
         import smact
 
-        x = smact.Element(symbol).pauling_eneg
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SMACT warns about noble gases without a value
+            x = smact.Element(symbol).pauling_eneg
         return None if x is None or math.isnan(x) else float(x)
     except Exception:  # noqa: BLE001 - element unknown to SMACT
         return None
@@ -342,7 +353,33 @@ class CompositionEnv:
             self._mask_cache[key] = hit
         return hit.copy()
 
+    def formula_multipliers(self, sg: int, restrictions: Restrictions) -> list[int]:
+        """Formula units per cell that fit the atom limits and the Wyckoff positions of ``sg``."""
+        max_n, max_atoms, _ = self._limits(restrictions)
+        amounts = [n for _, n in restrictions.formula]
+        return [k for k in range(1, max_n // max(amounts) + 1) if k * sum(amounts) <= max_atoms
+                and sgs.counts_compatible(sg, tuple(sorted(k * n for n in amounts)))]
+
+    def _formula_mask(self, state, sg: int, restrictions: Restrictions) -> np.ndarray:
+        """Under a fixed formula: each of its elements at k times its amount, one k for all; stop
+        once all are set. No charge rule: the formula is given (mixed valence such as LiMn2O4's
+        Mn3+/Mn4+ passes no one-state-per-element rule; the search screens formulae before)."""
+        m = np.zeros(self.n_actions, dtype=bool)
+        ratio = {self.elements.index(e): n for e, n in restrictions.formula}
+        done = [i for i in ratio if state[i] > 0]
+        if len(done) == len(ratio):
+            m[self.eos] = True
+            return m
+        ks = [state[done[0]] // ratio[done[0]]] if done else self.formula_multipliers(sg, restrictions)
+        for i, n in ratio.items():
+            if state[i] == 0:
+                for k in ks:
+                    m[self.action(i, k * n)] = True
+        return m
+
     def _mask(self, state, sg: int, restrictions: Restrictions) -> np.ndarray:
+        if restrictions.formula is not None:
+            return self._formula_mask(state, sg, restrictions)
         cfg = self.config
         counts = np.asarray(state)
         m = np.zeros(self.n_actions, dtype=bool)

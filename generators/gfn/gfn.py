@@ -361,7 +361,17 @@ class GFNSampler:
                     "state_dict": {k: v.half() if v.dtype == torch.float32 else v for k, v in self.policy.state_dict().items()},
                     "meta": meta or self.meta}, path)
 
-    def _restrictions(self, elements, space_groups, lattice_ranges, max_atoms_per_element, max_atoms) -> Restrictions:
+    def _restrictions(self, elements, space_groups, lattice_ranges, max_atoms_per_element, max_atoms,
+                      formula=None) -> Restrictions:
+        if formula:
+            formula = {str(e): int(n) for e, n in dict(formula).items()}
+            cfg = self.env.config
+            unknown = set(formula) - set(cfg.elements)
+            if unknown:
+                raise ValueError(f"elements outside this model's vocabulary ({', '.join(cfg.elements)}): {sorted(unknown)}")
+            if not cfg.min_elements <= len(formula) <= cfg.max_elements or min(formula.values()) < 1:
+                raise ValueError(f"a formula needs {cfg.min_elements}-{cfg.max_elements} elements with positive amounts")
+            elements = None
         if elements:
             unknown = set(elements) - set(self.env.config.elements)
             if unknown:
@@ -370,15 +380,20 @@ class GFNSampler:
             unknown = set(int(s) for s in space_groups) - set(self.env.config.space_groups)
             if unknown:
                 raise ValueError(f"space groups outside this model's set: {sorted(unknown)}")
-        r = Restrictions.make(elements, space_groups, lattice_ranges, max_atoms_per_element, max_atoms)
+        r = Restrictions.make(elements, space_groups, lattice_ranges, max_atoms_per_element, max_atoms, formula)
         if not self.env.usable_groups(r).any():
+            if formula:
+                raise ValueError("no allowed space group fits a whole number of formula units within the atom limits "
+                                 f"({r.max_atoms or self.env.config.max_atoms} atoms, "
+                                 f"{r.max_atoms_per_element or self.env.config.max_atoms_per_element} per element)")
             raise ValueError("no space group admits a valid composition under these restrictions")
         return r
 
     def sample_crystals(self, n: int, elements=None, space_groups=None, lattice_ranges=None, seed=None,
-                        max_atoms_per_element=None, max_atoms=None, batch_size: int = 256) -> list[Crystal]:
-        """Crystals (space group, composition, lattice) without atom positions."""
-        r = self._restrictions(elements, space_groups, lattice_ranges, max_atoms_per_element, max_atoms)
+                        max_atoms_per_element=None, max_atoms=None, batch_size: int = 256, formula=None) -> list[Crystal]:
+        """Crystals (space group, composition, lattice) without atom positions; ``formula``
+        ({element: amount}) fixes the composition up to the number of formula units."""
+        r = self._restrictions(elements, space_groups, lattice_ranges, max_atoms_per_element, max_atoms, formula)
         seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
@@ -394,7 +409,7 @@ class GFNSampler:
         return out[:n]
 
     def sample(self, n: int, elements=None, space_groups=None, lattice_ranges=None, seed=None,
-               max_atoms_per_element=None, max_atoms=None, max_attempts: int = 5, timeout_s: float = 5.0):
+               max_atoms_per_element=None, max_atoms=None, max_attempts: int = 5, timeout_s: float = 5.0, formula=None):
         """pymatgen Structures: sampled crystals with atoms placed symmetrically by pyxtal
         (``from_random`` with the sampled group, composition and lattice); crystals pyxtal cannot
         fill (cell too small for the atoms) are replaced by new samples."""
@@ -406,7 +421,7 @@ class GFNSampler:
                 break
             crystals = self.sample_crystals(2 * need, elements, space_groups, lattice_ranges,
                                             None if rng_seed is None else rng_seed + attempt,
-                                            max_atoms_per_element, max_atoms)
+                                            max_atoms_per_element, max_atoms, formula=formula)
             for c in crystals:
                 s = place_atoms(c, seed=None if seed is None else seed + len(structures), timeout_s=timeout_s)
                 if s is not None:
