@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli_eval import eval_app
+from agent.cli_gfn import generate_gfn_command
 from agent.cli_memory import knowledge_app, memory_app
 from agent.render import JsonOption, console
 from agent.render import emit_json as _emit_json
@@ -24,7 +25,8 @@ structure_app = typer.Typer(help="Check crystal structures (CIF files).", no_arg
 family_app = typer.Typer(help="The crystal families catalogue.", no_args_is_help=True)
 app.add_typer(formula_app, name="formula")
 app.add_typer(structure_app, name="structure")
-generate_app = typer.Typer(help="Generate crystal structures for a formula.", no_args_is_help=True)
+generate_app = typer.Typer(help="Generate crystal structures for a formula, or by Crystal-GFN under a property reward.", no_args_is_help=True)
+generate_app.command("gfn")(generate_gfn_command)
 app.add_typer(family_app, name="family")
 app.add_typer(generate_app, name="generate")
 app.add_typer(knowledge_app, name="knowledge")
