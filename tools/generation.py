@@ -74,7 +74,7 @@ def _variant(base: GeneratedStructure, number: int, rng: random.Random) -> Gener
     structure = base.structure.copy()
     scale = 1 + rng.uniform(-0.06, 0.06)
     structure.scale_lattice(structure.volume * scale)
-    structure.perturb(0.05, min_distance=0.0)
+    structure.perturb(0.05, min_distance=0.0, seed=rng.randrange(2**32))  # seeded: variants are reproducible
     note = f"variant {number}: volume x{scale:.3f}, atoms rattled <= 0.05 Å"
     return GeneratedStructure(structure, base.formula, base.family, base.prototype, base.assignment, variant=number, notes=[note])
 
