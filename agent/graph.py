@@ -19,7 +19,7 @@ from agent.planner import Planner, default_planner
 from agent.state import SearchState, decision
 from tools.checks import check_structure_text
 from tools.formula import parse_formula
-from tools.generation import GenerationError, generate_any
+from tools.generation import GenerationError, generate_any, generate_with
 from tools.scoring import score_structures
 from tools.screen import screen
 from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict
@@ -91,13 +91,17 @@ def propose(state: SearchState, planner: Planner) -> dict:
     passed = sum(s["passed"] for s in screened)
     reasons = Counter(s["rejected_by"] for s in screened if not s["passed"])
     why = ", ".join(f"{check} {count}" for check, count in reasons.most_common()) or "none rejected"
+    planned = []
+    if proposer == "gfn" and round_number == 1:  # the planner picked Crystal-GFN: say why, once
+        planned = [decision({**state, "round": round_number}, "plan", "gfn", planner.gfn_choice(spec)[1]
+                            + "; its formulae get Crystal-GFN structures (pyxtal placement, CHGNet relaxation)")]
     return {
         "round": round_number,
         "proposals_tried": keys,
         "screened": screened,
         "survivors": survivors,
-        "decisions": [decision({**state, "round": round_number}, "screen", "pruned",
-                               f"{proposer} proposer: {len(screened)} formulae, {passed} passed R_hi (rejected: {why})")],
+        "decisions": planned + [decision({**state, "round": round_number}, "screen", "pruned",
+                                         f"{proposer} proposer: {len(screened)} formulae, {passed} passed R_hi (rejected: {why})")],
         "timings": [{"step": f"propose+screen round {round_number}", "seconds": round(time.time() - started, 2)}],
     }
 
@@ -117,6 +121,19 @@ def _primitive(structure):
     return primitive if len(primitive) < len(structure) else structure
 
 
+def _generate_for(item: dict, spec: SearchSpec):
+    """Crystal-GFN for the formulae it proposed (prototypes / pyxtal if it cannot place one),
+    otherwise prototype substitution with the random symmetric fallback."""
+    n = spec.budget.structures_per_formula
+    if item.get("source") == "gfn":
+        try:
+            return generate_with("gfn", item["formula"], family=spec.family, n=n, seed=spec.seed), None
+        except GenerationError as exc:
+            structures, fallback = generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
+            return structures, f"Crystal-GFN could not place it ({exc}); " + (fallback or "prototypes")
+    return generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
+
+
 def generate(state: SearchState) -> dict:
     """L template structures for each of the next W survivors; formulae that cannot be placed are dropped."""
     spec = _spec(state)
@@ -126,7 +143,7 @@ def generate(state: SearchState) -> dict:
     for index, item in enumerate(chosen):
         _progress("generate", index, len(chosen), item["formula"])
         try:
-            structures, fallback = generate_any(item["formula"], family=spec.family, n=spec.budget.structures_per_formula, seed=spec.seed)
+            structures, fallback = _generate_for(item, spec)
         except GenerationError as exc:
             dropped.append({"formula": item["formula"], "reason": f"no generator could place it: {exc}"})
             continue

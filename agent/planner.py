@@ -26,6 +26,7 @@ class Planner:
 
     use_claude: bool = False
     use_retrieval: bool = True  # ground proposals in retrieved passages (GenMS's RAG; off for ablations)
+    use_gfn: bool = True  # Crystal-GFN for open exploration under a property target (off for ablations)
 
     @property
     def name(self) -> str:
@@ -56,13 +57,32 @@ class Planner:
         found = search_knowledge(spec.request or spec.summary(), k=RETRIEVED_PASSAGES)
         return [p.as_dict() for p in found.passages], found.wikipedia
 
+    def gfn_choice(self, spec: SearchSpec) -> tuple[str | None, str]:
+        """Crystal-GFN's reward when the request is open exploration under a property target
+        (a band gap, dense phases; no family or ratio), else None; with the reason either way."""
+        if not self.use_gfn:
+            return None, "Crystal-GFN off"
+        from tools.gfn_generation import gfn_reward_for
+
+        return gfn_reward_for(spec)
+
     def propose(self, spec: SearchSpec, n: int, seed: int, avoid: set[str], feedback: list[str],
                 context: list[dict] = ()) -> tuple[list[Proposal], str]:
         """``n`` new formulae (none whose key is in ``avoid``) and which proposer made them.
 
-        Claude reads the retrieved ``context`` (fenced as data) and the screen's ``feedback``;
-        the offline proposer works from the catalogue and substitution statistics alone.
+        Open exploration under a property target: Crystal-GFN's sampler for that reward proposes
+        (source 'gfn'; the search then places those formulae with Crystal-GFN). Otherwise Claude
+        reads the retrieved ``context`` (fenced as data) and the screen's ``feedback``; the
+        offline proposer works from the catalogue and substitution statistics alone.
         """
+        if self.gfn_choice(spec)[0] is not None:
+            from tools.generation import GenerationError
+            from tools.gfn_generation import propose_gfn
+
+            try:
+                return propose_gfn(spec, n, seed=seed, avoid=avoid), "gfn"
+            except GenerationError as exc:
+                log.warning("Crystal-GFN could not propose, using the formula proposer: %s", exc)
         if not self.use_claude:
             return propose_offline(spec, n, seed=seed, avoid=avoid), "offline"
         proposals, proposer = propose(spec, n, seed=seed, context=list(context), use_claude=True, feedback=feedback)

@@ -358,3 +358,145 @@ def test_volume_prior_keeps_volume_per_atom_plausible():
     lat_hi = env.lat_env.to_lattice(225, np.ones(6), state)
     n = sum(state)
     assert math.isclose(cell_volume(lat_lo) / n, vlo, rel_tol=1e-6) and math.isclose(cell_volume(lat_hi) / n, vhi, rel_tol=1e-6)
+
+
+def test_formula_restriction_gives_whole_formula_units():
+    from generators.gfn.gfn import GFNSampler
+
+    sampler = GFNSampler.untrained(CrystalConfig(space_groups=SMALL_SGS, length_range=(2.5, 30.0),
+                                                 angle_range=(55.0, 140.0)), seed=0)
+    crystals = sampler.sample_crystals(30, formula={"Li": 1, "Mn": 2, "O": 4}, seed=0)
+    assert len(crystals) == 30
+    ks = set()
+    for c in crystals:
+        k = c.composition["Li"]
+        assert c.composition == {"Li": k, "Mn": 2 * k, "O": 4 * k}  # mixed valence allowed for a given formula
+        assert sgs.counts_compatible(c.space_group, tuple(sorted(c.composition.values())))
+        ks.add(k)
+    assert len(ks) >= 2 and {c.space_group for c in crystals} <= set(SMALL_SGS)
+    # antifluorite Li2O in Fm-3m (225): O on 4a, Li on 8c; k = 4 is the only fit within 16 per element
+    assert all(c.composition == {"Li": 8, "O": 4}
+               for c in sampler.sample_crystals(5, formula={"Li": 2, "O": 1}, space_groups=[225], seed=1))
+    with pytest.raises(ValueError, match="formula units"):  # LiMn2O4 needs 32 O in Fd-3m
+        sampler.sample_crystals(2, formula={"Li": 1, "Mn": 2, "O": 4}, space_groups=[225, 227])
+    with pytest.raises(ValueError, match="vocabulary"):
+        sampler.sample_crystals(2, formula={"Ba": 1, "O": 1})
+    with pytest.raises(ValueError, match="formula units"):
+        sampler.sample_crystals(2, formula={"Li": 17, "O": 1})
+
+
+def test_parse_reward():
+    from generators.gfn.gfn import parse_reward
+
+    assert parse_reward("formation_energy") == ("formation_energy", None)
+    assert parse_reward("band_gap") == ("band_gap", 1.34) and parse_reward("band-gap:2.1") == ("band_gap", 2.1)
+    assert parse_reward("density") == ("density", None)
+    for bad in ("energy", "band_gap:abc", "band_gap:-1", "density:3"):
+        with pytest.raises(ValueError):
+            parse_reward(bad)
+
+
+def test_committed_band_gap_and_density_samplers_move_their_figures():
+    """The band-gap sampler's proxy gaps sit nearer 1.34 eV, the density sampler's densities are
+    higher, than the untrained policy's (same config, 150 samples each)."""
+    from generators.gfn.gfn import WEIGHTS_DIR, GFNSampler
+    from generators.gfn.proxy import Proxy
+    from tools.gfn_generation import _figures
+
+    bg = GFNSampler.load(WEIGHTS_DIR / "sampler_band_gap.pt")
+    rho = GFNSampler.load(WEIGHTS_DIR / "sampler_density.pt")
+    assert bg.meta["reward_params"]["target"] == 1.34 and rho.meta["reward"] == "density"
+    untrained = GFNSampler.untrained(bg.env.config, seed=0).sample_crystals(150, seed=0)
+    gap = Proxy.load("band_gap")
+    miss_trained = np.median(np.abs(gap.predict(bg.sample_crystals(150, seed=0)) - 1.34))
+    miss_untrained = np.median(np.abs(gap.predict(untrained) - 1.34))
+    assert miss_trained < miss_untrained - 0.2, (miss_trained, miss_untrained)
+    dens = lambda cs: np.median([f["density"] for f in _figures(cs)])  # noqa: E731
+    assert dens(rho.sample_crystals(150, seed=0)) > dens(untrained) + 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# tools side: full structures, registry, command, planner
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def quick_relax(monkeypatch):
+    """A few CHGNet steps instead of 100 (the pipeline is the same)."""
+    import tools.gfn_generation as gg
+
+    monkeypatch.setattr(gg, "DEFAULT_RELAX_STEPS", 3)
+
+
+def test_generate_gfn_full_structures(quick_relax):
+    from tools.generation import GENERATORS, GenerationError, generate_with
+    from tools.gfn_generation import generate_gfn
+
+    made = generate_gfn("band_gap:1.34", elements=["Li", "O", "F", "Mg"], n=2, seed=0, relax_steps=3, max_atoms=24)
+    assert len(made) == 2
+    for g in made:
+        assert g.generator == "gfn" and {e.symbol for e in g.structure.composition} <= {"Li", "O", "F", "Mg"}
+        assert g.properties["relax_steps"] <= 4 and math.isfinite(g.properties["chgnet_energy"])
+        assert g.sampled["space_group"] in range(1, 231) and sum(g.sampled["composition"].values()) <= 24
+        assert min(g.structure.distance_matrix[np.triu_indices(len(g.structure), 1)], default=9) > 0.5
+    # ranked by the reward: closeness of the proxy gap to the target, best first
+    misses = [abs(g.properties["proxy_band_gap"] - 1.34) for g in made]
+    assert misses == sorted(misses)
+    # the registry form: a formula's elements and ratio, k formula units per cell
+    assert "gfn" in GENERATORS
+    (one,) = generate_with("gfn", "Li2O", n=1, seed=0)
+    comp = one.sampled["composition"]
+    assert set(comp) == {"Li", "O"} and comp["Li"] == 2 * comp["O"] and one.structure.composition.reduced_formula == "Li2O"
+    with pytest.raises(GenerationError, match="knows only"):
+        generate_with("gfn", "BaTiO3", n=1)
+    with pytest.raises(GenerationError, match="unknown reward"):
+        generate_gfn("stability", n=1)
+
+
+def test_generate_gfn_command(tmp_path, quick_relax):
+    import json
+
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "gfn"
+    result = runner.invoke(app, ["generate", "gfn", "--reward", "density", "--elements", "Fe,O", "-n", "1",
+                                 "--relax-steps", "2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert set(row["sampled"]["composition"]) == {"Fe", "O"} and (out / row["file"].split("/")[-1]).is_file()
+    assert row["density"] > 0 and row["reward"] == "density"
+    for args, words in ((["--elements", "Fe,Xx"], "unknown element"), (["--elements", "Ba,O"], "outside"),
+                        (["--reward", "band_gap:x"], "band-gap target"), (["--space-groups", "231"], "1-230"),
+                        (["-n", "0"], "")):
+        bad = runner.invoke(app, ["generate", "gfn", *args, "--out", str(out)])
+        assert bad.exit_code == 2 and words in bad.output, (args, bad.output)
+
+
+def test_planner_picks_gfn_for_open_exploration_under_a_property_target(quick_relax):
+    import time
+
+    from agent.graph import generate, propose
+    from agent.planner import Planner
+    from tools.formula import parse_formula
+    from tools.spec import parse_request
+
+    planner = Planner()
+    for request, reward in (("stable crystals with a band gap near 1.3 eV", "band_gap:1.3"),
+                            ("dense Fe-O phases", "density"), ("a spinel with Mn", None),
+                            ("a material with band gap near 1.3 eV containing Ba", None),
+                            ("five diverse low-energy Li-Mn-O crystals", None)):
+        assert planner.gfn_choice(parse_request(request))[0] == reward, request
+    assert Planner(use_gfn=False).gfn_choice(parse_request("dense Fe-O phases"))[0] is None
+    spec = parse_request("dense Fe-O phases", budget={"proposals": 4, "formulas": 1, "structures_per_formula": 1})
+    state = {"spec": spec.model_dump(), "round": 0, "started_at": time.time(), "survivors": []}
+    update = propose(state, planner)
+    plan, screen_step = update["decisions"]
+    assert plan["step"] == "plan" and plan["decision"] == "gfn" and "dense phases" in plan["reason"]
+    assert screen_step["reason"].startswith("gfn proposer")
+    assert update["screened"] and all(s["source"] == "gfn" for s in update["screened"])
+    assert all(set(parse_formula(s["reduced_formula"]).elements) <= {"Fe", "O"} for s in update["screened"])
+    survivors = update["survivors"]
+    assert survivors
+    made = generate({**state, "survivors": survivors, "round": 1})
+    assert made["pending"][0]["structures"][0]["generator"] == "gfn"

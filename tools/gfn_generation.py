@@ -195,7 +195,7 @@ def _relax(structure, steps: int, fmax: float):
 
 
 def generate_gfn_for_formula(formula: str, family: str | None = None, n: int = 4, seed: int = 0,
-                             relax_steps: int = DEFAULT_RELAX_STEPS) -> list[GFNStructure]:
+                             relax_steps: int | None = None) -> list[GFNStructure]:
     """The registry's form: structures of a given formula (the sampler picks space groups, the
     number of formula units and the lattice under the formation-energy reward).
 
@@ -218,4 +218,83 @@ def generate_gfn_for_formula(formula: str, family: str | None = None, n: int = 4
         groups = sorted(set(fam.spacegroups) & set(load_sampler("formation_energy").env.config.space_groups))
         if not groups:
             raise GenerationError(f"none of the {fam.name} space groups {list(fam.spacegroups)} is in the sampler's set")
-    return generate_gfn("formation_energy", space_groups=groups, n=n, seed=seed, formula=amounts, relax_steps=relax_steps)
+    steps = DEFAULT_RELAX_STEPS if relax_steps is None else relax_steps
+    return generate_gfn("formation_energy", space_groups=groups, n=n, seed=seed, formula=amounts, relax_steps=steps)
+
+
+# ---------------------------------------------------------------------------- the search's use
+
+
+def gfn_reward_for(spec) -> tuple[str | None, str]:
+    """Crystal-GFN's reward for a search spec, or None, with the reason either way.
+
+    Crystal-GFN fits open exploration under a property target: no family or stoichiometry
+    pattern (the formula proposer and prototypes serve those), a band-gap target (reward
+    ``band_gap:TARGET``) or a request for dense phases (``density``), and required elements
+    within the model's 22 (at least two elements allowed).
+    """
+    if spec.family or spec.stoichiometry:
+        return None, "a family or stoichiometry is given (formula proposer and prototypes fit)"
+    if spec.band_gap is not None:
+        reward, what = f"band_gap:{spec.band_gap:g}", f"a band gap near {spec.band_gap:g} eV"
+    elif getattr(spec, "high_density", False):
+        reward, what = "density", "dense phases"
+    else:
+        return None, "no band-gap or density target for Crystal-GFN's rewards"
+    try:
+        vocab = set(model_elements())
+    except GenerationError as exc:
+        return None, str(exc)
+    outside = sorted(set(spec.required_elements) - vocab)
+    if outside:
+        return None, f"{', '.join(outside)} outside Crystal-GFN's elements"
+    allowed = _allowed_elements(spec, vocab)
+    if len(allowed) < 2 or not set(spec.required_elements) <= allowed:
+        return None, "fewer than two of Crystal-GFN's elements are allowed"
+    return reward, (f"open exploration under a property target ({what}): Crystal-GFN's {reward.split(':')[0]} "
+                    f"sampler proposes compositions over {len(allowed)} elements")
+
+
+def _allowed_elements(spec, vocab: set[str]) -> set[str]:
+    allowed = set(spec.allowed_elements) & vocab if spec.allowed_elements is not None else set(vocab)
+    return allowed - set(spec.excluded_elements)
+
+
+def propose_gfn(spec, n: int, seed: int = 0, avoid: set[str] = frozenset()):
+    """``n`` formulae (``tools.proposer.Proposal``, source 'gfn') from the sampler of the spec's
+    reward: sampled crystals over the allowed elements, ranked by the reward's figure, distinct
+    reduced formulae containing the required elements and not in ``avoid`` (composition keys)."""
+    from tools.formula import parse_formula
+    from tools.proposer import Proposal
+
+    reward, why = gfn_reward_for(spec)
+    if reward is None:
+        raise GenerationError(f"Crystal-GFN does not fit this request: {why}")
+    kind, target = parse_reward(reward)
+    sampler = load_sampler(kind)
+    vocab = set(sampler.env.config.elements)
+    allowed = _allowed_elements(spec, vocab)
+    try:
+        crystals = sampler.sample_crystals(max(64, 8 * n), elements=None if allowed == vocab else sorted(allowed), seed=seed)
+    except ValueError as exc:
+        raise GenerationError(f"Crystal-GFN cannot sample this: {exc}") from None
+    crystals = [c for c in crystals if set(spec.required_elements) <= set(c.composition)]
+    figures = _figures(crystals)
+    order = sorted(range(len(crystals)), key=lambda i: _rank_key(kind, target)(figures[i]))
+    chosen, seen = [], set(avoid)
+    for i in order:
+        parsed = parse_formula("".join(f"{el}{k}" for el, k in crystals[i].composition.items()))
+        if parsed.key not in seen:
+            seen.add(parsed.key)
+            chosen.append((parsed.reduced_formula, i))
+        if len(chosen) >= n:
+            break
+    proposals = []
+    for rank, (formula, i) in enumerate(chosen):
+        fig = figures[i]
+        proposals.append(Proposal(
+            formula=formula, source="gfn", prior=round(1.0 - rank / len(chosen), 4),  # best first, in (0, 1]
+            rationale=(f"Crystal-GFN {kind} sampler: space group {crystals[i].space_group}, proxy E_f "
+                       f"{fig['proxy_formation_energy']:.2f} eV/atom, proxy gap {fig['proxy_band_gap']:.2f} eV, "
+                       f"density {fig['density'] or 0:.2f} g/cm3")))
+    return proposals

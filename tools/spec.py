@@ -67,6 +67,7 @@ class SearchSpec(BaseModel):
     band_gap_tolerance: float = Field(0.5, gt=0, le=10, description="eV")
     electronic: Literal["metal", "semiconductor", "insulator"] | None = None
     density: float | None = Field(None, gt=0, le=30, description="target density, g/cm^3")
+    high_density: bool = Field(False, description="the request asks for dense phases (as dense as possible)")
     low_energy: bool = True
     spacegroup: int | None = Field(None, ge=1, le=230)
     max_sites: int = Field(20, ge=1, le=200)
@@ -133,6 +134,8 @@ class SearchSpec(BaseModel):
             parts.append(self.electronic)
         if self.density is not None:
             parts.append(f"density near {self.density:g} g/cm^3")
+        elif self.high_density:
+            parts.append("dense")
         if self.spacegroup:
             parts.append(f"space group {self.spacegroup}")
         return "; ".join(parts)
@@ -350,6 +353,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         "electronic": electronic,
         "spacegroup": _spacegroup(text),
         "density": _density(text),
+        "high_density": bool(re.search(r"\b(?:dense|densest|denser|high[- ]density|highest density)\b", text, re.IGNORECASE)),
     }
     if tolerance is not None:
         fields["band_gap_tolerance"] = tolerance
@@ -360,7 +364,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     fields.update(overrides)
     spec = SearchSpec(**fields)
     searchable = [spec.family, spec.stoichiometry, spec.required_elements, spec.allowed_elements, spec.anion_class,
-                  spec.band_gap, spec.electronic, spec.spacegroup, spec.density]
+                  spec.band_gap, spec.electronic, spec.spacegroup, spec.density, spec.high_density]
     if not any(searchable):
         raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {text.strip()!r}. " + SUPPORTED)
     problems = spec_conflicts(spec)
