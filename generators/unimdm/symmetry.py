@@ -16,9 +16,11 @@ Operations are stored as int8: rotations have entries in {-2..2}, translations a
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -100,6 +102,34 @@ def centering_factor(space_group: int) -> int:
     return CENTERING[group_symbol(space_group)[0]]
 
 
+TABLES_FILE = Path(__file__).with_name("wyckoff_tables.json")
+
+
+@lru_cache(maxsize=1)
+def _tables() -> dict[int, dict]:
+    """Per space group: symbol, Wyckoff positions (letter, multiplicity, free) and polar axes, from
+    ``wyckoff_tables.json`` (derived from pyxtal by ``python -m generators.unimdm.symmetry tables``;
+    building pyxtal's 230 groups takes about 10 s, the file loads in milliseconds)."""
+    if TABLES_FILE.is_file():
+        return {int(g): row for g, row in json.loads(TABLES_FILE.read_text()).items()}
+    return {g: _table_row(g) for g in range(1, 231)}
+
+
+def _table_row(space_group: int) -> dict:
+    group = _group(space_group)
+    positions = []
+    for wp in group.Wyckoff_positions:
+        positions.append([wp.letter, int(wp.multiplicity), bool(free_components(wp.ops[0].affine_matrix[:3, :3]).any())])
+    ops = group[0].ops
+    polar = [bool(all(np.allclose(op.affine_matrix[:3, :3][:, d], np.eye(3)[d]) for op in ops)) for d in range(3)]
+    return {"symbol": group.symbol, "positions": sorted(positions, key=lambda r: LETTERS.index(r[0])), "polar": polar}
+
+
+def write_tables(path: Path = TABLES_FILE) -> None:
+    rows = {g: _table_row(g) for g in range(1, 231)}
+    path.write_text(json.dumps(rows, separators=(",", ":")) + "\n")
+
+
 @lru_cache(maxsize=256)
 def _group(space_group: int):
     from pyxtal.symmetry import Group
@@ -108,16 +138,13 @@ def _group(space_group: int):
 
 
 def group_symbol(space_group: int) -> str:
-    return _group(space_group).symbol
+    return _tables()[int(space_group)]["symbol"]
 
 
 @lru_cache(maxsize=None)
 def wyckoff_table(space_group: int) -> tuple[tuple[str, int, bool], ...]:
     """(letter, multiplicity, has free parameters) of every Wyckoff position of a group, 'a' first."""
-    rows = []
-    for wp in _group(space_group).Wyckoff_positions:
-        rows.append((wp.letter, int(wp.multiplicity), bool(free_components(wp.ops[0].affine_matrix[:3, :3]).any())))
-    return tuple(sorted(rows, key=lambda r: LETTERS.index(r[0])))
+    return tuple((letter, int(m), bool(f)) for letter, m, f in _tables()[int(space_group)]["positions"])
 
 
 @lru_cache(maxsize=None)
@@ -179,8 +206,15 @@ def encode_operations(rotations: np.ndarray, translations: np.ndarray) -> np.nda
     return np.concatenate([r.reshape(-1, 9), t.reshape(-1, 3)], axis=1).astype(np.int8)
 
 
-@lru_cache(maxsize=None)
 def polar_axes(space_group: int) -> tuple[bool, bool, bool]:
     """Axes along which the origin may move continuously (every rotation of the group fixes them)."""
-    ops = _group(space_group)[0].ops
-    return tuple(bool(all(np.allclose(op.affine_matrix[:3, :3][:, d], np.eye(3)[d]) for op in ops)) for d in range(3))
+    return tuple(bool(v) for v in _tables()[int(space_group)]["polar"])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["tables"]:
+        raise SystemExit("usage: python -m generators.unimdm.symmetry tables   (rewrites wyckoff_tables.json from pyxtal)")
+    write_tables()
+    print(f"wrote {TABLES_FILE} ({TABLES_FILE.stat().st_size} bytes)")

@@ -1,0 +1,253 @@
+"""Uni-MDM: symmetry extraction, k lattice, constrained predictor, space-group-preserving DiT, training, GPU files."""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule, SamplerSettings
+from generators.unimdm.data import pack_infos
+from generators.unimdm.diffusion import Tables, sample, training_losses
+from generators.unimdm.lattice import (
+    KNormaliser,
+    family,
+    fixed_value_table,
+    free_mask_table,
+    k_from_parameters,
+    parameters_from_k,
+)
+from generators.unimdm.network import CrystalDiT, dit_config
+from generators.unimdm.predictor import (
+    Example,
+    PredictorConfig,
+    SymmetryPredictor,
+    SymmetryTransformer,
+    batch_tensors,
+    examples_from_split,
+)
+from generators.unimdm.symmetry import centering_factor, symmetry_info
+from generators.unimdm.tensor_files import collate_all
+from generators.unimdm.wyckoff import check_assignment, completable
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def crystals() -> dict[str, Structure]:
+    """Hand-built crystals of six crystal families (literature-like parameters)."""
+    return {
+        "SrTiO3": Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.905), ["Sr", "Ti", "O"],
+                                            [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]]),
+        "NaCl": Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "ZnO": Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"],
+                                         [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]]),
+        "TiO2": Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
+                                          [[0, 0, 0], [0.305, 0.305, 0]]),
+        "LiCoO2": Structure.from_spacegroup("R-3m", Lattice.hexagonal(2.82, 14.05), ["Li", "Co", "O"],
+                                            [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.24]]),
+        "ZrO2": Structure.from_spacegroup("P2_1/c", Lattice.monoclinic(5.15, 5.21, 5.31, 99.2), ["Zr", "O", "O"],
+                                          [[0.276, 0.04, 0.208], [0.07, 0.332, 0.345], [0.449, 0.758, 0.479]]),
+        "LiO2": Structure.from_spacegroup("P-1", Lattice.from_parameters(4.1, 5.3, 6.2, 81, 77, 95), ["Li", "O", "O"],
+                                          [[0.1, 0.2, 0.3], [0.35, 0.6, 0.15], [0.7, 0.1, 0.8]]),
+    }
+
+
+@pytest.fixture(scope="module")
+def infos():
+    return {name: symmetry_info(structure) for name, structure in crystals().items()}
+
+
+@pytest.fixture(scope="module")
+def split(infos):
+    names = list(infos)
+    return pack_infos([infos[n] for n in names], names, names, [0.0, 5.0, 3.3, 3.0, 2.7, 4.0, float("nan")],
+                      [-3.5, -2.1, -1.8, -3.3, -1.9, -3.8, -1.0])
+
+
+def test_symmetry_round_trip(infos):
+    expected = {"SrTiO3": 221, "NaCl": 225, "ZnO": 186, "TiO2": 136, "LiCoO2": 166, "ZrO2": 14, "LiO2": 2}
+    matcher = StructureMatcher()
+    for name, structure in crystals().items():
+        info = infos[name]
+        assert info.space_group == expected[name]
+        rebuilt = info.structure()
+        assert matcher.fit(rebuilt, structure), name
+        assert rebuilt.composition.reduced_formula == structure.composition.reduced_formula
+        for orbit in info.orbits:  # constrained components of a representative are 0 and never used
+            assert np.all(orbit.position[~orbit.free] == 0)
+            assert np.all(orbit.rotations[:, :, ~orbit.free] == 0)
+    assert infos["NaCl"].n_atoms == 8 and infos["NaCl"].wyckoff_letters() == {11: ["a"], 17: ["b"]}
+    assert infos["TiO2"].wyckoff_letters() == {8: ["f"], 22: ["a"]}
+
+
+def test_tensor_expansion_matches_pyxtal(infos, split):
+    batch = collate_all(split)
+    coords = batch.expand(batch.orbit_coords)
+    for row, info in enumerate(infos.values()):
+        n = info.n_atoms
+        difference = coords[row, :n].double().numpy() - info.frac_coords()
+        assert np.abs(np.mod(difference + 0.5, 1) - 0.5).max() < 1e-5
+        assert batch.atom_z[row, :n].tolist() == info.atomic_numbers().tolist()
+    # projecting the expansion's per-atom displacements gives back the representative displacement
+    delta = torch.randn(batch.orbit_coords.shape) * batch.orbit_free
+    moved = torch.einsum("bnij,bnj->bni", batch.rotations, torch.gather(delta, 1, batch.anchor.unsqueeze(-1).expand(-1, -1, 3)))
+    assert torch.allclose(batch.project(moved), delta * batch.orbit_mask.unsqueeze(-1), atol=1e-5)
+
+
+def test_k_lattice_round_trip():
+    rng = np.random.default_rng(0)
+    free, fixed = free_mask_table(), fixed_value_table()
+    cases = {1: (4.1, 5.3, 6.2, 81, 77, 95), 14: (5.1, 5.2, 5.3, 90, 99, 90), 62: (5.5, 7.7, 5.4, 90, 90, 90),
+             136: (4.6, 4.6, 3.0, 90, 90, 90), 166: (2.8, 2.8, 14.1, 90, 90, 120), 186: (3.2, 3.2, 5.2, 90, 90, 120),
+             225: (5.6, 5.6, 5.6, 90, 90, 90)}
+    for group, parameters in cases.items():
+        p = torch.tensor([parameters], dtype=torch.float64) * torch.tensor([[*(1 + 0.01 * rng.normal(size=3)), 1, 1, 1]])
+        if family(group) in ("tetragonal", "hexagonal"):
+            p[0, 1] = p[0, 0]
+        if family(group) == "cubic":
+            p[0, 1] = p[0, 2] = p[0, 0]
+        k = k_from_parameters(p)
+        assert torch.allclose(parameters_from_k(k), p, atol=1e-8)
+        assert torch.allclose(k[0][~free[group]], fixed[group][~free[group]].double(), atol=1e-9), group
+    normaliser = KNormaliser([0.0] * 6, [1.0] * 6)
+    k = k_from_parameters(torch.tensor([[3.0, 3.0, 5.0, 90, 90, 120]], dtype=torch.float64))
+    z = normaliser.encode(k, torch.tensor([4]), free[186][None])
+    assert torch.allclose(normaliser.decode(z, torch.tensor([4]), free[186][None], fixed[186][None].double()), k)
+
+
+def test_wyckoff_feasibility_agrees_with_pyxtal_rule():
+    from generators.gfn.spacegroups import counts_compatible
+
+    rng = random.Random(0)
+    for _ in range(300):
+        group = rng.randint(1, 230)
+        counts = tuple(sorted(rng.choices(range(1, 33), k=rng.randint(1, 3))))
+        assert completable(group, list(counts)) == counts_compatible(group, counts)
+    from generators.unimdm.symmetry import _table_row, _tables
+
+    for group in (1, 14, 62, 166, 186, 227):  # the committed tables are pyxtal's
+        assert _tables()[group] == json.loads(json.dumps(_table_row(group)))
+    assert check_assignment(225, {11: 1, 17: 1}, {11: ["a"], 17: ["b"]}) == (True, "ok")
+    assert not check_assignment(225, {11: 1, 17: 1}, {11: ["a"], 17: ["a"]})[0]
+    assert not check_assignment(225, {11: 1, 17: 1}, {11: ["c"], 17: ["a"]})[0]
+
+
+def test_predictor_outputs_always_consistent():
+    torch.manual_seed(0)
+    predictor = SymmetryPredictor(SymmetryTransformer(PredictorConfig(width=32, depth=1, heads=2)))  # untrained
+    compositions = [{56: 1, 22: 1, 8: 3}, {3: 2, 25: 4, 8: 8}, {11: 1, 17: 1}, {14: 1, 8: 2}, {26: 2, 8: 3}, {13: 2, 12: 1, 8: 4}]
+    for counts in compositions:
+        for band_gap in (None, 3.0):
+            candidates = predictor.predict(counts, band_gap=band_gap, top_k=5)
+            assert len(candidates) == 5
+            assert len({c["space_group"] for c in candidates}) == 5
+            assert candidates[0]["log_prob"] >= candidates[-1]["log_prob"] - 30
+            for c in candidates:
+                assert check_assignment(c["space_group"], counts, c["letters"]) == (True, "ok")
+    forced = predictor.predict({56: 1, 22: 1, 8: 3}, top_k=1, space_group=221)[0]
+    assert forced["space_group"] == 221 and check_assignment(221, {56: 1, 22: 1, 8: 3}, forced["letters"])[0]
+    # sampled letters (temperature 1) are consistent too
+    jobs = [Example({56: 1, 22: 1, 8: 3}, space_group=g) for g in (221, 99, 123, 160, 1)]
+    predictor.decode_letters(jobs, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert all(check_assignment(j.space_group, j.counts, j.letters)[0] for j in jobs)
+    assert predictor.resampled == 0
+
+
+def test_predictor_learns_training_examples(split):
+    torch.manual_seed(0)
+    examples = examples_from_split(split)
+    assert {x.space_group for x in examples} == {221, 225, 186, 136, 166, 14, 2}
+    assert examples[1].counts == {11: 1, 17: 1} and centering_factor(225) == 4
+    model = SymmetryTransformer(PredictorConfig(width=48, depth=2, heads=2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    props, elements, counts, tokens, nxt, remaining = batch_tensors(examples)
+    for _ in range(90):
+        logits = model(props, elements, counts, tokens[:, :-1], nxt[:, :-1], remaining[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    predictor = SymmetryPredictor(model)
+    predictions = predictor.predict_many([Example(dict(x.counts), x.band_gap, x.formation_energy) for x in examples], top_k=1)
+    correct = sum(p[0]["space_group"] == x.space_group and p[0]["letters"] == x.letters for p, x in zip(predictions, examples))
+    assert correct >= 6
+
+
+def test_dit_samples_keep_the_space_group(split):
+    torch.manual_seed(0)
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
+    model = CrystalDiT(dit_config("tiny")).eval()
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=50))
+    _, coords, lattice = sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=10),
+                                generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for row in range(batch.size):
+            n = int(batch.n_atoms[row])
+            structure = Structure(Lattice.from_parameters(*lattice[row].double().tolist()), batch.atom_z[row, :n].tolist(),
+                                  coords[row, :n].double().numpy())
+            found = SpacegroupAnalyzer(structure, symprec=0.01).get_space_group_number()
+            assert found == int(batch.space_group[row]), (row, found)
+
+
+def test_training_loss_decreases(split):
+    torch.manual_seed(0)
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
+    model = CrystalDiT(dit_config("tiny"))
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
+
+    def fixed_loss():
+        with torch.no_grad():
+            values = [training_losses(model, batch, schedule, normaliser, tables, torch.Generator().manual_seed(s),
+                                      augment=False, property_dropout=0.0)["loss"] for s in range(4)]
+        return float(torch.stack(values).mean())
+
+    before = fixed_loss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(50):
+        loss = training_losses(model, batch, schedule, normaliser, tables)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = fixed_loss()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_train_and_sample_commands(split, tmp_path):
+    from generators.diffusion.tensor_files import unpack_samples
+    from generators.unimdm import sample_tensors, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val", "test"):
+        torch.save(split, data / f"{name}.pt")
+    out = tmp_path / "run"
+    last = train.train(train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "0.02", "--preset", "tiny",
+                                         "--batch", "4", "--threads", "1", "--log-seconds", "0.5", "--val-seconds", "1"]))
+    assert last["step"] > 5 and np.isfinite(last["val_loss"])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[-1]["event"] == "end"
+    sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
+                         "--method", "fast", "--out", str(tmp_path / "s.pt"), "--threads", "1", "--band-gap", "1.5"])
+    samples = torch.load(tmp_path / "s.pt", weights_only=True)
+    rows = unpack_samples(samples)[0]
+    assert len(rows) == 7 and samples["space_group"].tolist() == split["space_group"].tolist()
+    assert torch.all(samples["target_band_gap"] == 1.5)
+    assert [len(z) for _, z, _ in rows] == split["n_atoms"].tolist()
