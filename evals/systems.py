@@ -341,6 +341,8 @@ def run_gfn(unit: dict) -> dict:
         raise Skipped(f"Crystal-GFN unavailable: {exc}") from None
     model, n, seed = options.get("model", "trained"), unit["budget"]["samples"], unit["seed"]
     restriction = options.get("restriction") or {}
+    if restriction.get("space_groups") == "cubic":  # the paper's restriction C
+        restriction = {**restriction, "space_groups": [g for g in trained.env.config.space_groups if g >= 195]}
     if "lattice_ranges" in restriction:
         restriction = {**restriction, "lattice_ranges": {k: tuple(v) for k, v in restriction["lattice_ranges"].items()}}
     started = time.time()
