@@ -264,16 +264,18 @@ def _csp_pair(prediction, truth_cif: str) -> dict:
     from pymatgen.core import Structure
 
     from evals.bench_csp_diffusion import MATCHER_TOLERANCES, composition_valid, diffcsp_structure_valid
+    from tools.structure import structural_validity
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         truth = Structure.from_str(truth_cif, fmt="cif")
         key = tuple(sorted((el, int(round(n))) for el, n in truth.composition.get_el_amt_dict().items()))
         pair = {"material_id": None, "constructed": prediction is not None, "comp_valid": composition_valid(key),
-                "struct_valid": False, "rms": None}
+                "struct_valid": False, "project_valid": False, "rms": None}
         if prediction is None:
             return pair
         pair["struct_valid"] = diffcsp_structure_valid(prediction)
+        pair["project_valid"] = structural_validity(prediction).valid
         try:
             rms = StructureMatcher(**MATCHER_TOLERANCES).get_rms_dist(prediction, truth)
         except Exception:  # the matcher fails on some degenerate cells: no match

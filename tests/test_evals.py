@@ -80,6 +80,17 @@ def test_csp_and_best_of_n_items():
     assert m.best_of_n_gain([None, -1.0]) is None and m.best_of_n_improved([]) is None
 
 
+def test_csp_pair_uses_the_benchmark_checks(rocksalt_nacl, srtio3, perturb):
+    from evals.systems import _csp_pair
+
+    same = _csp_pair(perturb(rocksalt_nacl, displacement=0.05, strain=0.01), _cif(rocksalt_nacl))
+    assert m.csp_matched(same) and 0 < m.csp_rms(same) < 0.1 and same["project_valid"]
+    other = _csp_pair(srtio3, _cif(rocksalt_nacl))
+    assert not m.csp_matched(other) and other["rms"] is None
+    missing = _csp_pair(None, _cif(rocksalt_nacl))
+    assert not missing["constructed"] and not m.csp_matched(missing)
+
+
 def test_metric_catalogue_values_and_pooling(srtio3):
     case = {"family": "perovskite", "expect": {"element": "Mn", "metal": True, "unique_against": ["SrTiO3"]}}
     samples = [{"formula": "SrTiO3", "cif": _cif(srtio3), "formation_energy_per_atom": -3.0, "e_above_hull": 0.0},
