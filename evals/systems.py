@@ -251,7 +251,9 @@ def run_best_of_n(unit: dict) -> dict:
     samples = score_and_relax([_primitive(g.structure) for g in generated], unit["budget"]["relax_steps"])
     for sample in samples:
         sample["formula"] = case["formula"]
-    energies = [s["formation_energy_per_atom"] if s["plausible"] else None for s in samples]
+    # every CHGNet energy counts, also those the plausibility guard flags (a single sample far
+    # above the known range is a bad sample, which is what best-of-N is measured against)
+    energies = [s["formation_energy_per_atom"] for s in samples]
     return {"status": "ok", "samples": samples, "energies": energies, "seconds": time.time() - started}
 
 

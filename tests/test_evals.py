@@ -271,6 +271,20 @@ def test_worker_processes_and_ray_give_the_same_metrics(tmp_path):
     assert RayBackend("local").label == "Ray (local)"
 
 
+def test_grid_rows_and_plots(tmp_path):
+    from evals.runner import run_suite
+
+    data = {**PROPOSE, "name": "grid", "cases": PROPOSE["cases"][:1], "grid": {"proposals": [3, 6]}}
+    result = run_suite(parse_suite(data), tmp_path)
+    rows = {r["variant"]: r for r in result["overall"]}
+    assert set(rows) == {"H=3", "H=6"} and all(r["status"] == "ok" for r in rows.values())
+    records = [json.loads(p.read_text())["record"] for p in (tmp_path / "cases").glob("*.json")]
+    assert sorted(len(r["proposals"]) for r in records) == [3, 6]  # each grid point ran with its own H
+    report = (tmp_path / "report.md").read_text()
+    assert "| mn | proposer | H=3 |" in report and "![grid_proposer](grid_proposer.png)" in report
+    assert (tmp_path / "grid_proposer.png").stat().st_size > 1000
+
+
 def test_skipped_parts_are_reported_not_faked(tmp_path, monkeypatch):
     from evals.runner import run_suite
 
