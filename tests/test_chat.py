@@ -18,10 +18,16 @@ from tools.langchain_tools import chemistry_tools
 GENMS = shutil.which("genms") or str(Path(sys.executable).parent / "genms")
 
 
-def spawn(home: Path, thread: str) -> pexpect.spawn:
+QUICK_BUDGET = ("-H", "10", "-W", "2", "-L", "1", "--relax-steps", "10")
+# A search that would take minutes: an interrupt cannot lose the race against its end, even
+# when the pty is read late on a busy machine.
+LONG_BUDGET = ("-H", "40", "-W", "4", "-L", "3", "--relax-steps", "300")
+
+
+def spawn(home: Path, thread: str, budget: tuple[str, ...] = QUICK_BUDGET) -> pexpect.spawn:
     env = {**os.environ, "GENMS_HOME": str(home), "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
     env.pop("ANTHROPIC_API_KEY", None)
-    args = ["chat", "--thread", thread, "-H", "10", "-W", "2", "-L", "1", "--relax-steps", "10"]
+    args = ["chat", "--thread", thread, *budget]
     return pexpect.spawn(GENMS, args, env=env, encoding="utf-8", timeout=240, dimensions=(50, 200))
 
 
@@ -130,7 +136,7 @@ def test_claude_chat_with_tool_use_turns(anthropic_env, tmp_path):
 
 
 def test_ctrl_c_interrupts_the_step_not_the_session(tmp_path):
-    session = spawn(tmp_path, "busy")
+    session = spawn(tmp_path, "busy", LONG_BUDGET)
     session.expect("you> ")
     session.sendline("find ten novel spinel oxides")
     session.expect("calling search_materials")
