@@ -9,8 +9,8 @@ import pytest
 
 from generators.gfn import spacegroups as sgs
 from generators.gfn.env import (
-    CompositionEnv, CrystalConfig, CrystalEnv, NO_RESTRICTIONS, Restrictions, SpaceGroupEnv,
-    STAGE_COMP, cell_volume, is_charge_neutral, lattice_valid, oxidation_states,
+    CompositionEnv, CrystalConfig, CrystalEnv, Restrictions, SpaceGroupEnv,
+    cell_volume, is_charge_neutral, lattice_valid, oxidation_states,
 )
 
 
@@ -500,3 +500,18 @@ def test_planner_picks_gfn_for_open_exploration_under_a_property_target(quick_re
     assert survivors
     made = generate({**state, "survivors": survivors, "round": 1})
     assert made["pending"][0]["structures"][0]["generator"] == "gfn"
+
+
+def test_triclinic_angles_always_span_a_cell():
+    from generators.gfn.env import feasible_gamma
+
+    assert feasible_gamma(100.0, 100.0, 90.0, (55, 140)) == 90.0  # feasible: untouched
+    g = feasible_gamma(140.0, 140.0, 120.0, (55, 140))  # 140+140+120 > 360: no volume
+    assert g <= 79.0 and cell_volume((4, 5, 6, 140, 140, g)) > 0
+    from generators.gfn.env import with_volume_prior
+
+    rng = np.random.default_rng(0)
+    cfg = CrystalConfig(space_groups=(1, 2), length_range=(2.5, 30.0), angle_range=(55.0, 140.0))
+    for env in (CrystalEnv(cfg), CrystalEnv(with_volume_prior(cfg))):
+        state = tuple([2] + [0] * 4 + [2] + [0] * (len(env.config.elements) - 6))  # H2 O2
+        assert all(cell_volume(env.lat_env.to_lattice(1, rng.random(6), state)) > 0 for _ in range(1000))

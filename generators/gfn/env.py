@@ -24,7 +24,7 @@ Sampling-time restrictions (elements, space groups, atoms per element, lattice r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -456,6 +456,17 @@ def lattice_from_free(system: str, free_values: dict[int, float]) -> tuple[float
     return tuple(v[i] for i in range(6))
 
 
+def feasible_gamma(alpha: float, beta: float, gamma: float, angle_range, margin: float = 1.0) -> float:
+    """``gamma`` moved, only if needed, into the interval where (alpha, beta, gamma) span a cell
+    with volume: |alpha - beta| < gamma < min(alpha + beta, 360 - alpha - beta), within
+    ``angle_range`` (1 degree margin)."""
+    lo = max(abs(alpha - beta) + margin, angle_range[0])
+    hi = min(alpha + beta - margin, 360.0 - alpha - beta - margin, angle_range[1])
+    if lo > hi or lo <= gamma <= hi:
+        return gamma
+    return min(max(gamma, lo), hi)
+
+
 def cell_volume(lattice) -> float:
     a, b, c, al, be, ga = lattice
     ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
@@ -517,12 +528,16 @@ class LatticeEnv:
             for i in FREE_PARAMETERS[system]:
                 lo, hi = (llo, lhi) if i < 3 else (alo, ahi)
                 vals[i] = lo + float(x[i]) * (hi - lo)
+            if system == "triclinic":
+                vals[5] = feasible_gamma(vals[3], vals[4], vals[5], (alo, ahi))
             return lattice_from_free(system, vals)
         if comp_state is None:
             raise ValueError("the volume prior needs the composition")
         rlo, rhi = (math.log(v) for v in self.config.axis_ratio_range)
         for i in FREE_PARAMETERS[system]:
             vals[i] = 1.0 if i == 0 else math.exp(rlo + float(x[i]) * (rhi - rlo)) if i < 3 else alo + float(x[i]) * (ahi - alo)
+        if system == "triclinic":  # a degenerate angle triple (no volume) moves gamma into the feasible range
+            vals[5] = feasible_gamma(vals[3], vals[4], vals[5], (alo, ahi))
         unit = lattice_from_free(system, vals)
         shape = cell_volume(unit)
         vlo, vhi = self.volume_per_atom_range(comp_state)
@@ -535,6 +550,8 @@ class LatticeEnv:
         (llo, lhi), (alo, ahi) = self.ranges(restrictions)
         system = sgs.lattice_system(sg)
         vals = {i: (llo + rng() * (lhi - llo)) if i < 3 else (alo + rng() * (ahi - alo)) for i in FREE_PARAMETERS[system]}
+        if system == "triclinic":
+            vals[5] = feasible_gamma(vals[3], vals[4], vals[5], (alo, ahi))
         return lattice_from_free(system, vals)
 
     def in_restriction(self, sg: int, lattice, restrictions: Restrictions) -> bool:

@@ -16,9 +16,8 @@
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from torch import nn
 
 from generators.gfn import spacegroups as sgs
 from generators.gfn.env import (
-    FREE_PARAMETERS, NO_RESTRICTIONS, STAGE_COMP, STAGE_DONE, STAGE_LATTICE, STAGE_SG, Crystal,
+    FREE_PARAMETERS, NO_RESTRICTIONS, STAGE_COMP, STAGE_DONE, STAGE_SG, Crystal,
     CrystalConfig, CrystalEnv, Restrictions,
 )
 
