@@ -21,6 +21,16 @@ def _worker_init() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+def _result(unit: dict, get) -> dict:
+    """The unit's record, or an error record when its worker died (killed for memory, crashed)."""
+    try:
+        return get()
+    except Exception as exc:
+        return {"key": unit["key"], "case": unit["case"]["id"], "system": unit["system"]["name"], "variant": unit["variant"],
+                "repeat": unit["repeat"], "seed": unit["seed"], "status": "error", "seconds": 0.0,
+                "reason": f"worker failed: {type(exc).__name__}: {str(exc)[:300]}"}
+
+
 class LocalBackend:
     """``workers`` <= 1: units run one after another in this process; otherwise in a pool of
     ``workers`` spawned processes (each loads CHGNet once)."""
@@ -38,13 +48,16 @@ class LocalBackend:
                 yield unit, run_unit(unit)
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init) as pool:
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init)
+        try:
             futures = {pool.submit(run_unit, unit): unit for unit in units}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield futures[future], future.result()
+                    yield futures[future], _result(futures[future], future.result)
+        finally:  # on Ctrl-C or an error, do not wait for queued units
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class RayBackend:
@@ -79,7 +92,7 @@ class RayBackend:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
-                    yield refs[ref], ray.get(ref)
+                    yield refs[ref], _result(refs[ref], lambda: ray.get(ref))
         finally:
             if started_here:
                 ray.shutdown()

@@ -271,6 +271,19 @@ def test_worker_processes_and_ray_give_the_same_metrics(tmp_path):
     assert RayBackend("local").label == "Ray (local)"
 
 
+def test_worker_failure_becomes_an_error_record():
+    from evals.backends import _result
+
+    unit = expand(parse_suite(BASE))[0]
+
+    def crash():
+        raise RuntimeError("worker killed")
+
+    record = _result(unit, crash)
+    assert record["status"] == "error" and "worker killed" in record["reason"] and record["key"] == unit["key"]
+    assert _result(unit, lambda: {"status": "ok"}) == {"status": "ok"}
+
+
 def test_grid_rows_and_plots(tmp_path):
     from evals.runner import run_suite
 
