@@ -56,7 +56,11 @@ def aggregate(suite: Suite, units: list[dict], records: dict[str, dict]) -> dict
 
     def entry(members):
         status, reason = _status([r for _, r in members])
-        return {"status": status, "reason": reason, "units": len(members), "metrics": _pooled(suite, members)}
+        dropped = [d for _, r in members if r for d in r.get("dropped", [])]
+        row = {"status": status, "reason": reason, "units": len(members), "metrics": _pooled(suite, members)}
+        if dropped:  # formulae a generator could not place: why a row has fewer structures
+            row["dropped"] = {"count": len(dropped), "examples": sorted({d["reason"] for d in dropped})[:3]}
+        return row
 
     return {
         "suite": suite.name,
@@ -118,6 +122,11 @@ def markdown(result: dict, suite: Suite, run_info: dict | None, plots: list[str]
         lines += ["", "## Skipped and failed", ""]
         lines += [f"- {r['case']} / {r['system']}{' / ' + r['variant'] if multi_variant else ''}: **{r['status']}**: {r['reason']}"
                   for r in problems]
+    dropped = [r for r in result["rows"] if r.get("dropped")]
+    if dropped:
+        lines += ["", "## Formulae not placed", ""]
+        lines += [f"- {r['case']} / {r['system']}{' / ' + r['variant'] if multi_variant else ''}: {r['dropped']['count']} "
+                  f"(e.g. {r['dropped']['examples'][0]})" for r in dropped]
     lines += ["", "## Metrics", ""]
     lines += [f"- **{m['label']}** (`{n}`, {m['unit']}, pooled as {m['pool']}, {m['better']} is better): {m['description']}"
               for n, m in metrics.items()]

@@ -284,6 +284,27 @@ def test_worker_failure_becomes_an_error_record():
     assert _result(unit, lambda: {"status": "ok"}) == {"status": "ok"}
 
 
+def test_aggregate_pools_repeats_and_reports_partial_rows():
+    from evals.report import aggregate, markdown
+
+    data = {**BASE, "cases": [{"id": "p", "request": "x", "family": "perovskite", "repeats": 2}],
+            "metrics": ["formation_energy_mean", "structures_per_request"]}
+    suite = parse_suite(data)
+    first, second = expand(suite)
+    records = {first["key"]: {"status": "ok", "samples": [{"formation_energy_per_atom": -1.0}, {"formation_energy_per_atom": -2.0}],
+                              "dropped": [{"formula": "AbC", "reason": "no prototype fits AbC"}]},
+               second["key"]: {"status": "ok", "samples": [{"formation_energy_per_atom": -3.0}]}}
+    row = aggregate(suite, [first, second], records)["rows"][0]
+    assert row["status"] == "ok" and row["units"] == 2
+    assert row["metrics"] == {"formation_energy_mean": -2.0, "structures_per_request": 1.5}  # items pooled, not unit means
+    assert row["dropped"] == {"count": 1, "examples": ["no prototype fits AbC"]}
+    del records[second["key"]]
+    result = aggregate(suite, [first, second], records)
+    assert result["rows"][0]["status"] == "partial" and result["rows"][0]["metrics"]["formation_energy_mean"] == -1.5
+    text = markdown(result, suite, None, [])
+    assert "| p | genms | -1.500 | 2.0 |" in text and "**partial**: 1 of 2 units ok" in text and "no prototype fits AbC" in text
+
+
 def test_grid_rows_and_plots(tmp_path):
     from evals.runner import run_suite
 
