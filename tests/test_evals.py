@@ -117,6 +117,19 @@ def test_metric_catalogue_values_and_pooling(srtio3):
     assert pooled("valid_formula_rate") == 25.0  # only SrTiO3 is a valid perovskite
     assert pooled("best_of_n_improved") == 100.0 and pooled("best_of_n_gain") == pytest.approx(0.4)
     assert pooled("gfn_median_e_form") == -2.5
+    assert pooled("e_above_hull_median") == pytest.approx(0.1)
+    assert pooled("proposal_uniqueness") == 0.0  # LiMnO2, SrTiO3, Cu2MnAl are in MP; Qq does not parse
+    assert m.METRICS["proposal_uniqueness"].value({"formula": "KPdCl3"}, case) is True
+    record["pairs"] = [{"rms": 0.1, "comp_valid": True, "struct_valid": True}, {"rms": 0.3, "comp_valid": True, "struct_valid": True},
+                       {"rms": None, "comp_valid": True, "struct_valid": True}, {"rms": 0.2, "comp_valid": False, "struct_valid": True}]
+    assert pooled("csp_match_rate") == 50.0 and pooled("csp_rmse") == pytest.approx(0.2) and pooled("csp_valid") == 75.0
+    figures = {"median_e_form": -2.5, "frac_e_form_below_-2": 0.7, "wyckoff_compatible_pct": 99.0, "lattice_valid_pct": 98.0,
+               "smact_valid_pct": 97.0, "charge_neutral_pct_no_pauling": 96.0, "distinct_space_groups": 40,
+               "distinct_elements": 22, "sampling_seconds": 3.0}
+    record["figures"] = figures
+    gfn = {name: pooled(name) for name in m.TASK_METRICS["gfn"]}
+    assert sorted(gfn.values()) == sorted(float(v) for v in figures.values())
+    assert m.values_of(m.METRICS["gfn_lattice_valid"], {"figures": {}}, case) == [None]
     # an expectation the case does not set gives no value at all, not a false one
     assert m.values_of(m.METRICS["element_present"], record, {"expect": {"metal": True}}) == [None] * 4
     assert m.pool(m.METRICS["match_rate"], [None, None]) is None
