@@ -200,12 +200,17 @@ class SpaceGroupEnv:
 # --------------------------------------------------------------------------------------------
 @lru_cache(maxsize=None)
 def oxidation_states(symbol: str) -> tuple[int, ...]:
-    """Oxidation states used for the charge-neutrality mask: SMACT's ICSD-24 set (what
-    ``smact.screening.smact_validity`` uses by default), falling back to pymatgen's common ones."""
+    """Oxidation states used for the charge-neutrality mask: SMACT's ICSD-24 states of the element
+    (a subset of those ``smact.screening.smact_validity`` accepts by default), falling back to
+    pymatgen's common ones."""
+    import warnings
+
     try:
         import smact
 
-        states = smact.Element(symbol).oxidation_states_icsd24 or []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SMACT warns about noble gases without an electronegativity
+            states = smact.Element(symbol).oxidation_states_icsd24 or []
     except Exception:  # noqa: BLE001 - element unknown to SMACT
         states = []
     if not states:
