@@ -26,8 +26,12 @@ from generators.unimdm.symmetry import LETTERS, SymmetryInfo, encode_operations,
 from generators.unimdm.tensor_files import split_path
 
 
-def _symmetry_of_cif(cif: str):
-    """(SymmetryInfo, reconstruction ok) of one CIF, or (None, error text)."""
+def _symmetry_of_cif_unchecked(cif: str):
+    return _symmetry_of_cif(cif, check=False)
+
+
+def _symmetry_of_cif(cif: str, check: bool = True):
+    """(SymmetryInfo, reconstruction ok (None when not checked)) of one CIF, or (None, error text)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
 
@@ -40,10 +44,10 @@ def _symmetry_of_cif(cif: str):
             info = symmetry_info(structure)
             for orbit in info.orbits:
                 encode_operations(orbit.rotations, orbit.translations)
-            matched = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10).fit(info.structure(), structure)
+            matched = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10).fit(info.structure(), structure) if check else None
     except Exception as exc:  # pymatgen/pyxtal/encoding failures: skip the row, count it
         return None, f"{type(exc).__name__}: {exc}"[:200]
-    return info, bool(matched)
+    return info, matched
 
 
 def pack_infos(infos: list[SymmetryInfo], material_ids: list[str], formulas: list[str],
@@ -83,19 +87,25 @@ def _float(value) -> float:
     return value
 
 
-def build_split(split: str, workers: int, limit: int | None = None) -> tuple[dict, dict]:
-    """Tensors of one MP-20 split and its statistics (rows, failures, reconstruction matches)."""
+def build_split(split: str, workers: int, limit: int | None = None, part: tuple[int, int] = (0, 1),
+                check: bool = True) -> tuple[dict, dict]:
+    """Tensors of one MP-20 split (or of part i of n contiguous parts) and its statistics
+    (rows, failures, reconstruction matches: the Wyckoff expansion matches the CIF's structure)."""
     from generators.datasets import load_mp20
 
     table = load_mp20(split)
     if limit:
         table = table.head(limit)
+    index, parts = part
+    size = len(table)
+    table = table.iloc[index * size // parts : (index + 1) * size // parts]
     cifs = table["cif"].tolist()
+    function = _symmetry_of_cif if check else _symmetry_of_cif_unchecked
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_symmetry_of_cif, cifs, chunksize=32)
+            results = pool.map(function, cifs, chunksize=32)
     else:
-        results = [_symmetry_of_cif(cif) for cif in cifs]
+        results = [function(cif) for cif in cifs]
     keep = [i for i, (info, _) in enumerate(results) if info is not None]
     errors = [results[i][1] for i in range(len(results)) if results[i][0] is None]
     pick = lambda column, cast=lambda v: v: [cast(table[column].iloc[i]) for i in keep]  # noqa: E731
@@ -103,14 +113,52 @@ def build_split(split: str, workers: int, limit: int | None = None) -> tuple[dic
                          pick("band_gap", _float), pick("formation_energy_per_atom", _float))
     stats = {
         "rows": len(keep), "failed": len(errors), "errors": errors[:5],
-        "reconstruction_matched": sum(bool(results[i][1]) for i in keep),
+        "reconstruction_matched": sum(bool(results[i][1]) for i in keep) if check else None,
         "atoms": int(tensors["n_atoms"].long().sum()), "max_atoms": int(tensors["n_atoms"].max()),
         "orbits": int(tensors["n_orbits"].long().sum()), "max_orbits": int(tensors["n_orbits"].max()),
     }
     return tensors, stats
 
 
-def build(out: Path, splits: list[str], workers: int, limit: int | None = None, val_rows: int = 2048) -> dict:
+def concatenate(parts: list[dict]) -> dict:
+    """Packed splits joined in order (per-crystal, per-orbit and per-atom rows appended)."""
+    merged = {}
+    for key, value in parts[0].items():
+        if key in ("format", "polar_axes"):
+            merged[key] = value
+        elif isinstance(value, torch.Tensor):
+            merged[key] = torch.cat([p[key] for p in parts], dim=0)
+        else:
+            merged[key] = [item for p in parts for item in p[key]]
+    return merged
+
+
+def merge_parts(out: Path, split: str, parts: int) -> dict:
+    """Join ``<split>.part<i>of<n>.pt`` files into ``<split>.pt`` and their statistics in ``meta.json``."""
+    names = [out / f"{split}.part{i}of{parts}.pt" for i in range(parts)]
+    tensors = concatenate([torch.load(n, weights_only=True) for n in names])
+    path = split_path(out, split)
+    torch.save(tensors, path)
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"splits": {}}
+    stats = [meta["splits"].pop(f"{split}.part{i}of{parts}") for i in range(parts)]
+    meta["splits"][split] = {
+        "rows": len(tensors["material_ids"]), "failed": sum(s["failed"] for s in stats),
+        "errors": [e for s in stats for e in s["errors"]][:5],
+        "reconstruction_matched": None if any(s["reconstruction_matched"] is None for s in stats) else sum(s["reconstruction_matched"] for s in stats),
+        "atoms": int(tensors["n_atoms"].long().sum()), "max_atoms": int(tensors["n_atoms"].max()),
+        "orbits": int(tensors["n_orbits"].long().sum()), "max_orbits": int(tensors["n_orbits"].max()),
+        "megabytes": round(path.stat().st_size / 1e6, 2), "seconds": round(max(s["seconds"] for s in stats), 1),
+        "parts": parts,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    for name in names:
+        name.unlink()
+    return meta["splits"][split]
+
+
+def build(out: Path, splits: list[str], workers: int, limit: int | None = None, val_rows: int = 2048,
+          part: tuple[int, int] = (0, 1), check: bool = True) -> dict:
     from generators.datasets import data_dir
 
     out.mkdir(parents=True, exist_ok=True)
@@ -119,12 +167,14 @@ def build(out: Path, splits: list[str], workers: int, limit: int | None = None, 
     meta.update(source=str(data_dir()), command=" ".join(["python -m generators.unimdm.data", *sys.argv[1:]]))
     for split in splits:
         start = time.perf_counter()
-        tensors, stats = build_split(split, workers, min(limit or val_rows, val_rows) if split == "val" else limit)
-        path = split_path(out, split)
+        tensors, stats = build_split(split, workers, min(limit or val_rows, val_rows) if split == "val" else limit, part, check)
+        name = split if part[1] == 1 else f"{split}.part{part[0]}of{part[1]}"
+        path = split_path(out, name)
         torch.save(tensors, path)
         stats.update(megabytes=round(path.stat().st_size / 1e6, 2), seconds=round(time.perf_counter() - start, 1))
-        meta["splits"][split] = stats
-        print(json.dumps({split: stats}), flush=True)
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else meta  # parts run concurrently
+        meta["splits"][name] = stats
+        print(json.dumps({name: stats}), flush=True)
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -138,8 +188,19 @@ def main(argv: list[str] | None = None) -> None:
     build_parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     build_parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (tests)")
     build_parser.add_argument("--val-rows", type=int, default=2048, help="rows of MP-20 val kept for the validation loss")
+    build_parser.add_argument("--part", default="0/1", help="i/n: only the i-th of n contiguous parts (merge them with `merge`)")
+    build_parser.add_argument("--no-check", action="store_true", help="skip the StructureMatcher check of the expansion")
+    merge_parser = commands.add_parser("merge", help="join the parts of a split built with --part")
+    merge_parser.add_argument("--out", type=Path, default=Path(".device_data_unimdm"))
+    merge_parser.add_argument("--split", default="train")
+    merge_parser.add_argument("--parts", type=int, required=True)
     args = parser.parse_args(argv)
-    build(args.out, [s for s in args.splits.split(",") if s], args.workers, args.limit, args.val_rows)
+    if args.command == "merge":
+        print(json.dumps(merge_parts(args.out, args.split, args.parts)))
+        return
+    index, parts = (int(v) for v in args.part.split("/"))
+    build(args.out, [s for s in args.splits.split(",") if s], args.workers, args.limit, args.val_rows, (index, parts),
+          not args.no_check)
 
 
 if __name__ == "__main__":

@@ -516,6 +516,29 @@ def prediction_split(examples: list[Example], predictions: list[list[dict]], mat
     return packed
 
 
+def write_control_inputs(args: argparse.Namespace) -> None:
+    """``control_bg<target>.pt`` in ``--data``: for each band-gap target, the same compositions with the
+    predictor's top-1 symmetry for that target (formation energy unknown) and the target as condition."""
+    from generators.unimdm.tensor_files import load_split
+
+    split = load_split(args.data, args.split)
+    examples = examples_from_split(split)
+    generator = torch.Generator().manual_seed(args.seed)
+    rows = torch.randperm(len(examples), generator=generator)[: args.rows].tolist()
+    predictor = SymmetryPredictor.load(args.weights)
+    summary = {}
+    for target in [float(t) for t in args.targets.split(",")]:
+        queries = [Example(dict(examples[r].counts), target, float("nan")) for r in rows]
+        predictions = [p[:1] for p in predictor.predict_many(queries, top_k=1)]
+        packed = prediction_split(queries, predictions, [split["material_ids"][r] for r in rows], [split["formulas"][r] for r in rows])
+        out = args.data / f"control_bg{target:g}.pt"
+        torch.save(packed, out)
+        groups = [p[0]["space_group"] for p in predictions if p]
+        summary[f"{target:g}"] = {"rows": len(groups), "out": str(out), "distinct_space_groups": len(set(groups)),
+                                  "same_as_truth": sum(g == examples[r].space_group for g, r in zip(groups, rows)) / max(1, len(groups))}
+    print(json.dumps(summary, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m generators.unimdm.predictor", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -539,9 +562,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="default: DATA/<split>_pred.pt")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None)
+    c = commands.add_parser("control", help="property-control inputs: symmetry predicted for each band-gap target")
+    c.add_argument("--data", type=Path, default=Path(".device_data_unimdm"))
+    c.add_argument("--split", default="test")
+    c.add_argument("--weights", type=Path, default=None)
+    c.add_argument("--rows", type=int, default=500, help="compositions (a seeded random subset of the split)")
+    c.add_argument("--targets", default="0,1.5,3", help="band gaps (eV)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.command == "control":
+        write_control_inputs(args)
+        return
     if args.command == "train":
         meta = train(args.data, args.minutes, args.out, PredictorConfig(width=args.width, depth=args.depth, heads=args.heads),
                      args.batch, args.lr, limit=args.limit)
