@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight")
     parser.add_argument("--atom-budget", type=int, default=None, help="padded atoms per network call (default 262144 CUDA, 4096 CPU)")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--candidates", default=None, help="only rows of these candidate ranks, e.g. 0 or 1,2,3,4 (predicted inputs)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     model = load_model(args.weights, device)
     split = load_split(args.data, args.inputs)
+    if args.candidates is not None and "candidate" in split:
+        ranks = {int(r) for r in args.candidates.split(",")}
+        split = take_rows(split, [i for i, r in enumerate(split["candidate"].tolist()) if r in ranks])
     if args.limit:
         split = take_rows(split, list(range(min(args.limit, len(split["material_ids"])))))
     split = override_properties(split, args.band_gap, args.formation_energy)
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     total = args.samples * len(split["material_ids"])
-    info = {"inputs": args.inputs, "samples": args.samples, "method": args.method, "steps": settings.steps,
+    info = {"inputs": args.inputs, "candidates": args.candidates, "samples": args.samples, "method": args.method, "steps": settings.steps,
             "guidance": args.guidance, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
             "weights": str(args.weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "seed": args.seed, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}

@@ -1,0 +1,196 @@
+"""The user-facing Uni-MDM sampler: elements or a formula + a target property -> crystal structures.
+
+>>> sampler = UniMDMSampler.load()                      # reads nothing yet
+>>> crystals = sampler.sample(formula="BaTiO3", band_gap=3.0, n=4, seed=0)
+>>> crystals[0].structure, crystals[0].space_group, crystals[0].letters
+
+Two steps, as Uni-MDM: the symmetry predictor (:mod:`generators.unimdm.predictor`) proposes
+space groups and Wyckoff assignments for the composition and the property (top 5, each
+validated with pyxtal), then the Crystal DiT generates the lattice and the Wyckoff
+representatives' coordinates for each chosen candidate, conditioned on the property; the
+structures (conventional cells) carry the candidate's exact space group. ``space_group``
+restricts the candidates to one group. With ``elements`` only, the formula is taken from the
+known formulas of exactly those elements (Materials Project first, fewest atoms first).
+Models are read on first use from ``generators/weights/unimdm/`` (CPU unless CUDA is present).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generators.diffusion.diffusion import SamplerSettings
+from generators.unimdm.network import PROPERTIES, PROPERTY_SCALE
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "unimdm"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "model.pt"
+MAX_CONVENTIONAL_ATOMS = 80  # the largest conventional cell in MP-20 train
+
+
+@dataclass
+class GeneratedCrystal:
+    structure: object  # pymatgen Structure (conventional cell)
+    formula: str
+    space_group: int
+    letters: dict[str, list[str]]
+    symmetry_log_prob: float
+    properties: dict = field(default_factory=dict)
+
+
+def composition_counts(formula: str, formula_units: int = 1) -> dict[int, int]:
+    """{Z: atoms} of ``formula`` times ``formula_units`` (ValueError for unreadable or fractional formulas)."""
+    from pymatgen.core import Composition, Element
+
+    try:
+        composition = Composition(formula)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read formula {formula!r}: {exc}") from exc
+    if not len(composition):
+        raise ValueError(f"formula {formula!r} has no elements")
+    counts = {}
+    for element, amount in composition.items():
+        if abs(amount - round(amount)) > 1e-6 or round(amount) < 1:
+            raise ValueError(f"formula {formula!r} has a non-integer amount of {element}")
+        counts[Element(str(element)).Z] = int(round(amount)) * int(formula_units)
+    return counts
+
+
+def formulas_for_elements(elements: list[str], limit: int = 3) -> list[str]:
+    """Known reduced formulas made of exactly these elements (MP first, then fewest atoms)."""
+    from pymatgen.core import Composition
+
+    from generators.datasets import KNOWN_FORMULAS_FILE, read_table
+
+    wanted = {str(e).strip() for e in elements if str(e).strip()}
+    table = read_table(KNOWN_FORMULAS_FILE)
+    rows = []
+    for formula, sources in zip(table["reduced_formula"], table["sources"]):
+        if not isinstance(formula, str) or set(re.findall(r"[A-Z][a-z]?", formula)) != wanted:
+            continue  # pandas reads the formula "NaN" as a float; it is not a match anyway
+        composition = Composition(formula)
+        if {str(el) for el in composition} == wanted:
+            rows.append(("MP" not in str(sources).split(";"), composition.num_atoms, formula))
+    if not rows:
+        raise ValueError(f"no known formula with exactly the elements {sorted(wanted)}: give a formula")
+    return [formula for *_, formula in sorted(rows)[:limit]]
+
+
+class UniMDMSampler:
+    """Symmetry predictor + Crystal DiT; ``sample(...)`` returns :class:`GeneratedCrystal` objects."""
+
+    def __init__(self, weights: str | Path | None = None, predictor_weights: str | Path | None = None,
+                 device: str | None = None, threads: int | None = None):
+        self.weights = Path(weights) if weights else DEFAULT_WEIGHTS
+        self.predictor_weights = predictor_weights
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.threads = threads
+        self._model = None
+        self._predictor = None
+
+    @classmethod
+    def load(cls, weights=None, predictor_weights=None, device=None, threads=None) -> UniMDMSampler:
+        return cls(weights, predictor_weights, device, threads)
+
+    @staticmethod
+    def available(weights: str | Path | None = None) -> bool:
+        from generators.unimdm.predictor import WEIGHTS
+
+        return Path(weights or DEFAULT_WEIGHTS).is_file() and WEIGHTS.is_file()
+
+    @property
+    def model(self):
+        if self._model is None:
+            if not self.weights.is_file():
+                raise FileNotFoundError(f"Uni-MDM Crystal DiT weights missing at {self.weights}: they come from the GPU "
+                                        "run described in generators/unimdm/README.md")
+            from generators.unimdm.checkpoint import load_model
+
+            self._model = load_model(self.weights, self.device)
+        return self._model
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from generators.unimdm.predictor import SymmetryPredictor
+
+            self._predictor = SymmetryPredictor.load(self.predictor_weights)
+        return self._predictor
+
+    def propose_symmetry(self, counts: dict[int, int], band_gap=None, formation_energy=None, space_group=None,
+                         top_k: int = 5) -> list[dict]:
+        """Validated candidates ``{space_group, letters {Z: [..]}, log_prob}`` for primitive-cell counts."""
+        from generators.unimdm.wyckoff import conventional_counts
+
+        candidates = self.predictor.predict(counts, band_gap, formation_energy, top_k=1 if space_group else top_k,
+                                            space_group=space_group)
+        fitting = [c for c in candidates if sum(conventional_counts(c["space_group"], counts).values()) <= MAX_CONVENTIONAL_ATOMS]
+        if not fitting:
+            detail = f" in space group {space_group}" if space_group else ""
+            raise ValueError(f"no Wyckoff assignment of this composition{detail} within {MAX_CONVENTIONAL_ATOMS} atoms per conventional cell")
+        return fitting
+
+    def sample(self, formula: str | None = None, elements: list[str] | None = None, band_gap: float | None = None,
+               formation_energy: float | None = None, space_group: int | None = None, n: int = 4, formula_units: int = 1,
+               method: str = "fast", steps: int | None = None, guidance: float = 0.0, seed: int = 0) -> list[GeneratedCrystal]:
+        """``n`` structures for a formula (or elements) and target properties (eV; eV/atom)."""
+        if formula is None:
+            if not elements:
+                raise ValueError("give a formula or elements")
+            formula = formulas_for_elements(elements, limit=1)[0]
+        counts = composition_counts(formula, formula_units)
+        candidates = self.propose_symmetry(counts, band_gap, formation_energy, space_group)
+        rng = np.random.default_rng(seed)
+        weights = np.exp(np.array([c["log_prob"] for c in candidates]) - max(c["log_prob"] for c in candidates))
+        chosen = rng.choice(len(candidates), size=n, p=weights / weights.sum())
+        return self._generate(counts, [candidates[i] for i in chosen], band_gap, formation_energy, method, steps, guidance, seed)
+
+    def _generate(self, counts, candidates, band_gap, formation_energy, method, steps, guidance, seed) -> list[GeneratedCrystal]:
+        from pymatgen.core import Element, Lattice, Structure
+
+        from generators.unimdm.data import pack_infos
+        from generators.unimdm.diffusion import sample
+        from generators.unimdm.symmetry import SymmetryInfo, orbits_from_letters
+        from generators.unimdm.tensor_files import collate_all
+
+        infos = [SymmetryInfo(c["space_group"], np.array([1.0, 1.0, 1.0, 90.0, 90.0, 90.0]),
+                              orbits_from_letters(c["space_group"], c["letters"])) for c in candidates]
+        gap = float("nan") if band_gap is None else float(band_gap)
+        energy = float("nan") if formation_energy is None else float(formation_energy)
+        split = pack_infos(infos, ["query"] * len(infos), ["query"] * len(infos), [gap] * len(infos), [energy] * len(infos))
+        model = self.model
+        batch = collate_all(split).to(model.device)
+        settings = SamplerSettings.for_method(method, model.schedule.config.timesteps, steps)
+        generator = torch.Generator(model.device).manual_seed(seed)
+        with _threads(self.threads):
+            _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
+                                        guidance=guidance, generator=generator)
+        coords, lattice = coords.cpu().double().numpy(), lattice.cpu().double().numpy()
+        results = []
+        for row, (info, candidate) in enumerate(zip(infos, candidates)):
+            n = info.n_atoms
+            structure = Structure(Lattice.from_parameters(*lattice[row]), info.atomic_numbers().tolist(), coords[row, :n])
+            letters = {Element.from_Z(z).symbol: v for z, v in candidate["letters"].items()}
+            results.append(GeneratedCrystal(structure, structure.composition.reduced_formula, candidate["space_group"], letters,
+                                            candidate["log_prob"], {"band_gap": band_gap, "formation_energy": formation_energy}))
+        return results
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+__all__ = ["GeneratedCrystal", "UniMDMSampler", "composition_counts", "formulas_for_elements", "PROPERTIES", "PROPERTY_SCALE"]
