@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_diffusion import generate_diffusion_command
 from agent.cli_eval import eval_app
 from agent.cli_gfn import generate_gfn_command
 from agent.cli_memory import knowledge_app, memory_app
@@ -26,6 +27,7 @@ family_app = typer.Typer(help="The crystal families catalogue.", no_args_is_help
 app.add_typer(formula_app, name="formula")
 app.add_typer(structure_app, name="structure")
 generate_app = typer.Typer(help="Generate crystal structures for a formula, or by Crystal-GFN under a property reward.", no_args_is_help=True)
+generate_app.command("diffusion")(generate_diffusion_command)
 generate_app.command("gfn")(generate_gfn_command)
 app.add_typer(family_app, name="family")
 app.add_typer(generate_app, name="generate")

@@ -122,8 +122,10 @@ def _primitive(structure):
 
 
 def _generate_for(item: dict, spec: SearchSpec):
-    """Crystal-GFN for the formulae it proposed (prototypes / pyxtal if it cannot place one),
-    otherwise prototype substitution with the random symmetric fallback."""
+    """Crystal-GFN for the formulae it proposed (prototypes / pyxtal if it cannot place one);
+    otherwise GenMS's diffusion samples (pi_lo), joined by the family's prototypes when the
+    request names a family the formula fits (``spec.generator`` 'auto'), or prototype
+    substitution alone ('template'), with the random symmetric fallback."""
     n = spec.budget.structures_per_formula
     if item.get("source") == "gfn":
         try:
@@ -131,11 +133,29 @@ def _generate_for(item: dict, spec: SearchSpec):
         except GenerationError as exc:
             structures, fallback = generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
             return structures, f"Crystal-GFN could not place it ({exc}); " + (fallback or "prototypes")
-    return generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
+    if spec.generator == "template":
+        return generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
+    try:
+        structures = generate_with("diffusion", item["formula"], family=spec.family, n=n, seed=spec.seed)
+    except GenerationError as exc:
+        structures, fallback = generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
+        return structures, f"diffusion could not sample it ({exc}); " + (fallback or "prototype substitution")
+    if spec.generator == "auto" and spec.family:
+        try:  # both branches go to R_lo, which keeps the lowest-energy plausible structure
+            structures += generate_with("template", item["formula"], family=spec.family, n=n, seed=spec.seed)
+        except GenerationError:
+            pass  # the formula fits none of the family's prototypes: diffusion samples only
+    return structures, None
+
+
+def _generator_counts(batches: list[dict]) -> str:
+    counts = Counter(g["generator"] for batch in batches for g in batch["structures"])
+    return " (" + ", ".join(f"{name} {count}" for name, count in counts.most_common()) + ")" if counts else ""
 
 
 def generate(state: SearchState) -> dict:
-    """L template structures for each of the next W survivors; formulae that cannot be placed are dropped."""
+    """L structures (more with a family's prototypes) for each of the next W survivors; formulae
+    that cannot be placed are dropped."""
     spec = _spec(state)
     started = time.time()
     chosen, rest = state["survivors"][: spec.budget.formulas], state["survivors"][spec.budget.formulas :]
@@ -165,6 +185,7 @@ def generate(state: SearchState) -> dict:
         "pending": batches,
         "decisions": [decision(state, "generate", "branch",
                                f"{len(batches)} formulae x {spec.budget.structures_per_formula} structures"
+                               + _generator_counts(batches)
                                + (f"; switched generator for {len(fallbacks)}: " + "; ".join(fallbacks) if fallbacks else "")
                                + (f"; dropped {len(dropped)}: " + "; ".join(d['reason'] for d in dropped) if dropped else ""))],
         "timings": [{"step": "generate", "seconds": round(time.time() - started, 2)}],

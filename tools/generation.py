@@ -144,10 +144,19 @@ def _gfn(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> 
     return generate_gfn_for_formula(formula, family=family, n=n, seed=seed)
 
 
+def _diffusion(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[GeneratedStructure]:
+    """GenMS's diffusion model (``tools.diffusion_generation``): L samples, the number of
+    formula units drawn from MP-20's statistics."""
+    from tools.diffusion_generation import generate_diffusion
+
+    return generate_diffusion(formula, family=family, n=n, seed=seed)
+
+
 # Generators by the name that ``GeneratedStructure.generator`` records; each takes
 # ``(formula, family=None, n=4, seed=0)``. The MCP tool schema lists these names,
 # so registering a generator here offers it everywhere.
 GENERATORS: dict[str, Callable[..., list[GeneratedStructure]]] = {
+    "diffusion": _diffusion,
     "template": _template,
     "random_symmetric": _random_symmetric,
     "gfn": _gfn,

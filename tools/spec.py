@@ -71,6 +71,9 @@ class SearchSpec(BaseModel):
     low_energy: bool = True
     spacegroup: int | None = Field(None, ge=1, le=230)
     max_sites: int = Field(20, ge=1, le=200)
+    generator: Literal["auto", "diffusion", "template"] = Field(
+        "auto", description="structure generator for a formula: 'auto' = GenMS diffusion samples, plus the family's "
+        "prototypes when the formula fits one; 'diffusion' only; 'template' = prototype substitution only")
     n_results: int = Field(5, ge=1, le=100)
     budget: Budget = Field(default_factory=Budget)
     seed: int = 0
@@ -316,6 +319,15 @@ def _max_sites(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _generator(text: str) -> str:
+    """'template' when the request asks for prototype substitution, 'diffusion' when it names the model."""
+    if re.search(r"\b(?:prototypes?|substitution|substituted|templates?)\b", text, re.IGNORECASE):
+        return "template"
+    if re.search(r"\bdiffusion\b", text, re.IGNORECASE):
+        return "diffusion"
+    return "auto"
+
+
 def parse_request(text: str, **overrides) -> SearchSpec:
     """Read a plain-language request into a :class:`SearchSpec` (deterministic rules).
 
@@ -354,6 +366,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         "spacegroup": _spacegroup(text),
         "density": _density(text),
         "high_density": bool(re.search(r"\b(?:dense|densest|denser|high[- ]density|highest density)\b", text, re.IGNORECASE)),
+        "generator": _generator(text),
     }
     if tolerance is not None:
         fields["band_gap_tolerance"] = tolerance
