@@ -41,7 +41,8 @@ def random_symmetric_structures(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                crystal.from_random(3, group, list(amounts), [count * z for count in amounts.values()], seed=rng.randrange(2**31))
+                # random_state seeds atomic crystals (pyxtal's `seed` reaches only molecular ones)
+                crystal.from_random(3, group, list(amounts), [count * z for count in amounts.values()], random_state=rng.randrange(2**31))
         except Exception:  # pyxtal raises on incompatible Wyckoff multiplicities
             continue
         if crystal.valid:

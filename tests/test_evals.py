@@ -149,6 +149,14 @@ def test_generated_variants_are_reproducible():
     assert any(a != b for a, b in zip(first, [g.structure for g in generate_template("GaSb", n=4, seed=4)]))
 
 
+def test_random_symmetric_structures_are_reproducible():
+    from tools.generation import generate_random
+
+    first = [g.structure for g in generate_random("KPdCl3", n=2, seed=0)]
+    assert first == [g.structure for g in generate_random("KPdCl3", n=2, seed=0)]
+    assert first != [g.structure for g in generate_random("KPdCl3", n=2, seed=1)]
+
+
 # ---------------------------------------------------------------------------- suites
 
 
