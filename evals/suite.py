@@ -170,7 +170,7 @@ def resolve_path(name_or_path: str | Path) -> Path:
     if path.is_file():
         return path
     bundled = SUITES_DIR / f"{path.stem}.yaml"
-    if bundled.is_file() and path.suffix in ("", ".yaml", ".yml") and len(path.parts) <= 3:
+    if bundled.is_file() and path.suffix in ("", ".yaml", ".yml") and len(path.parts) == 1:
         return bundled
     available = ", ".join(p.stem for p in sorted(SUITES_DIR.glob("*.yaml")))
     raise SuiteError(f"no suite file {str(name_or_path)!r} (bundled suites: {available})")
