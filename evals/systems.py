@@ -198,7 +198,8 @@ def run_llm_cif(unit: dict) -> dict:
     random.Random(unit["seed"]).shuffle(references)
     examples = [write_cif(entry.structure) for entry in references[: budget["shots"]]]
     prompt = llm_prompt(unit["case"]["request"], get_family(family).title, examples, budget["samples"])
-    answer = chat_model().with_structured_output(GeneratedCIFs).invoke(prompt)
+    model = chat_model().model_copy(update={"max_tokens": 16384})  # room for several whole CIFs
+    answer = model.with_structured_output(GeneratedCIFs).invoke(prompt)
     samples, parsed = [], []
     for item in answer.structures[: budget["samples"]]:
         sample = {"formula": item.formula, "cif": item.cif, "generator": "llm_cif", "formation_energy_per_atom": None,

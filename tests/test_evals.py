@@ -382,6 +382,7 @@ def test_llm_cif_baseline_through_fake_server(anthropic_env, srtio3):
     unit = expand(parse_suite(data))[0]
     record = run_unit(unit)
     assert record["status"] == "ok" and len(server.requests) == 1
+    assert server.requests[0]["body"]["max_tokens"] == 16384  # room for several whole CIFs
     assert [s["formula"] for s in record["samples"]] == ["SrTiO3", "BaZrO3"]
     assert [s["values"]["cif_validity"] for s in record["samples"]] == [True, False]
     assert [s["values"]["match_rate"] for s in record["samples"]] == [True, False]
