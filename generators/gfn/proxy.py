@@ -31,12 +31,16 @@ TARGETS = ("formation_energy", "band_gap")
 @lru_cache(maxsize=1)
 def element_properties() -> torch.Tensor:
     """[MAX_Z + 1, 6] static properties (row 0 is padding), roughly scaled to O(1)."""
+    import warnings
+
     from pymatgen.core import Element
 
     rows = [[0.0] * 6]
     for z in range(1, MAX_Z + 1):
         el = Element.from_Z(z)
-        x = el.X if el.X == el.X else 1.5  # NaN for noble gases
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen warns for noble gases
+            x = el.X if el.X == el.X else 1.5  # NaN for noble gases
         radius = float(el.atomic_radius or 1.5)
         rows.append([z / 100, (el.group or 0) / 18, el.row / 7, x / 4, float(el.atomic_mass) / 250, radius / 2.5])
     return torch.tensor(rows, dtype=torch.float32)
@@ -97,7 +101,7 @@ class Proxy:
         path = Path(path) if path else WEIGHTS_DIR / f"proxy_{target}.pt"
         ckpt = torch.load(path, map_location=device, weights_only=False)
         model = ProxyMLP(**ckpt["hparams"])
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
         return cls(model.to(device), ckpt["meta"])
 
     @torch.no_grad()
@@ -183,7 +187,8 @@ def train(target: str, epochs: int = 40, batch_size: int = 256, lr: float = 2e-3
     }
     out = out or WEIGHTS_DIR / f"proxy_{target}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hparams": model.hparams, "state_dict": model.state_dict(), "meta": meta}, out)
+    torch.save({"hparams": model.hparams, "meta": {**meta, "stored": "float16"},  # half the size; predictions
+                "state_dict": {k: v.half() if v.dtype == torch.float32 else v for k, v in model.state_dict().items()}}, out)
     log(f"{target}: best val MAE {best:.4f} (predict-median baseline {baseline:.4f}); saved {out}")
     return meta
 
