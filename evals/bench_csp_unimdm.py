@@ -41,7 +41,7 @@ ANCHORS = {"DiffCSP++": (0.803, 0.030), "Uni-MDM Crystal DiT": (0.815, 0.035)}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evals.bench_csp_unimdm", description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=Path, default=None, help="samples file of generators.unimdm.sample_tensors")
+    parser.add_argument("--samples", default=None, help="samples file(s) of generators.unimdm.sample_tensors (comma-separated: joined)")
     parser.add_argument("--control", default=None, help="comma-separated samples files of the property-control runs")
     parser.add_argument("--limit", type=int, default=None, help="first N rows only")
     parser.add_argument("--workers", type=int, default=2)
@@ -50,9 +50,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_samples(path: Path, limit: int | None) -> dict:
-    samples = torch.load(path, map_location="cpu", weights_only=True)
+def load_samples(path, limit: int | None) -> dict:
+    """A samples file, or several (comma-separated paths, e.g. the top-1 and the rank 2-5 candidates) joined."""
+    parts = [torch.load(p, map_location="cpu", weights_only=True) for p in str(path).split(",")]
+    samples = parts[0] if len(parts) == 1 else merge_samples(parts)
     return limit_samples_rows(samples, limit) if limit else samples
+
+
+def merge_samples(parts: list[dict]) -> dict:
+    merged = dict(parts[0])
+    merged["material_ids"] = [m for p in parts for m in p["material_ids"]]
+    merged["frac_coords"] = torch.cat([p["frac_coords"] for p in parts], dim=1)
+    merged["lattice"] = torch.cat([p["lattice"] for p in parts], dim=1)
+    for key in ("n_atoms", "atomic_numbers", "space_group", "candidate", "target_band_gap", "target_formation_energy"):
+        if key in parts[0]:
+            merged[key] = torch.cat([p[key] for p in parts])
+    merged["info"] = [p.get("info", {}) for p in parts]
+    return merged
 
 
 def limit_samples_rows(samples: dict, limit: int) -> dict:
@@ -193,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         figures = {"samples_info": samples.get("info", {}), **csp_figures(samples, args.workers, total),
                    "symmetry_kept": symmetry_kept(samples, args.symmetry_check),
                    "anchors": {name: {"match_rate": m, "rmse": r} for name, (m, r) in ANCHORS.items()}}
-        label = args.samples.stem
+        label = "+".join(Path(p).stem for p in args.samples.split(","))
     else:
         raise SystemExit("give --samples FILE.pt or --control a.pt,b.pt,c.pt")
     figures["evaluation_seconds"] = round(time.perf_counter() - start, 1)

@@ -54,9 +54,9 @@ MAX_OUTPUT = 48
 
 @dataclass
 class PredictorConfig:
-    width: int = 160
-    depth: int = 4
-    heads: int = 5
+    width: int = 128
+    depth: int = 3
+    heads: int = 4
     max_count: int = 64
 
     def to_dict(self) -> dict:
@@ -419,15 +419,16 @@ def _nan(value) -> float:
 
 
 def train(data_dir: Path, minutes: float, out: Path, config: PredictorConfig, batch: int = 128, lr: float = 1e-3,
-          property_dropout: float = 0.2, seed: int = 0, limit: int | None = None, log=print) -> dict:
-    """Train on MP-20 train (the symmetry tensor file) for a wall-clock budget; saves ``out``."""
+          property_dropout: float = 0.2, seed: int = 0, limit: int | None = None, log=print, device: str = "cpu") -> dict:
+    """Train on MP-20 train (the symmetry tensor file) for a wall-clock budget; saves ``out`` (float16 weights)."""
     from generators.unimdm.tensor_files import load_split
 
     torch.manual_seed(seed)
     examples = examples_from_split(load_split(data_dir, "train"))
     if limit:
         examples = examples[:limit]
-    model = SymmetryTransformer(config)
+    device = torch.device(device)
+    model = SymmetryTransformer(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     start = time.perf_counter()
     step, epoch, losses = 0, 0, []
@@ -440,8 +441,8 @@ def train(data_dir: Path, minutes: float, out: Path, config: PredictorConfig, ba
             if elapsed >= budget:
                 break
             chosen = [examples[j] for j in order[i : i + batch]]
-            props, elements, counts, tokens, nxt, remaining = batch_tensors(chosen)
-            drop = torch.rand(props.shape) < property_dropout
+            props, elements, counts, tokens, nxt, remaining = (t.to(device) for t in batch_tensors(chosen))
+            drop = torch.rand(props.shape, device=device) < property_dropout
             props = torch.where(drop, torch.full_like(props, float("nan")), props)
             logits = model(props, elements, counts, tokens[:, :-1], nxt[:, :-1], remaining[:, :-1])
             target = tokens[:, 1:]
@@ -453,7 +454,7 @@ def train(data_dir: Path, minutes: float, out: Path, config: PredictorConfig, ba
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if step % 100 == 0:
                 record = {"step": step, "epoch": epoch, "seconds": round(elapsed, 1), "loss": sum(losses) / len(losses)}
@@ -462,12 +463,13 @@ def train(data_dir: Path, minutes: float, out: Path, config: PredictorConfig, ba
                 losses = []
         epoch += 1
     meta = {"data": "MP-20 train (symmetry tensor file)", "rows": len(examples), "steps": step, "epochs": epoch,
+            "device": str(device),
             "seconds": round(time.perf_counter() - start, 1), "batch": batch, "lr": lr, "property_dropout": property_dropout,
             "parameters": sum(p.numel() for p in model.parameters()), "history": history[-5:],
             "command": "python -m generators.unimdm.predictor " + " ".join(sys.argv[1:])}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": FORMAT, "config": config.to_dict(), "meta": meta,
-                "state_dict": {k: v.detach().to(torch.float16) for k, v in model.state_dict().items()}}, out)
+                "state_dict": {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}}, out)
     return meta
 
 
@@ -550,6 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--limit", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     t.add_argument("--width", type=int, default=PredictorConfig.width)
     t.add_argument("--depth", type=int, default=PredictorConfig.depth)
     t.add_argument("--heads", type=int, default=PredictorConfig.heads)
@@ -573,12 +576,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    operations = getattr(args, "data", None) and Path(args.data) / "wyckoff_ops.pt"
+    if args.command != "train" and operations and operations.is_file():  # no pyxtal needed (GPU host)
+        from generators.unimdm.symmetry import load_operation_table
+
+        load_operation_table(operations)
     if args.command == "control":
         write_control_inputs(args)
         return
     if args.command == "train":
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         meta = train(args.data, args.minutes, args.out, PredictorConfig(width=args.width, depth=args.depth, heads=args.heads),
-                     args.batch, args.lr, limit=args.limit)
+                     args.batch, args.lr, limit=args.limit, device=device)
         print(json.dumps({k: v for k, v in meta.items() if k != "history"}))
         return
     from generators.unimdm.tensor_files import load_split, take_rows

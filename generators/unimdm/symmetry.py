@@ -147,12 +147,43 @@ def wyckoff_table(space_group: int) -> tuple[tuple[str, int, bool], ...]:
     return tuple((letter, int(m), bool(f)) for letter, m, f in _tables()[int(space_group)]["positions"])
 
 
+_OPERATION_TABLE: dict[tuple[int, str], np.ndarray] = {}
+
+
 @lru_cache(maxsize=None)
 def wyckoff_operations(space_group: int, letter: str) -> tuple[np.ndarray, np.ndarray]:
-    """([m, 3, 3] rotations, [m, 3] translations) of one Wyckoff position, in pyxtal's order."""
+    """([m, 3, 3] rotations, [m, 3] translations) of one Wyckoff position, in pyxtal's order
+    (from pyxtal, or from a table loaded by :func:`load_operation_table` where pyxtal is absent)."""
+    if (int(space_group), letter) in _OPERATION_TABLE:
+        codes = _OPERATION_TABLE[(int(space_group), letter)].astype(np.float64)
+        return codes[:, :9].reshape(-1, 3, 3), codes[:, 9:] / TRANSLATION_GRID
     wp = _group(space_group).get_wyckoff_position(letter)
     matrices = np.array([op.affine_matrix for op in wp.ops])
     return matrices[:, :3, :3].copy(), matrices[:, :3, 3].copy()
+
+
+def write_operation_table(path: Path) -> int:
+    """All Wyckoff operations of the 230 groups (int8 codes of :func:`encode_operations`) as a torch file
+    for machines without pyxtal; returns the number of operations."""
+    import torch
+
+    table, total = {}, 0
+    for group in range(1, 231):
+        for letter, _, _ in wyckoff_table(group):
+            rotations, translations = wyckoff_operations(group, letter)
+            table[f"{group}{letter}"] = torch.from_numpy(encode_operations(rotations, translations))
+            total += len(rotations)
+    torch.save(table, path)
+    return total
+
+
+def load_operation_table(path: Path) -> None:
+    """Use the operations of :func:`write_operation_table`'s file (no pyxtal needed afterwards)."""
+    import torch
+
+    for key, codes in torch.load(path, weights_only=True).items():
+        _OPERATION_TABLE[(int(key[:-1]), key[-1])] = codes.numpy()
+    wyckoff_operations.cache_clear()
 
 
 def symmetry_info(structure, symprec: float = SYMPREC) -> SymmetryInfo:
@@ -214,7 +245,11 @@ def polar_axes(space_group: int) -> tuple[bool, bool, bool]:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] != ["tables"]:
-        raise SystemExit("usage: python -m generators.unimdm.symmetry tables   (rewrites wyckoff_tables.json from pyxtal)")
-    write_tables()
-    print(f"wrote {TABLES_FILE} ({TABLES_FILE.stat().st_size} bytes)")
+    if sys.argv[1:2] == ["tables"]:
+        write_tables()
+        print(f"wrote {TABLES_FILE} ({TABLES_FILE.stat().st_size} bytes)")
+    elif sys.argv[1:2] == ["ops"] and len(sys.argv) == 3:
+        count = write_operation_table(Path(sys.argv[2]))
+        print(f"wrote {sys.argv[2]}: {count} operations")
+    else:
+        raise SystemExit("usage: python -m generators.unimdm.symmetry tables | ops FILE.pt")
