@@ -14,6 +14,7 @@ from agent.cli_diffusion import generate_diffusion_command
 from agent.cli_eval import eval_app
 from agent.cli_gfn import generate_gfn_command
 from agent.cli_memory import knowledge_app, memory_app
+from agent.cli_unimdm import generate_unimdm_command
 from agent.render import JsonOption, console
 from agent.render import emit_json as _emit_json
 from agent.render import fail as _fail
@@ -29,6 +30,7 @@ app.add_typer(structure_app, name="structure")
 generate_app = typer.Typer(help="Generate crystal structures for a formula, or by Crystal-GFN under a property reward.", no_args_is_help=True)
 generate_app.command("diffusion")(generate_diffusion_command)
 generate_app.command("gfn")(generate_gfn_command)
+generate_app.command("unimdm")(generate_unimdm_command)
 app.add_typer(family_app, name="family")
 app.add_typer(generate_app, name="generate")
 app.add_typer(knowledge_app, name="knowledge")

@@ -251,3 +251,13 @@ def test_train_and_sample_commands(split, tmp_path):
     assert len(rows) == 7 and samples["space_group"].tolist() == split["space_group"].tolist()
     assert torch.all(samples["target_band_gap"] == 1.5)
     assert [len(z) for _, z, _ in rows] == split["n_atoms"].tolist()
+
+
+def test_tool_registered_with_clear_error_until_weights_exist():
+    from tools.generation import GENERATORS, GenerationError, generate_with
+    from tools.unimdm_generation import weights_available
+
+    assert "unimdm" in GENERATORS
+    if not weights_available():
+        with pytest.raises(GenerationError, match="no trained weights"):
+            generate_with("unimdm", "BaTiO3", n=1)

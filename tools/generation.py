@@ -152,6 +152,14 @@ def _diffusion(formula: str, family: str | None = None, n: int = 4, seed: int = 
     return generate_diffusion(formula, family=family, n=n, seed=seed)
 
 
+def _unimdm(formula: str, family: str | None = None, n: int = 4, seed: int = 0) -> list[GeneratedStructure]:
+    """Uni-MDM (``tools.unimdm_generation``) without a property target: predicted symmetry, then
+    the Crystal DiT. A clear GenerationError until its weights exist."""
+    from tools.unimdm_generation import generate_unimdm
+
+    return generate_unimdm(formula=formula, family=family, n=n, seed=seed)
+
+
 # Generators by the name that ``GeneratedStructure.generator`` records; each takes
 # ``(formula, family=None, n=4, seed=0)``. The MCP tool schema lists these names,
 # so registering a generator here offers it everywhere.
@@ -160,6 +168,7 @@ GENERATORS: dict[str, Callable[..., list[GeneratedStructure]]] = {
     "template": _template,
     "random_symmetric": _random_symmetric,
     "gfn": _gfn,
+    "unimdm": _unimdm,
 }
 
 

@@ -1,0 +1,62 @@
+"""``genms generate unimdm``: Uni-MDM structures for elements/a formula and a property target (registered in ``agent.cli``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.render import JsonOption, console
+from agent.render import emit_json as _emit_json
+from agent.render import fail as _fail
+
+
+def generate_unimdm_command(
+    elements: Annotated[str | None, typer.Option("--elements", help="Comma-separated elements, e.g. Ba,Ti,O (a known formula of exactly these is used).")] = None,
+    formula: Annotated[str | None, typer.Option("--formula", help="Formula of the cell, e.g. BaTiO3 (instead of --elements).")] = None,
+    band_gap: Annotated[float | None, typer.Option("--band-gap", help="Target band gap (eV).")] = None,
+    formation_energy: Annotated[float | None, typer.Option("--formation-energy", help="Target formation energy (eV/atom).")] = None,
+    space_group: Annotated[int | None, typer.Option("--space-group", min=1, max=230, help="Impose this space group.")] = None,
+    n: Annotated[int, typer.Option("-n", min=1, max=100, help="How many structures (L).")] = 4,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CIF files.")] = Path("generated"),
+    method: Annotated[str, typer.Option("--method", help="fast (100 steps) or ddpm (1000 steps).")] = "fast",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Uni-MDM: symmetry predicted from the composition and the property, then the Crystal DiT."""
+    from tools.generation import GenerationError
+    from tools.structure import write_cif
+    from tools.unimdm_generation import generate_unimdm
+
+    if not elements and not formula:
+        raise typer.BadParameter("give --elements or --formula", param_hint="--elements")
+    element_list = [e.strip() for e in elements.split(",") if e.strip()] if elements else None
+    try:
+        with Console(stderr=True).status(f"Uni-MDM: sampling {n} structure(s)"):
+            generated = generate_unimdm(formula=formula, elements=element_list, band_gap=band_gap, formation_energy=formation_energy,
+                                        space_group=space_group, n=n, seed=seed, method=method)
+    except GenerationError as exc:
+        if as_json:
+            _emit_json({"error": str(exc), "formula": formula, "elements": element_list})
+            raise typer.Exit(1)
+        _fail(str(exc), code=1)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, item in enumerate(generated):
+        path = out / f"{item.formula}_{index:02d}_unimdm.cif"
+        path.write_text(write_cif(item.structure))
+        rows.append({"file": str(path), "formula": item.formula, "n_sites": len(item.structure), "prototype": item.prototype,
+                     "band_gap_target": band_gap, "formation_energy_target": formation_energy,
+                     "volume_per_atom": round(item.structure.volume / len(item.structure), 3), "notes": item.notes})
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title=f"{len(rows)} Uni-MDM structures in {out}")
+    for column in ("file", "formula", "n_sites", "prototype", "volume_per_atom"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("file", "formula", "n_sites", "prototype", "volume_per_atom")))
+    console.print(table)

@@ -1,0 +1,75 @@
+"""Uni-MDM structures for the agent: elements or a formula + a property target -> structures.
+
+The symmetry predictor proposes space groups and Wyckoff assignments for the composition and
+the target (band gap, formation energy); the Crystal DiT generates each structure with that
+exact symmetry, conditioned on the target (``generators.unimdm``). Samples that fail the
+project's structural checks (``tools.diffusion_generation.rejection_reason``) are redrawn a few
+times. The generator is usable only once its weights exist (``generators/weights/unimdm/``);
+before that every call raises :class:`~tools.generation.GenerationError` saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from tools.generation import MAX_STRUCTURES, GeneratedStructure, GenerationError
+
+DRAW_ROUNDS = 3
+METHODS = ("fast", "ddpm")
+
+
+def weights_available() -> bool:
+    """Whether both the Crystal DiT and the symmetry predictor weights exist."""
+    from generators.unimdm.sampler import UniMDMSampler
+
+    return UniMDMSampler.available()
+
+
+@lru_cache(maxsize=1)
+def load_sampler():
+    from generators.unimdm.sampler import UniMDMSampler
+
+    if not UniMDMSampler.available():
+        raise GenerationError("the Uni-MDM generator has no trained weights yet (generators/weights/unimdm/model.pt and "
+                              "predictor.pt; see generators/unimdm/README.md for the GPU run)")
+    threads = os.environ.get("GENMS_DIFFUSION_THREADS")
+    return UniMDMSampler.load(threads=int(threads) if threads else None)
+
+
+def generate_unimdm(formula: str | None = None, elements: list[str] | None = None, band_gap: float | None = None,
+                    formation_energy: float | None = None, space_group: int | None = None, n: int = 4, seed: int = 0,
+                    method: str = "fast", steps: int | None = None, family: str | None = None) -> list[GeneratedStructure]:
+    """Up to ``n`` valid Uni-MDM structures (conventional cells with the predicted or given space group)."""
+    from tools.diffusion_generation import rejection_reason
+
+    if not 1 <= n <= MAX_STRUCTURES:
+        raise GenerationError(f"n must lie in 1-{MAX_STRUCTURES}, got {n}")
+    if method not in METHODS:
+        raise GenerationError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if space_group is not None and not 1 <= int(space_group) <= 230:
+        raise GenerationError(f"space group must lie in 1-230, got {space_group}")
+    sampler = load_sampler()
+    results, rejected = [], []
+    for round_number in range(DRAW_ROUNDS):
+        try:
+            crystals = sampler.sample(formula=formula, elements=elements, band_gap=band_gap, formation_energy=formation_energy,
+                                      space_group=space_group, n=n - len(results), method=method, steps=steps,
+                                      seed=seed + 7919 * round_number)
+        except (ValueError, FileNotFoundError) as exc:
+            raise GenerationError(str(exc)) from None
+        for crystal in crystals:
+            reason = rejection_reason(crystal.structure)
+            if reason:
+                rejected.append(reason)
+                continue
+            targets = ", ".join(f"{k} {v}" for k, v in crystal.properties.items() if v is not None) or "no property target"
+            letters = " ".join(f"{el}:{''.join(v)}" for el, v in crystal.letters.items())
+            note = f"Uni-MDM sample ({method}, space group {crystal.space_group}, Wyckoff {letters}, {targets}, seed {seed})"
+            results.append(GeneratedStructure(crystal.structure, crystal.formula, family or "", f"unimdm sg {crystal.space_group}",
+                                              {}, generator="unimdm", variant=len(results), notes=[note]))
+        if len(results) == n:
+            break
+    if not results:
+        raise GenerationError(f"no valid Uni-MDM sample among {len(rejected)}: {rejected[0] if rejected else 'none drawn'}")
+    return results
