@@ -139,15 +139,22 @@ def test_generate_step_switches_generator_for_formulae_without_a_prototype():
     from agent.graph import generate
     from tools.spec import parse_request
 
-    spec = parse_request("five diverse low-energy Li-Mn-O crystals", budget={"formulas": 2, "structures_per_formula": 1})
     survivors = [
         {"formula": f, "reduced_formula": f, "score": 0.5, "rationale": "", "oxidation_states": {}, "known_in": []}
         for f in ("Li2Mn4O5", "LiMn2O4")
     ]
-    update = generate({"spec": spec.model_dump(), "survivors": survivors, "round": 1, "started_at": time.time()})
-    generators = {batch["item"]["formula"]: batch["structures"][0]["generator"] for batch in update["pending"]}
-    assert generators == {"Li2Mn4O5": "random_symmetric", "LiMn2O4": "template"}
-    assert "switched generator for 1: Li2Mn4O5: no prototype fits" in update["decisions"][0]["reason"]
+
+    def generators_used(request: str) -> tuple[dict, str]:
+        spec = parse_request(request, budget={"formulas": 2, "structures_per_formula": 1})
+        update = generate({"spec": spec.model_dump(), "survivors": survivors, "round": 1, "started_at": time.time()})
+        used = {batch["item"]["formula"]: batch["structures"][0]["generator"] for batch in update["pending"]}
+        return used, update["decisions"][0]["reason"]
+
+    used, reason = generators_used("five diverse low-energy Li-Mn-O crystals")  # default: GenMS's diffusion model
+    assert used == {"Li2Mn4O5": "diffusion", "LiMn2O4": "diffusion"} and "(diffusion 2)" in reason
+    used, reason = generators_used("five diverse low-energy Li-Mn-O crystals by prototype substitution")
+    assert used == {"Li2Mn4O5": "random_symmetric", "LiMn2O4": "template"}
+    assert "switched generator for 1: Li2Mn4O5: no prototype fits" in reason
 
 
 def test_density_target_orders_good_candidates():
