@@ -58,11 +58,31 @@ def _overrides(unit: dict) -> dict:
     }
 
 
-def _generator(name: str):
+def generator_unavailable(name: str) -> str | None:
+    """Why a generator cannot run here (not registered, or its ``tools.<name>_generation`` module
+    says its weights are missing), or None."""
+    import importlib
+
     from tools.generation import GENERATORS
 
     if name not in GENERATORS:
-        raise Skipped(f"generator {name!r} is not registered in tools.generation.GENERATORS (available: {', '.join(GENERATORS)})")
+        return f"generator {name!r} is not registered in tools.generation.GENERATORS (available: {', '.join(GENERATORS)})"
+    try:
+        module = importlib.import_module(f"tools.{name}_generation")
+    except ImportError:
+        return None
+    check = getattr(module, "weights_available", None)
+    if check is not None and not check():
+        return f"generator {name!r} has no trained weights yet ({module.__name__}.weights_available() is false)"
+    return None
+
+
+def _generator(name: str):
+    from tools.generation import GENERATORS
+
+    reason = generator_unavailable(name)
+    if reason:
+        raise Skipped(reason)
     return GENERATORS[name]
 
 

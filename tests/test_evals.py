@@ -356,7 +356,15 @@ def test_skipped_parts_are_reported_not_faked(tmp_path, monkeypatch):
     assert "skipped: generator 'no_such_generator' is not registered" in report and (tmp_path / "metrics.png").stat().st_size > 1000
     assert (tmp_path / "best_of_n.png").is_file()
 
-    from evals.systems import run_unit
+    from evals.systems import generator_unavailable, run_unit
+
+    # a registered generator whose weights are missing is skipped too (tools.<name>_generation.weights_available)
+    monkeypatch.setattr("tools.diffusion_generation.weights_available", lambda *args: False)
+    assert "'diffusion' has no trained weights yet" in generator_unavailable("diffusion")
+    missing_weights = {**BEST_OF_N, "systems": [{"name": "diffusion", "kind": "generator", "generator": "diffusion"}]}
+    record = run_unit(expand(parse_suite(missing_weights))[0])
+    assert record["status"] == "skipped" and "no trained weights" in record["reason"]
+    assert generator_unavailable("template") is None
 
     unit = expand(parse_suite({**BASE, "systems": [{"name": "llm", "kind": "llm_cif"}]}))[0]
     record = run_unit(unit)
