@@ -9,6 +9,7 @@ The model is Claude when ``ANTHROPIC_API_KEY`` is set, otherwise the offline pla
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import sqlite3
 import threading
@@ -108,6 +109,18 @@ def close_dangling_tool_calls(agent, config) -> None:
         ]}, as_node="tools")
 
 
+_END = object()  # end of a turn's updates
+
+
+def _next_update(updates: queue.Queue):
+    """The next update, waiting in short slices so that Ctrl-C reaches the main thread at once."""
+    while True:
+        try:
+            return updates.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
 class ChatSession:
     """One terminal conversation: commands, turns, display."""
 
@@ -136,17 +149,39 @@ class ChatSession:
         return self.agent.get_state(self.config).values.get("messages", [])
 
     def turn(self, text: str) -> None:
-        """Send one user message and print tool calls and the answer as they come."""
+        """Send one user message and print tool calls and the answer as they come.
+
+        The graph runs in a worker thread and the main thread polls its updates: a main thread
+        blocked in LangGraph's untimed future wait does not see Ctrl-C until the step ends.
+        """
         self.cancelled.clear()
+        updates: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=self._stream, args=(text, updates), daemon=True)
+        worker.start()
         try:
-            for update in self.agent.stream({"messages": [HumanMessage(text)]}, self.config, stream_mode="updates"):
-                for node, payload in update.items():
+            while (item := _next_update(updates)) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                for node, payload in item.items():
                     for message in (payload or {}).get("messages", []):
                         self._show(node, message)
         except KeyboardInterrupt:
             self.cancelled.set()
-            close_dangling_tool_calls(self.agent, self.config)
             self.console.print("[yellow]interrupted[/yellow] (the session goes on)")
+            worker.join()  # the search stops at its next progress event
+            close_dangling_tool_calls(self.agent, self.config)
+
+    def _stream(self, text: str, updates: queue.Queue) -> None:
+        """Worker: put each graph update on ``updates``; stop after a Ctrl-C; end with ``_END``."""
+        try:
+            for update in self.agent.stream({"messages": [HumanMessage(text)]}, self.config, stream_mode="updates"):
+                if self.cancelled.is_set():
+                    break  # closing the stream runs no further step (no model call after the cancelled tool)
+                updates.put(update)
+        except Exception as exc:  # shown by the main thread
+            updates.put(exc)
+        finally:
+            updates.put(_END)
 
     def _show(self, node: str, message) -> None:
         if isinstance(message, AIMessage) and message.tool_calls:
