@@ -12,7 +12,7 @@
 # Run from the repository root (see README.md here).
 #   RUN          output folder                (default runs/unimdm_gpu)
 #   DATA         symmetry tensor files        (default .device_data_unimdm)
-#   MINUTES      DiT training budget, minutes (default 15)
+#   MINUTES      DiT training budget, minutes (default 14)
 #   PRED_MINUTES symmetry predictor training budget, minutes, when it runs here (default 4)
 #   PRED_STEPS   reverse steps for the predicted-symmetry and control samples (default 1000)
 #   GUIDANCE     classifier-free guidance weight for the control samples (default 1.0)
@@ -20,7 +20,7 @@
 set -u
 RUN=${RUN:-runs/unimdm_gpu}
 DATA=${DATA:-.device_data_unimdm}
-MINUTES=${MINUTES:-15}
+MINUTES=${MINUTES:-14}
 PRED_MINUTES=${PRED_MINUTES:-4}
 PRED_STEPS=${PRED_STEPS:-1000}
 GUIDANCE=${GUIDANCE:-1.0}
