@@ -54,7 +54,7 @@ if [ ! -f "$DATA/test_pred.pt" ]; then
 else
     touch "$RUN/PREDICTOR_DONE"
 fi
-step train "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN" --minutes "$MINUTES" --batch 256 ${TRAIN_ARGS:-}
+step train "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN" --minutes "$MINUTES" --batch 512 ${TRAIN_ARGS:-}
 sample test_true_ddpm test
 for i in $(seq 120); do [ -f "$RUN/PREDICTOR_DONE" ] && break; sleep 5; done
 for target in 0 1.5 3; do
