@@ -48,7 +48,7 @@ def eval_list(as_json: JsonOption = False) -> None:
 def eval_run(
     suite_file: Annotated[str, typer.Argument(help="A suite YAML file, or a bundled suite's name (families, csp, ...).")],
     out: Annotated[Path | None, typer.Option("--out", help="Folder for cases/, metrics.json, report.md and plots (default runs/eval/SUITE).")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Local worker processes.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Local worker processes (with --ray local: the local Ray instance's CPUs).")] = 1,
     ray_address: Annotated[str | None, typer.Option("--ray", help="Run on Ray: 'local' (a private local instance), 'auto', or an address.")] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -99,4 +99,7 @@ class RayBackend:
 
 
 def make_backend(workers: int = 1, ray_address: str | None = None):
-    return RayBackend(ray_address) if ray_address else LocalBackend(workers)
+    """Ray when an address is given (``workers`` CPUs for a private local instance), else local processes."""
+    if ray_address:
+        return RayBackend(ray_address, num_cpus=max(1, int(workers)) if ray_address == "local" else None)
+    return LocalBackend(workers)

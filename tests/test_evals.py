@@ -288,7 +288,7 @@ def test_worker_processes_and_ray_give_the_same_metrics(tmp_path):
     pytest.importorskip("ray")
     events = []
     assert run_suite(suite, tmp_path / "ray", ray_address="local", on_event=events.append) == reference
-    assert events[0]["backend"] == "Ray (local)" and len(events) == 3
+    assert events[0]["backend"] == "Ray (local)" and len(events) == 3  # a local instance with one CPU (workers=1)
     assert RayBackend("local").label == "Ray (local)"
 
 
