@@ -132,13 +132,14 @@ def test_wyckoff_feasibility_agrees_with_pyxtal_rule():
     from generators.gfn.spacegroups import counts_compatible
 
     rng = random.Random(0)
-    for _ in range(300):
-        group = rng.randint(1, 230)
+    groups = (1, 2, 14, 15, 62, 63, 136, 139, 166, 186, 194, 221, 225, 227)  # pyxtal builds each group once (slow)
+    for _ in range(200):
+        group = rng.choice(groups)
         counts = tuple(sorted(rng.choices(range(1, 33), k=rng.randint(1, 3))))
         assert completable(group, list(counts)) == counts_compatible(group, counts)
     from generators.unimdm.symmetry import _table_row, _tables
 
-    for group in (1, 14, 62, 166, 186, 227):  # the committed tables are pyxtal's
+    for group in (1, 14, 62, 166, 186, 225):  # the committed tables are pyxtal's
         assert _tables()[group] == json.loads(json.dumps(_table_row(group)))
     assert check_assignment(225, {11: 1, 17: 1}, {11: ["a"], 17: ["b"]}) == (True, "ok")
     assert not check_assignment(225, {11: 1, 17: 1}, {11: ["a"], 17: ["a"]})[0]
