@@ -208,6 +208,7 @@ def _candidate(item: dict, generated: dict, report: dict, relaxed: dict | None) 
         "family": generated["family"],
         "prototype": generated["prototype"],
         "assignment": generated["assignment"],
+        "family_reference": generated.get("family_reference"),
         "energy_per_atom": final["energy_per_atom"],
         "formation_energy_per_atom": final["formation_energy_per_atom"],
         "e_above_hull": final["e_above_hull"],
@@ -225,8 +226,29 @@ def _candidate(item: dict, generated: dict, report: dict, relaxed: dict | None) 
     }
 
 
+FAMILY_CHECK_REFERENCES = 40  # references tried per structure (own space group first), to keep R_lo fast
+
+
+def _family_reference(structure, family: str | None) -> str | None:
+    """The MP reference of the requested family the structure matches, if any (None without a family)."""
+    if not family:
+        return None
+    from tools.matching import matching_reference
+
+    return matching_reference(structure, family, limit=FAMILY_CHECK_REFERENCES)
+
+
+def _selection_key(generated: dict, report: dict) -> tuple:
+    return (generated.get("family_reference") is None, report["formation_energy_per_atom"])
+
+
 def score(state: SearchState) -> dict:
-    """R_lo: score every structure, keep each formula's lowest-energy plausible one, relax it."""
+    """R_lo: score every structure, keep each formula's best plausible one, relax it.
+
+    Best = lowest formation energy; when the request names a family, a structure of that
+    family (``fit_anonymous`` to one of its MP references) comes before any that is not, so
+    a diffusion sample wins over the prototypes only by being a lower-energy member of it.
+    """
     spec = _spec(state)
     started = time.time()
     batches = state.get("pending", [])
@@ -237,8 +259,9 @@ def score(state: SearchState) -> dict:
         report["cif"] = generated["cif"]
         energy = report["formation_energy_per_atom"]
         if report["plausible"] and energy is not None:
+            generated["family_reference"] = _family_reference(structure, spec.family)
             current = best.get(item["reduced_formula"])
-            if current is None or energy < current[2]["formation_energy_per_atom"]:
+            if current is None or _selection_key(generated, report) < _selection_key(current[1], current[2]):
                 best[item["reduced_formula"]] = (item, generated, report, structure)
     dropped = [
         {"formula": item["formula"], "reason": "no plausible structure among the generated ones"}

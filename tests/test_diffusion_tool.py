@@ -105,3 +105,20 @@ def test_search_falls_back_when_the_cell_is_too_big_for_diffusion():
     structures, note = _generate_for(_item("Y4Ti4O14"), SearchSpec(family="pyrochlore", budget={"structures_per_formula": 1}))
     assert note.startswith("diffusion could not sample it") and "at most 20 atoms" in note
     assert structures and all(s.generator != "diffusion" for s in structures)
+
+
+def test_requested_family_wins_over_lower_energy_outsiders():
+    from agent.graph import _family_reference, _selection_key
+    from tools.generation import generate_template
+
+    spinel = generate_template("MgAl2O4", family="spinel", n=1)[0].structure
+    layered = Structure(Lattice.hexagonal(2.9, 14.0), ["Mg", "Al", "Al", "O", "O", "O", "O"],
+                        [[0, 0, 0], [1 / 3, 2 / 3, 0.15], [2 / 3, 1 / 3, 0.3], [0, 0, 0.45],
+                         [1 / 3, 2 / 3, 0.6], [2 / 3, 1 / 3, 0.75], [0, 0, 0.9]])
+    member = {"family_reference": _family_reference(spinel, "spinel")}
+    outsider = {"family_reference": _family_reference(layered, "spinel")}
+    assert member["family_reference"].startswith("mp-") and outsider["family_reference"] is None
+    assert _family_reference(spinel, None) is None
+    assert _selection_key(member, {"formation_energy_per_atom": -2.0}) < _selection_key(outsider, {"formation_energy_per_atom": -3.0})
+    no_family = {"family_reference": None}
+    assert _selection_key(no_family, {"formation_energy_per_atom": -3.0}) < _selection_key(no_family, {"formation_energy_per_atom": -2.0})

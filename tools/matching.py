@@ -28,17 +28,18 @@ def _references_by_pattern(family_name: str) -> dict[str, list]:
     return groups
 
 
-def matching_reference(structure: Structure, family: str) -> str | None:
+def matching_reference(structure: Structure, family: str, limit: int | None = None) -> str | None:
     """MP id of the first family reference the structure fits (anonymously), or None.
 
     References in the structure's own space group are tried first: they are the likely match.
+    ``limit`` caps how many are tried (a quick membership test; the match rate tries all).
     """
     from tools.structure import detect_spacegroup
 
     group = detect_spacegroup(structure)
     number = group.number if group else None
     candidates = _references_by_pattern(get_family(family).name).get(structure.composition.anonymized_formula, [])
-    for entry in sorted(candidates, key=lambda e: e.spacegroup_number != number):
+    for entry in sorted(candidates, key=lambda e: e.spacegroup_number != number)[:limit]:
         if MATCHER.fit_anonymous(structure, entry.structure):
             return entry.material_id
     return None
