@@ -24,7 +24,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import BaseModel, Field
 
 from agent.chat_model import HELP, OfflineChatModel
-from agent.search import run_search, save_run, write_results
+from agent.search import run_search, save_run
 from memory.paths import user_data_dir
 from tools.claude_proposer import chat_model as claude_model
 from tools.claude_proposer import claude_configured

@@ -503,7 +503,7 @@ def prediction_split(examples: list[Example], predictions: list[list[dict]], mat
     from generators.unimdm.data import pack_infos
     from generators.unimdm.symmetry import SymmetryInfo, orbits_from_letters
 
-    infos, ids, names, gaps, energies, candidate, truth_index = [], [], [], [], [], [], []
+    infos, ids, names, gaps, energies, candidate = [], [], [], [], [], []
     for m, (x, candidates) in enumerate(zip(examples, predictions)):
         for rank, c in enumerate(candidates):
             infos.append(SymmetryInfo(c["space_group"], np.array([1.0, 1.0, 1.0, 90.0, 90.0, 90.0]),

@@ -28,7 +28,7 @@ from generators.diffusion.diffusion import SamplerSettings
 from generators.diffusion.tensor_files import pack_samples
 from generators.unimdm.checkpoint import UniMDMModel, atomic_save, load_model
 from generators.unimdm.diffusion import sample
-from generators.unimdm.network import PROPERTIES, PROPERTY_SCALE
+from generators.unimdm.network import PROPERTIES
 from generators.unimdm.tensor_files import SplitIndex, collate, load_split, take_rows
 
 

@@ -16,7 +16,6 @@ Models are read on first use from ``generators/weights/unimdm/`` (CPU unless CUD
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from generators.diffusion.diffusion import SamplerSettings
+from generators.diffusion.sampler import cpu_threads
 from generators.unimdm.network import PROPERTIES, PROPERTY_SCALE
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "unimdm"
@@ -166,7 +166,7 @@ class UniMDMSampler:
         batch = collate_all(split).to(model.device)
         settings = SamplerSettings.for_method(method, model.schedule.config.timesteps, steps)
         generator = torch.Generator(model.device).manual_seed(seed)
-        with _threads(self.threads):
+        with cpu_threads(self.threads):
             _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
                                         guidance=guidance, generator=generator)
         coords, lattice = coords.cpu().double().numpy(), lattice.cpu().double().numpy()
@@ -178,19 +178,6 @@ class UniMDMSampler:
             results.append(GeneratedCrystal(structure, structure.composition.reduced_formula, candidate["space_group"], letters,
                                             candidate["log_prob"], {"band_gap": band_gap, "formation_energy": formation_energy}))
         return results
-
-
-@contextlib.contextmanager
-def _threads(threads: int | None):
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 __all__ = ["GeneratedCrystal", "UniMDMSampler", "composition_counts", "formulas_for_elements", "PROPERTIES", "PROPERTY_SCALE"]
