@@ -46,11 +46,15 @@ class SearchInput(BaseModel):
     request: str = Field(min_length=1, max_length=2000, description="The crystal request in plain language.")
 
 
-def search_tool(budget: dict, on_progress: Callable[[dict], None] | None = None) -> StructuredTool:
-    """The hierarchical search as a tool; each run's files go to the user's runs folder."""
+def search_tool(
+    budget: dict, on_progress: Callable[[dict], None] | None = None, stop: threading.Event | None = None
+) -> StructuredTool:
+    """The hierarchical search as a tool; each run's files go to the user's runs folder.
+
+    Setting ``stop`` (Ctrl-C in the chat) ends a running search inside its current step."""
 
     def search_materials(request: str) -> str:
-        result = run_search(request, {"budget": budget}, on_progress=on_progress)
+        result = run_search(request, {"budget": budget}, on_progress=on_progress, stop=stop)
         files = save_run(result)
         return json.dumps({**result.as_dict(), "files": files})
 
@@ -130,7 +134,7 @@ class ChatSession:
         # checks this flag at each progress event and stops.
         self.cancelled = threading.Event()
         self.checkpointer = open_checkpointer()
-        self.tools = [*chemistry_tools(), search_tool(budget, self._progress)]
+        self.tools = [*chemistry_tools(), search_tool(budget, self._progress, self.cancelled)]
         self.model = chat_model()
         self.agent = build_chat_agent(self.model, self.tools, self.checkpointer)
 

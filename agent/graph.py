@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from functools import partial
 
-from langgraph.config import get_stream_writer
+from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, StateGraph
 
 from agent.planner import Planner, default_planner
@@ -30,11 +30,19 @@ def _spec(state: SearchState) -> SearchSpec:
     return SearchSpec(**state["spec"])
 
 
+class SearchStopped(RuntimeError):
+    """Raised inside a step at its next progress point once the caller's stop event is set."""
+
+
 def _progress(stage: str, done: int, total: int, detail: str = "") -> None:
+    """Report progress, and stop the step here when the caller asked (``configurable["stop"]``)."""
     try:
         get_stream_writer()({"stage": stage, "done": done, "total": total, "detail": detail})
+        stop = get_config().get("configurable", {}).get("stop")
     except RuntimeError:  # not running inside a streamed graph
-        pass
+        return
+    if stop is not None and stop.is_set():
+        raise SearchStopped("search stopped by the caller")
 
 
 def _out_of_time(state: SearchState) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,18 +53,20 @@ def run_search(
     overrides: dict | None = None,
     planner: Planner | None = None,
     on_progress: Callable[[dict], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> SearchResult:
     """Search for crystals matching ``request``; ``overrides`` set spec fields (budget, seed, ...).
 
     ``on_progress`` receives each progress event (``stage, done, total, detail``) and each
-    decision (``{"decision": ...}``) as the graph runs.
+    decision (``{"decision": ...}``) as the graph runs. Setting ``stop`` ends the search inside
+    its current step, at the step's next progress point (``agent.graph.SearchStopped``).
     """
     planner = planner or default_planner()
     graph = build_graph(planner)
     started = time.time()
     state = {"request": request, "spec": overrides or {}, "started_at": started}
     final: dict = {}
-    for mode, payload in graph.stream(state, stream_mode=["custom", "updates", "values"]):
+    for mode, payload in graph.stream(state, {"configurable": {"stop": stop}}, stream_mode=["custom", "updates", "values"]):
         if mode == "custom" and on_progress:
             on_progress(payload)
         elif mode == "updates" and on_progress:

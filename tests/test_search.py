@@ -179,3 +179,24 @@ def test_search_without_out_saves_a_run_folder(monkeypatch, tmp_path):
     files = json.loads(result.stdout)["files"]
     assert Path(files["results"]).parent.parent == tmp_path / "runs"
     assert json.loads(Path(files["results"]).read_text())["spec"]["family"] == "pyrochlore"
+
+
+def test_stop_event_ends_the_search_inside_its_step():
+    import threading
+
+    from agent.graph import SearchStopped
+    from agent.search import run_search
+
+    stop, stages = threading.Event(), []
+
+    def on_progress(event: dict) -> None:
+        if "stage" in event:
+            stages.append(event["stage"])
+            if event["stage"] == "generate":
+                stop.set()  # as Ctrl-C in the chat does
+
+    with pytest.raises(SearchStopped, match="stopped by the caller"):
+        run_search("a novel spinel oxide containing Mn", {"budget": {"proposals": 12, "formulas": 3, "structures_per_formula": 2,
+                                                                    "rounds": 1, "relax_steps": 200}},
+                   on_progress=on_progress, stop=stop)
+    assert "generate" in stages and "relax" not in stages  # no structure was relaxed after the stop
