@@ -25,6 +25,8 @@ demo: setup
 	$(BIN)/genms formula check SrTiO3 MgAl2O4 Sr4Ti4O12 Fe3O4 Zn2Ti2O7 Cs2AgBiBr6 Xx2O
 	$(BIN)/genms formula propose "a novel spinel oxide containing Mn" -n 10 --offline
 	$(BIN)/genms generate template Y2Ti2O7 --family pyrochlore -n 2 --out $(VENV)/demo
+	$(BIN)/genms generate diffusion SrTiO3 -n 3 --out $(VENV)/demo-diffusion
+	$(BIN)/genms generate gfn --reward band_gap:1.34 --elements Li,Mn,Fe,O -n 2 --relax-steps 20 --out $(VENV)/demo-gfn
 	$(BIN)/genms structure check evals/examples/*.cif
 	$(BIN)/genms score evals/examples/SrTiO3_perovskite.cif evals/examples/NaCl_rocksalt.cif evals/examples/overlapping_atoms.cif
 
