@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import signal
 import sqlite3
 import threading
 import uuid
@@ -242,6 +243,9 @@ class ChatSession:
 
 def run_chat(console, thread: str, budget: dict) -> None:
     """The read-eval-print loop."""
+    # Ctrl-C must reach the chat even when it was started with SIGINT ignored (a background job
+    # of a non-interactive shell, some CI runners): Python then leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     session = ChatSession(console, thread, budget)
     planner = "Claude" if claude_configured() else "offline planner"
     console.print(f"genms chat ({planner}); thread [bold]{session.thread}[/bold]; {len(session.messages())} earlier messages. {COMMANDS}")
