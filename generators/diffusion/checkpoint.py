@@ -10,7 +10,6 @@ file intact.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,10 @@ import torch
 from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule
 from generators.diffusion.network import CrystalDenoiser, NetworkConfig
 from generators.diffusion.representation import LatticeNormaliser
+from generators.training import atomic_save
 
 MODEL_FORMAT = "genms-diffusion-csp/1"
+__all__ = ["MODEL_FORMAT", "DiffusionModel", "atomic_save", "load_model", "model_payload"]
 
 
 @dataclass
@@ -40,15 +41,6 @@ class DiffusionModel:
         self.network.to(device)
         self.schedule.to(device)
         return self
-
-
-def atomic_save(payload: dict, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
 
 
 def model_payload(

@@ -3,7 +3,7 @@
 ``model.pt``: EMA weights as float16 (loaded back to float32), the network and diffusion
 configs, the k normaliser's statistics, the space groups' polar axes and a ``training``
 record. ``checkpoint.pt`` adds float32 weights, the optimizer and counters for ``--resume``.
-Files are written atomically (:func:`generators.diffusion.checkpoint.atomic_save`).
+Files are written atomically (:func:`generators.training.atomic_save`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from generators.diffusion.checkpoint import atomic_save
 from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule
+from generators.training import atomic_save
 from generators.unimdm.diffusion import Tables
 from generators.unimdm.lattice import KNormaliser
 from generators.unimdm.network import CrystalDiT, DiTConfig
