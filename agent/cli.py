@@ -18,6 +18,7 @@ from agent.cli_unimdm import generate_unimdm_command
 from agent.render import JsonOption, console
 from agent.render import emit_json as _emit_json
 from agent.render import fail as _fail
+from agent.render import fail_as
 from agent.render import mark as _mark
 from agent.render import number as _number
 
@@ -235,10 +236,7 @@ def formula_propose(
     try:
         spec = parse_request(request, seed=seed)
     except (RequestNotUnderstood, SpecConflict) as exc:
-        if as_json:
-            _emit_json({"error": str(exc), "kind": type(exc).__name__})
-            raise typer.Exit(1)
-        _fail(str(exc), code=1)
+        fail_as(as_json, str(exc), kind=type(exc).__name__)
     with Console(stderr=True).status("proposing formulae..."):
         proposals, proposer = propose(spec, n, seed=seed, use_claude=False if offline else None)
         screened = screen(proposals, spec)

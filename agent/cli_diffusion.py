@@ -12,7 +12,7 @@ from rich.table import Table
 
 from agent.render import JsonOption, console
 from agent.render import emit_json as _emit_json
-from agent.render import fail as _fail
+from agent.render import fail_as
 from agent.render import number as _number
 
 
@@ -54,10 +54,7 @@ def generate_diffusion_command(
     try:
         generated = _sample(formula, n, seed, formula_units, method, steps)
     except (FormulaError, GenerationError) as exc:
-        if as_json:
-            _emit_json({"error": str(exc), "formula": formula})
-            raise typer.Exit(1)
-        _fail(str(exc), code=1)
+        fail_as(as_json, str(exc), formula=formula)
     reports = _scores([g.structure for g in generated]) if rank else [{} for _ in generated]
     order = sorted(range(len(generated)), key=lambda i: _energy_key(reports[i])) if rank else list(range(len(generated)))
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agent.render import JsonOption, console
 from agent.render import emit_json as _emit_json
-from agent.render import fail as _fail
+from agent.render import fail_as
 from agent.render import number as _number
 
 STAGES = {"sample": "sampling crystals", "place": "placing atoms (pyxtal)", "relax": "relaxing (CHGNet)"}
@@ -86,10 +86,7 @@ def generate_gfn_command(
             generated = generate_gfn(reward, elements=chosen_elements, space_groups=groups, n=n, seed=seed,
                                      max_atoms=max_atoms, relax_steps=relax_steps, progress=report)
     except GenerationError as exc:
-        if as_json:
-            _emit_json({"error": str(exc), "reward": reward})
-            raise typer.Exit(1)
-        _fail(str(exc), code=1)
+        fail_as(as_json, str(exc), reward=reward)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, item in enumerate(generated):

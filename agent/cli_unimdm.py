@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agent.render import JsonOption, console
 from agent.render import emit_json as _emit_json
-from agent.render import fail as _fail
+from agent.render import fail_as
 
 
 def generate_unimdm_command(
@@ -39,10 +39,7 @@ def generate_unimdm_command(
             generated = generate_unimdm(formula=formula, elements=element_list, band_gap=band_gap, formation_energy=formation_energy,
                                         space_group=space_group, n=n, seed=seed, method=method)
     except GenerationError as exc:
-        if as_json:
-            _emit_json({"error": str(exc), "formula": formula, "elements": element_list})
-            raise typer.Exit(1)
-        _fail(str(exc), code=1)
+        fail_as(as_json, str(exc), formula=formula, elements=element_list)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, item in enumerate(generated):

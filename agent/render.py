@@ -23,6 +23,14 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def fail_as(as_json: bool, message: str, code: int = 1, **context) -> None:
+    """Exit with ``code`` after the error: as a JSON object (``error`` plus ``context``) with ``--json``, else on stderr."""
+    if as_json:
+        emit_json({"error": message, **context})
+        raise typer.Exit(code)
+    fail(message, code)
+
+
 def number(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 

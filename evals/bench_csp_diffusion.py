@@ -94,18 +94,16 @@ def predicted_structure(frac_coords, atomic_numbers, lattice):
         return None
 
 
-def evaluate_pair(job: tuple) -> dict:
-    """Validity and StructureMatcher RMS of one (prediction rows, true CIF) pair (runs in a worker)."""
+def evaluate_structure(prediction, truth_cif: str) -> dict:
+    """Validity and StructureMatcher RMS of one predicted ``Structure`` (or None) against the true CIF."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
 
     from tools.structure import structural_validity
 
-    frac_coords, atomic_numbers, lattice, cif = job
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        truth = Structure.from_str(cif, fmt="cif")
-        prediction = predicted_structure(frac_coords, atomic_numbers, lattice)
+        truth = Structure.from_str(truth_cif, fmt="cif")
         key = tuple(sorted(truth.composition.get_el_amt_dict().items()))
         comp_valid = composition_valid(tuple((el, int(round(n))) for el, n in key))
         result = {"constructed": prediction is not None, "comp_valid": comp_valid, "struct_valid": False,
@@ -120,6 +118,15 @@ def evaluate_pair(job: tuple) -> dict:
             rms = None
         result["rms"] = None if rms is None else float(rms[0])
         return result
+
+
+def evaluate_pair(job: tuple) -> dict:
+    """:func:`evaluate_structure` of one (prediction rows, true CIF) pair (runs in a worker)."""
+    frac_coords, atomic_numbers, lattice, cif = job
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prediction = predicted_structure(frac_coords, atomic_numbers, lattice)
+    return evaluate_structure(prediction, cif)
 
 
 def truth_cifs(material_ids: list[str]) -> list[str]:

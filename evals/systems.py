@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import random
 import time
-import warnings
 
 from evals.metrics import annotate
 
@@ -281,32 +280,6 @@ def run_best_of_n(unit: dict) -> dict:
 # ---------------------------------------------------------------------------- task: csp
 
 
-def _csp_pair(prediction, truth_cif: str) -> dict:
-    """Validity and RMS of one prediction against the true structure, with the benchmark's own checks."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-    from pymatgen.core import Structure
-
-    from evals.bench_csp_diffusion import MATCHER_TOLERANCES, composition_valid, diffcsp_structure_valid
-    from tools.structure import structural_validity
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        truth = Structure.from_str(truth_cif, fmt="cif")
-        key = tuple(sorted((el, int(round(n))) for el, n in truth.composition.get_el_amt_dict().items()))
-        pair = {"material_id": None, "constructed": prediction is not None, "comp_valid": composition_valid(key),
-                "struct_valid": False, "project_valid": False, "rms": None}
-        if prediction is None:
-            return pair
-        pair["struct_valid"] = diffcsp_structure_valid(prediction)
-        pair["project_valid"] = structural_validity(prediction).valid
-        try:
-            rms = StructureMatcher(**MATCHER_TOLERANCES).get_rms_dist(prediction, truth)
-        except Exception:  # the matcher fails on some degenerate cells: no match
-            rms = None
-        pair["rms"] = None if rms is None else round(float(rms[0]), 6)
-    return pair
-
-
 def run_csp(unit: dict) -> dict:
     """MP-20 test CSP: atom types of the first ``limit`` test crystals given, one structure each."""
     from pymatgen.core import Structure
@@ -338,10 +311,12 @@ def run_csp(unit: dict) -> dict:
                 predictions.append(generate(truth.composition.formula.replace(" ", ""), n=1, seed=unit["seed"])[0].structure)
             except GenerationError:
                 predictions.append(None)
+    from evals.bench_csp_diffusion import evaluate_structure, summarise
+
     pairs = []
     for material_id, prediction, cif in zip(table["material_id"], predictions, table["cif"]):
-        pairs.append({**_csp_pair(prediction, cif), "material_id": material_id})
-    from evals.bench_csp_diffusion import summarise
+        pair = evaluate_structure(prediction, cif)
+        pairs.append({"material_id": material_id, **pair, "rms": None if pair["rms"] is None else round(pair["rms"], 6)})
 
     return {"status": "ok", "pairs": pairs, "summary": summarise(pairs), "seconds": time.time() - started}
 

@@ -81,7 +81,7 @@ def test_csp_and_best_of_n_items():
 
 
 def test_csp_pair_uses_the_benchmark_checks(rocksalt_nacl, srtio3, perturb):
-    from evals.systems import _csp_pair
+    from evals.bench_csp_diffusion import evaluate_structure as _csp_pair
 
     same = _csp_pair(perturb(rocksalt_nacl, displacement=0.05, strain=0.01), _cif(rocksalt_nacl))
     assert m.csp_matched(same) and 0 < m.csp_rms(same) < 0.1 and same["project_valid"]
