@@ -129,10 +129,34 @@ def _primitive(structure):
     return primitive if len(primitive) < len(structure) else structure
 
 
+def learned_generator(spec: SearchSpec) -> tuple[str, str]:
+    """The learned generator for the proposed formulae, with the reason: Uni-MDM when asked for,
+    or ('auto') when the request carries a band-gap target and its weights exist (the
+    property-conditioned model); GenMS's diffusion model otherwise."""
+    if spec.generator == "unimdm":
+        return "unimdm", "Uni-MDM asked for"
+    if spec.generator == "auto" and spec.band_gap is not None:
+        from tools.unimdm_generation import weights_available
+
+        if weights_available():
+            return "unimdm", f"Uni-MDM: the request carries a band-gap target ({spec.band_gap:g} eV)"
+    return "diffusion", "GenMS diffusion"
+
+
+def _sample_learned(name: str, formula: str, spec: SearchSpec, n: int):
+    if name == "unimdm":
+        from tools.unimdm_generation import generate_unimdm
+
+        return generate_unimdm(formula=formula, band_gap=spec.band_gap, space_group=spec.spacegroup, family=spec.family,
+                               n=n, seed=spec.seed)
+    return generate_with(name, formula, family=spec.family, n=n, seed=spec.seed)
+
+
 def _generate_for(item: dict, spec: SearchSpec):
     """Crystal-GFN for the formulae it proposed (prototypes / pyxtal if it cannot place one);
-    otherwise GenMS's diffusion samples (pi_lo), joined by the family's prototypes when the
-    request names a family the formula fits (``spec.generator`` 'auto'), or prototype
+    otherwise the learned generator's samples (:func:`learned_generator`: GenMS's diffusion
+    model, pi_lo, or Uni-MDM under a band-gap target), joined by the family's prototypes when
+    the request names a family the formula fits (``spec.generator`` 'auto'), or prototype
     substitution alone ('template'), with the random symmetric fallback."""
     n = spec.budget.structures_per_formula
     if item.get("source") == "gfn":
@@ -143,16 +167,17 @@ def _generate_for(item: dict, spec: SearchSpec):
             return structures, f"Crystal-GFN could not place it ({exc}); " + (fallback or "prototypes")
     if spec.generator == "template":
         return generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
+    name = learned_generator(spec)[0]
     try:
-        structures = generate_with("diffusion", item["formula"], family=spec.family, n=n, seed=spec.seed)
+        structures = _sample_learned(name, item["formula"], spec, n)
     except GenerationError as exc:
         structures, fallback = generate_any(item["formula"], family=spec.family, n=n, seed=spec.seed)
-        return structures, f"diffusion could not sample it ({exc}); " + (fallback or "prototype substitution")
+        return structures, f"{name} could not sample it ({exc}); " + (fallback or "prototype substitution")
     if spec.generator == "auto" and spec.family:
         try:  # both branches go to R_lo, which keeps the lowest-energy plausible structure
             structures += generate_with("template", item["formula"], family=spec.family, n=n, seed=spec.seed)
         except GenerationError:
-            pass  # the formula fits none of the family's prototypes: diffusion samples only
+            pass  # the formula fits none of the family's prototypes: learned samples only
     return structures, None
 
 
@@ -194,6 +219,7 @@ def generate(state: SearchState) -> dict:
         "decisions": [decision(state, "generate", "branch",
                                f"{len(batches)} formulae x {spec.budget.structures_per_formula} structures"
                                + _generator_counts(batches)
+                               + (f"; {learned_generator(spec)[1]}" if spec.generator != "template" else "")
                                + (f"; switched generator for {len(fallbacks)}: " + "; ".join(fallbacks) if fallbacks else "")
                                + (f"; dropped {len(dropped)}: " + "; ".join(d['reason'] for d in dropped) if dropped else ""))],
         "timings": [{"step": "generate", "seconds": round(time.time() - started, 2)}],

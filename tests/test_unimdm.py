@@ -254,11 +254,63 @@ def test_train_and_sample_commands(split, tmp_path):
     assert [len(z) for _, z, _ in rows] == split["n_atoms"].tolist()
 
 
-def test_tool_registered_with_clear_error_until_weights_exist():
-    from tools.generation import GENERATORS, GenerationError, generate_with
-    from tools.unimdm_generation import weights_available
+def test_committed_weights_give_structures_with_the_predicted_symmetry():
+    """The GPU-trained DiT + predictor: valid BaTiO3 cells whose detected space group is the one
+    predicted (or imposed), a band-gap target recorded, seeds reproducible."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    assert "unimdm" in GENERATORS
-    if not weights_available():
-        with pytest.raises(GenerationError, match="no trained weights"):
-            generate_with("unimdm", "BaTiO3", n=1)
+    from tools.generation import GENERATORS, GenerationError, generate_with
+    from tools.unimdm_generation import generate_unimdm, weights_available
+
+    assert "unimdm" in GENERATORS and weights_available()
+    made = generate_unimdm(formula="BaTiO3", band_gap=3.0, n=2, seed=0)
+    assert len(made) == 2
+    for item in made:
+        assert item.structure.composition.reduced_formula == "BaTiO3" and item.generator == "unimdm"
+        group = int(item.prototype.split()[-1])
+        assert SpacegroupAnalyzer(item.structure, symprec=0.01).get_space_group_number() == group
+        assert 8 < item.structure.volume / len(item.structure) < 25  # A^3 per atom, as oxides
+        assert "band_gap 3.0" in item.notes[0]
+    again = generate_unimdm(formula="BaTiO3", band_gap=3.0, n=2, seed=0)
+    assert [g.structure.lattice.abc for g in again] == [g.structure.lattice.abc for g in made]
+    rock_salt = generate_unimdm(formula="NaCl", space_group=225, n=1, seed=1)[0]
+    assert SpacegroupAnalyzer(rock_salt.structure, symprec=0.01).get_space_group_number() == 225
+    assert 4.8 < rock_salt.structure.lattice.a < 6.6  # experiment: 5.64 A
+    with pytest.raises(GenerationError, match="space group must lie in 1-230"):
+        generate_unimdm(formula="NaCl", space_group=231, n=1)
+    with pytest.raises(GenerationError):
+        generate_with("unimdm", "Xx2O", n=1)
+
+
+def test_planner_picks_unimdm_under_a_band_gap_target():
+    from agent.graph import _generate_for, learned_generator
+    from tools.spec import SearchSpec, parse_request
+
+    assert parse_request("BaTiO3 polymorphs from Uni-MDM").generator == "unimdm"
+    spec = SearchSpec(family="perovskite", band_gap=3.0, budget={"structures_per_formula": 1})
+    assert learned_generator(spec) == ("unimdm", "Uni-MDM: the request carries a band-gap target (3 eV)")
+    assert learned_generator(SearchSpec(family="perovskite"))[0] == "diffusion"
+    assert learned_generator(SearchSpec(band_gap=1.0, generator="diffusion"))[0] == "diffusion"
+    structures, note = _generate_for({"formula": "SrTiO3", "source": "proposer"}, spec)
+    assert note is None and [s.generator for s in structures] == ["unimdm", "template"]
+    imposed = SearchSpec(band_gap=3.0, spacegroup=221, budget={"structures_per_formula": 1})
+    structures, _ = _generate_for({"formula": "SrTiO3", "source": "proposer"}, imposed)
+    assert structures[0].prototype == "unimdm sg 221"
+
+
+def test_generate_unimdm_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["generate", "unimdm", "--elements", "Ba,Ti,O", "--band-gap", "3.0", "-n", "2",
+                                 "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 and all(r["band_gap_target"] == 3.0 for r in rows)
+    assert all(set(r["formula"]) >= {"B", "T", "O"} and (tmp_path / r["file"].split("/")[-1]).exists() for r in rows)
+    bad = runner.invoke(app, ["generate", "unimdm", "--elements", "Ba,Qq", "--json"])
+    assert bad.exit_code == 1 and "error" in json.loads(bad.stdout)
+    missing = runner.invoke(app, ["generate", "unimdm", "--band-gap", "1"])
+    assert missing.exit_code == 2 and "--elements" in missing.output

@@ -71,9 +71,10 @@ class SearchSpec(BaseModel):
     low_energy: bool = True
     spacegroup: int | None = Field(None, ge=1, le=230)
     max_sites: int = Field(20, ge=1, le=200)
-    generator: Literal["auto", "diffusion", "template"] = Field(
-        "auto", description="structure generator for a formula: 'auto' = GenMS diffusion samples, plus the family's "
-        "prototypes when the formula fits one; 'diffusion' only; 'template' = prototype substitution only")
+    generator: Literal["auto", "diffusion", "unimdm", "template"] = Field(
+        "auto", description="structure generator for a formula: 'auto' = GenMS diffusion samples (Uni-MDM's "
+        "property-conditioned samples when a band-gap target is given), plus the family's prototypes when the "
+        "formula fits one; 'diffusion' or 'unimdm' only; 'template' = prototype substitution only")
     n_results: int = Field(5, ge=1, le=100)
     budget: Budget = Field(default_factory=Budget)
     seed: int = 0
@@ -320,9 +321,11 @@ def _max_sites(text: str) -> int | None:
 
 
 def _generator(text: str) -> str:
-    """'template' when the request asks for prototype substitution, 'diffusion' when it names the model."""
+    """'template' when the request asks for prototype substitution, 'unimdm' / 'diffusion' when it names the model."""
     if re.search(r"\b(?:prototypes?|substitution|substituted|templates?)\b", text, re.IGNORECASE):
         return "template"
+    if re.search(r"\buni-?mdm\b", text, re.IGNORECASE):
+        return "unimdm"
     if re.search(r"\bdiffusion\b", text, re.IGNORECASE):
         return "diffusion"
     return "auto"
