@@ -169,28 +169,64 @@ def proxy_band_gaps(structures: list) -> np.ndarray:
     return values
 
 
+def gap_summary(gaps: np.ndarray, target: float | None = None) -> dict:
+    """Distribution figures of band gaps (eV), NaN entries left out."""
+    finite = gaps[np.isfinite(gaps)]
+    if not len(finite):
+        return {"scored": 0}
+    figures = {"scored": int(len(finite)), "mean": float(finite.mean()), "median": float(np.median(finite)),
+               "q25": float(np.quantile(finite, 0.25)), "q75": float(np.quantile(finite, 0.75)),
+               "share_below_0.5": float((finite < 0.5).mean()), "share_above_2": float((finite > 2.0).mean())}
+    if target is not None:
+        figures["mean_abs_error_to_target"] = float(np.abs(finite - target).mean())
+    return figures
+
+
+def paired_shift(low: np.ndarray, high: np.ndarray, changed_group: np.ndarray) -> dict:
+    """Per composition, the proxy gap at the highest target minus that at the lowest (eV): mean, share
+    up / down (more than 0.05 eV), overall and split by whether the predicted space group changed."""
+    both = np.isfinite(low) & np.isfinite(high)
+
+    def figures(mask: np.ndarray) -> dict:
+        delta = (high - low)[both & mask]
+        if not len(delta):
+            return {"compositions": 0}
+        return {"compositions": int(len(delta)), "mean_shift": float(delta.mean()),
+                "share_up": float((delta > 0.05).mean()), "share_down": float((delta < -0.05).mean())}
+
+    return {"all": figures(np.ones_like(both)), "space_group_changed": figures(changed_group),
+            "space_group_same": figures(~changed_group)}
+
+
+def true_band_gaps(material_ids: list[str]) -> np.ndarray:
+    """MP-20 test band gaps (eV, DFT) of these materials: the reference the compositions start from."""
+    from generators.datasets import load_mp20
+
+    table = load_mp20("test").set_index("material_id")["band_gap"]
+    return np.array([float(table.get(m, np.nan)) for m in material_ids])
+
+
 def control_figures(paths: list[Path], limit: int | None) -> dict:
-    """Distribution of proxy band gaps of structures generated for each band-gap target."""
+    """Distribution of proxy band gaps of structures generated for each band-gap target, the same
+    compositions' DFT gaps as reference, and the per-composition shift between the extreme targets."""
     from evals.bench_csp_diffusion import diffcsp_structure_valid
 
-    table = {}
+    table, runs = {}, []
     for path in paths:
         samples = load_samples(path, limit)
         target = float(samples["target_band_gap"][0])
         structures = structures_of(samples)
         valid = [s if s is not None and diffcsp_structure_valid(s) else None for s in structures]
         gaps = proxy_band_gaps(valid)
-        finite = gaps[np.isfinite(gaps)]
-        table[f"{target:g} eV"] = {
-            "structures": len(structures), "valid": int(sum(v is not None for v in valid)), "scored": int(len(finite)),
-            "mean": float(finite.mean()) if len(finite) else None,
-            "median": float(np.median(finite)) if len(finite) else None,
-            "q25": float(np.quantile(finite, 0.25)) if len(finite) else None,
-            "q75": float(np.quantile(finite, 0.75)) if len(finite) else None,
-            "share_below_0.5": float((finite < 0.5).mean()) if len(finite) else None,
-            "share_above_2": float((finite > 2.0).mean()) if len(finite) else None,
-            "mean_abs_error_to_target": float(np.abs(finite - target).mean()) if len(finite) else None,
-        }
+        table[f"{target:g} eV"] = {"structures": len(structures), "valid": int(sum(v is not None for v in valid)),
+                                   **gap_summary(gaps, target)}
+        runs.append((target, samples, gaps))
+    runs.sort(key=lambda run: run[0])
+    (_, low_samples, low), (_, high_samples, high) = runs[0], runs[-1]
+    if len(runs) > 1 and list(low_samples["material_ids"]) == list(high_samples["material_ids"]):
+        changed = (low_samples["space_group"] != high_samples["space_group"]).numpy()
+        table[f"paired shift {runs[0][0]:g} -> {runs[-1][0]:g} eV"] = paired_shift(low, high, changed)
+    table["reference: DFT gaps of the compositions' MP-20 test entries"] = gap_summary(true_band_gaps(list(low_samples["material_ids"])))
     return table
 
 

@@ -2,10 +2,12 @@
 
 The symmetry predictor proposes space groups and Wyckoff assignments for the composition and
 the target (band gap, formation energy); the Crystal DiT generates each structure with that
-exact symmetry, conditioned on the target (``generators.unimdm``). Samples that fail the
-project's structural checks (``tools.diffusion_generation.rejection_reason``) are redrawn a few
-times. The generator is usable only once its weights exist (``generators/weights/unimdm/``);
-before that every call raises :class:`~tools.generation.GenerationError` saying so.
+exact symmetry, conditioned on the target (``generators.unimdm``). With an Anthropic key the
+symmetry comes from Claude few-shot (``tools.claude_symmetry``; the offline predictor is its
+fallback). Samples that fail the project's structural checks
+(``tools.diffusion_generation.rejection_reason``) are redrawn a few times. The generator is
+usable only once its weights exist (``generators/weights/unimdm/``); before that every call
+raises :class:`~tools.generation.GenerationError` saying so.
 """
 
 from __future__ import annotations
@@ -34,7 +36,18 @@ def load_sampler():
         raise GenerationError("the Uni-MDM generator has no trained weights yet (generators/weights/unimdm/model.pt and "
                               "predictor.pt; see generators/unimdm/README.md for the GPU run)")
     threads = os.environ.get("GENMS_DIFFUSION_THREADS")
-    return UniMDMSampler.load(threads=int(threads) if threads else None)
+    return UniMDMSampler.load(threads=int(threads) if threads else None, symmetry_source=claude_symmetry_source())
+
+
+def claude_symmetry_source():
+    """The Claude few-shot symmetry predictor when an Anthropic key is set (offline fallback inside), else None."""
+    from tools.claude_proposer import claude_configured
+
+    if not claude_configured():
+        return None
+    from tools.claude_symmetry import ClaudeSymmetrySource
+
+    return ClaudeSymmetrySource()
 
 
 def generate_unimdm(formula: str | None = None, elements: list[str] | None = None, band_gap: float | None = None,

@@ -17,6 +17,7 @@ Models are read on first use from ``generators/weights/unimdm/`` (CPU unless CUD
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,17 +85,20 @@ class UniMDMSampler:
     """Symmetry predictor + Crystal DiT; ``sample(...)`` returns :class:`GeneratedCrystal` objects."""
 
     def __init__(self, weights: str | Path | None = None, predictor_weights: str | Path | None = None,
-                 device: str | None = None, threads: int | None = None):
+                 device: str | None = None, threads: int | None = None, symmetry_source: Callable | None = None):
+        """``symmetry_source``: an optional ``(counts, band_gap, formation_energy, space_group, top_k) -> candidates``
+        used instead of the offline predictor (e.g. ``tools.claude_symmetry.ClaudeSymmetrySource``)."""
         self.weights = Path(weights) if weights else DEFAULT_WEIGHTS
         self.predictor_weights = predictor_weights
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads = threads
+        self.symmetry_source = symmetry_source
         self._model = None
         self._predictor = None
 
     @classmethod
-    def load(cls, weights=None, predictor_weights=None, device=None, threads=None) -> UniMDMSampler:
-        return cls(weights, predictor_weights, device, threads)
+    def load(cls, weights=None, predictor_weights=None, device=None, threads=None, symmetry_source=None) -> UniMDMSampler:
+        return cls(weights, predictor_weights, device, threads, symmetry_source)
 
     @staticmethod
     def available(weights: str | Path | None = None) -> bool:
@@ -123,11 +127,15 @@ class UniMDMSampler:
 
     def propose_symmetry(self, counts: dict[int, int], band_gap=None, formation_energy=None, space_group=None,
                          top_k: int = 5) -> list[dict]:
-        """Validated candidates ``{space_group, letters {Z: [..]}, log_prob}`` for primitive-cell counts."""
+        """Validated candidates ``{space_group, letters {Z: [..]}, log_prob}`` for primitive-cell counts
+        (from ``symmetry_source`` when set, else the offline predictor)."""
         from generators.unimdm.wyckoff import conventional_counts
 
-        candidates = self.predictor.predict(counts, band_gap, formation_energy, top_k=1 if space_group else top_k,
-                                            space_group=space_group)
+        top_k = 1 if space_group else top_k
+        if self.symmetry_source is not None:
+            candidates = self.symmetry_source(counts, band_gap, formation_energy, space_group, top_k)
+        else:
+            candidates = self.predictor.predict(counts, band_gap, formation_energy, top_k=top_k, space_group=space_group)
         fitting = [c for c in candidates if sum(conventional_counts(c["space_group"], counts).values()) <= MAX_CONVENTIONAL_ATOMS]
         if not fitting:
             detail = f" in space group {space_group}" if space_group else ""
