@@ -272,8 +272,18 @@ def _family_reference(structure, family: str | None) -> str | None:
     return matching_reference(structure, family, limit=FAMILY_CHECK_REFERENCES)
 
 
-def _selection_key(generated: dict, report: dict) -> tuple:
-    return (generated.get("family_reference") is None, report["formation_energy_per_atom"])
+def _best_of(options: list[tuple], family: str | None) -> tuple:
+    """The lowest-energy (item, generated, report, structure) of one formula that belongs to the
+    requested family, else the lowest-energy one: members are looked for in energy order and the
+    first found wins, so most structures are never matched against the references."""
+    options = sorted(options, key=lambda option: option[2]["formation_energy_per_atom"])
+    for option in options if family else ():
+        reference = _family_reference(option[3], family)
+        if reference:
+            option[1]["family_reference"] = reference
+            return option
+    options[0][1]["family_reference"] = None
+    return options[0]
 
 
 def score(state: SearchState) -> dict:
@@ -288,15 +298,12 @@ def score(state: SearchState) -> dict:
     batches = state.get("pending", [])
     flat = [(batch["item"], generated, read_cif(generated["cif"])) for batch in batches for generated in batch["structures"]]
     reports = score_structures([s for _, _, s in flat], progress=lambda stage, done, total: _progress("score", done, total))
-    best: dict[str, tuple] = {}
+    plausible: dict[str, list[tuple]] = {}
     for (item, generated, structure), report in zip(flat, reports):
         report["cif"] = generated["cif"]
-        energy = report["formation_energy_per_atom"]
-        if report["plausible"] and energy is not None:
-            generated["family_reference"] = _family_reference(structure, spec.family)
-            current = best.get(item["reduced_formula"])
-            if current is None or _selection_key(generated, report) < _selection_key(current[1], current[2]):
-                best[item["reduced_formula"]] = (item, generated, report, structure)
+        if report["plausible"] and report["formation_energy_per_atom"] is not None:
+            plausible.setdefault(item["reduced_formula"], []).append((item, generated, report, structure))
+    best = {formula: _best_of(options, spec.family) for formula, options in plausible.items()}
     dropped = [
         {"formula": item["formula"], "reason": "no plausible structure among the generated ones"}
         for batch in batches if (item := batch["item"])["reduced_formula"] not in best

@@ -107,18 +107,28 @@ def test_search_falls_back_when_the_cell_is_too_big_for_diffusion():
     assert structures and all(s.generator != "diffusion" for s in structures)
 
 
-def test_requested_family_wins_over_lower_energy_outsiders():
-    from agent.graph import _family_reference, _selection_key
+def test_requested_family_wins_over_lower_energy_outsiders(monkeypatch):
+    import agent.graph as graph
     from tools.generation import generate_template
 
     spinel = generate_template("MgAl2O4", family="spinel", n=1)[0].structure
     layered = Structure(Lattice.hexagonal(2.9, 14.0), ["Mg", "Al", "Al", "O", "O", "O", "O"],
                         [[0, 0, 0], [1 / 3, 2 / 3, 0.15], [2 / 3, 1 / 3, 0.3], [0, 0, 0.45],
                          [1 / 3, 2 / 3, 0.6], [2 / 3, 1 / 3, 0.75], [0, 0, 0.9]])
-    member = {"family_reference": _family_reference(spinel, "spinel")}
-    outsider = {"family_reference": _family_reference(layered, "spinel")}
-    assert member["family_reference"].startswith("mp-") and outsider["family_reference"] is None
-    assert _family_reference(spinel, None) is None
-    assert _selection_key(member, {"formation_energy_per_atom": -2.0}) < _selection_key(outsider, {"formation_energy_per_atom": -3.0})
-    no_family = {"family_reference": None}
-    assert _selection_key(no_family, {"formation_energy_per_atom": -3.0}) < _selection_key(no_family, {"formation_energy_per_atom": -2.0})
+    assert graph._family_reference(spinel, "spinel").startswith("mp-") and graph._family_reference(layered, "spinel") is None
+    assert graph._family_reference(spinel, None) is None
+
+    def option(name, structure, energy):
+        return ({"formula": "MgAl2O4"}, {"name": name}, {"formation_energy_per_atom": energy}, structure)
+
+    checked = []
+    real = graph._family_reference
+    monkeypatch.setattr(graph, "_family_reference", lambda s, family: checked.append(s) or real(s, family))
+    options = [option("member", spinel, -2.0), option("outsider", layered, -3.0), option("worse member", spinel, -1.0)]
+    best = graph._best_of(options, "spinel")
+    assert best[1]["name"] == "member" and best[1]["family_reference"].startswith("mp-")
+    assert checked == [layered, spinel]  # energy order, stopping at the first member: the -1.0 one is never matched
+    lowest = graph._best_of(options, None)
+    assert lowest[1]["name"] == "outsider" and lowest[1]["family_reference"] is None
+    only_outsiders = graph._best_of([option("b", layered, -1.0), option("a", layered, -1.5)], "spinel")
+    assert only_outsiders[1]["name"] == "a" and only_outsiders[1]["family_reference"] is None
