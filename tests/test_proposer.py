@@ -102,6 +102,32 @@ def test_chemical_system_proposals_stay_in_the_system():
         assert check_formula(proposal.formula)["charge_balanced"]
 
 
+def test_metallic_requests_get_intermetallics_that_pass_the_screen():
+    from tools.composition import is_metal
+
+    spec = parse_request("a novel metallic compound with atom ratio 1:1:1 containing Ni")
+    proposals = propose_offline(spec, 12, seed=0)
+    assert len(proposals) == 12
+    for proposal, verdict in zip(proposals, screen(proposals, spec)):
+        elements = parse_formula(proposal.formula).reduced_amounts
+        assert "Ni" in elements and sorted(elements.values()) == [1, 1, 1] and all(is_metal(el) for el in elements)
+        assert verdict.passed and "intermetallic" in proposal.rationale
+    # Charge neutrality still applies when metals are not asked for: an alloy is no ionic compound.
+    assert screen_one("CuZnAg", parse_request("a novel compound with atom ratio 1:1:1")).rejected_by == "charge_neutrality"
+    assert screen_one("CuZnAg", parse_request("a novel metallic compound with atom ratio 1:1:1")).passed
+
+
+def test_the_users_exclusion_list_is_never_proposed():
+    listed = ["SrTiO3", "BaTiO3", "CaTiO3", "LaAlO3", "KNbO3", "NaNbO3", "BaZrO3", "SrZrO3", "CaZrO3", "BaSnO3"]
+    spec = parse_request("a perovskite oxide", exclude_formulas=listed)
+    keys = {parse_formula(f).key for f in listed}
+    for seed in range(3):
+        assert not keys & {parse_formula(p.formula).key for p in propose_offline(spec, 40, seed=seed)}
+    # Without the list the same proposer does propose some of them (so the test can fail).
+    free = {parse_formula(p.formula).key for seed in range(3) for p in propose_offline(parse_request("a perovskite oxide"), 40, seed=seed)}
+    assert keys & free
+
+
 def test_geometric_rules_prune_perovskites():
     spec = parse_request("a perovskite oxide")
     for proposal in propose_offline(spec, 30, seed=0):

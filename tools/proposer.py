@@ -26,7 +26,7 @@ from pymatgen.core import Element, Species
 
 from tools.composition import oxidation_states
 from tools.families import CrystalFamily, Site, Template, family_members, get_family
-from tools.formula import parse_formula
+from tools.formula import FormulaError, parse_formula
 from tools.geometry import (
     perovskite_factors,
     perovskite_formable,
@@ -236,6 +236,71 @@ def _system_candidates(spec: SearchSpec, max_count: int = 6) -> list[_Candidate]
     return found
 
 
+def _excluded_keys(spec: SearchSpec) -> set[str]:
+    """Composition keys of the user's exclusion list (unparsable entries are the screen's to report)."""
+    keys = set()
+    for formula in spec.exclude_formulas:
+        try:
+            keys.add(parse_formula(formula).key)
+        except FormulaError:
+            continue
+    return keys
+
+
+def metal_pool() -> tuple[str, ...]:
+    """Cation-forming elements that are metals (SMACT's list, as the alloy rule of composition validity)."""
+    from tools.composition import is_metal
+
+    return tuple(el for el in cation_pool() if is_metal(el))
+
+
+@lru_cache(maxsize=1)
+def intermetallic_log_shares() -> dict[str, float]:
+    """Metal -> log of its share of the element slots of ICSD's all-metal compounds (>= 2 elements):
+    how often each metal forms ordered intermetallics in experiment."""
+    import re
+
+    from tools.composition import is_metal
+
+    counts: dict[str, int] = {}
+    for key, sources in known_formula_index()._entries.items():
+        elements = re.findall(r"[A-Z][a-z]?", key)
+        if "ICSD" in sources and len(elements) >= 2 and all(is_metal(el) for el in elements):
+            for element in elements:
+                counts[element] = counts.get(element, 0) + 1
+    total = sum(counts.values()) or 1
+    return {element: math.log(count / total) for element, count in counts.items()}
+
+
+def _metallic_candidates(spec: SearchSpec, template: Template, rng: random.Random, tries: int) -> list[_Candidate]:
+    """All-metal fillings of a ratio for a request for metals (intermetallics: no charge balance).
+
+    The prior: how often each metal forms intermetallics in ICSD (:func:`intermetallic_log_shares`),
+    and a moderate Pauling electronegativity spread (about 0.7, typical of ordered intermetallics
+    such as half-Heuslers and Laves phases) over near-identical metals (solid solutions rather
+    than compounds) and very ionic pairs."""
+    excluded = set(spec.excluded_elements)
+    allowed = set(spec.allowed_elements) if spec.allowed_elements is not None else None
+    metals = [el for el in metal_pool() if el not in excluded and (allowed is None or el in allowed)]
+    labels = [site.label for site in template.sites]
+    required = [el for el in spec.required_elements if el in metals]
+    if len(required) < len(spec.required_elements) or len(metals) < len(labels) or len(required) > len(labels):
+        return []
+    shares = intermetallic_log_shares()
+    rare = min(shares.values(), default=0.0)
+    found = []
+    for _ in range(tries):
+        chosen = required + rng.sample([el for el in metals if el not in required], len(labels) - len(required))
+        rng.shuffle(chosen)
+        negativities = [Element(el).X for el in chosen]
+        spread = max(negativities) - min(negativities)
+        log_prior = sum(shares.get(el, rare) for el in chosen) / len(chosen) - abs(spread - 0.7) * 2.0
+        assignment = dict(zip(labels, chosen))
+        found.append(_Candidate(assignment, {label: 0 for label in labels}, template, "intermetallic", log_prior,
+                                [f"all metals, electronegativity spread {spread:.2f}"]))
+    return found
+
+
 def _geometry(family: CrystalFamily | None, candidate: _Candidate) -> tuple[bool, float, str | None]:
     """(passes, log-score bonus, note) from the family's geometric rule, if it has one."""
     if family is None:
@@ -323,6 +388,9 @@ def _rationale(family: CrystalFamily | None, candidate: _Candidate, geometry_not
     parts = [f"{family.title if family else 'template ' + candidate.template.ratio}: {ions}"]
     if candidate.source == "system":
         parts = [f"charge-balanced stoichiometry of the {'-'.join(candidate.assignment)} system"] + candidate.notes
+    elif candidate.source == "intermetallic":
+        sites = ", ".join(f"{candidate.assignment[s.label]} on {s.label}" for s in candidate.template.sites)
+        parts = [f"intermetallic {candidate.template.ratio}: {sites}"] + candidate.notes
     elif candidate.source.startswith("substitution"):
         parts.append(f"{candidate.source} ({'; '.join(candidate.notes)}, ICSD substitution probabilities)")
     else:
@@ -341,6 +409,12 @@ def propose_offline(spec: SearchSpec, n: int, seed: int | None = None, avoid: se
     rng = random.Random(spec.seed if seed is None else seed)
     index = known_formula_index()
     pool: dict[str, tuple[float, Proposal]] = {}
+    avoid = set(avoid) | _excluded_keys(spec)
+    if spec.electronic == "metal" and not spec.family:
+        for family, template in _templates(spec):
+            for candidate in _metallic_candidates(spec, template, rng, tries=max(500, 50 * n)):
+                _add(pool, spec, family, candidate, index, avoid)
+        return _draw_preferring_novel(pool, spec, n, rng)
     if spec.allowed_elements is not None and not spec.family and not spec.stoichiometry:
         for candidate in _system_candidates(spec):
             _add(pool, spec, None, candidate, index, avoid)

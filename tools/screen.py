@@ -106,6 +106,14 @@ def rank_score(balance: ChargeBalance, prior: float | None) -> float:
     return round(score + 0.2 * (prior if prior is not None else 0.5), 4)
 
 
+def _metallic_alloy(parsed: ParsedFormula, balance: ChargeBalance, spec: SearchSpec) -> bool:
+    """An all-metal composition asked for by a request for metals: valid by SMACT's alloy rule
+    (GenMS/CDVAE composition validity), so charge neutrality does not apply."""
+    from tools.composition import is_metal
+
+    return spec.electronic == "metal" and balance.composition_valid and all(is_metal(el) for el in parsed.reduced_amounts)
+
+
 def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str = "user", prior: float | None = None,
                earlier: frozenset[str] | None = None) -> ScreenedFormula:
     """Run the checks on one formula (``earlier``: formulae of earlier runs, looked up if not given)."""
@@ -118,7 +126,7 @@ def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str 
     result.reduced_formula = parsed.reduced_formula
     balance = charge_balance(parsed)
     result.oxidation_states = balance.oxidation_states
-    if not balance.charge_balanced:
+    if not balance.charge_balanced and not _metallic_alloy(parsed, balance, spec):
         result.rejected_by, result.reason = "charge_neutrality", "no charge-neutral assignment of common oxidation states"
         return result
     earlier = earlier_runs_formulas(spec) if earlier is None else earlier
