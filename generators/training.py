@@ -9,8 +9,9 @@ subclass (data, network, losses, validation, model file) and calls :func:`train_
   (to fit a fixed command limit) with the schedule left where it is;
 - AdamW, gradient clipping, an EMA copy of the weights, bf16 autocast on CUDA (inside the
   models' loss functions);
-- ``DIR/train_log.jsonl`` (one JSON object per line), ``DIR/model.pt`` (EMA weights, float16)
-  and ``DIR/checkpoint.pt`` (full state for ``--resume``), written atomically as it goes;
+- ``DIR/train_log.jsonl`` (one JSON object per line), ``DIR/model.pt`` (EMA weights, float16),
+  ``DIR/model_best.pt`` (the EMA weights at the lowest validation loss) and ``DIR/checkpoint.pt``
+  (full state for ``--resume``), written atomically as it goes;
 - SIGTERM / SIGINT save and leave.
 """
 
@@ -42,6 +43,7 @@ class Progress:
     step: int = 0
     samples: int = 0
     seconds: float = 0.0
+    best_val_loss: float = math.inf
 
 
 class StopRequested(Exception):
@@ -212,6 +214,13 @@ class TrainingRun:
                     optimizer=self.optimizer.state_dict(), progress=vars(self.progress))
         atomic_save(full, self.out / "checkpoint.pt")
 
+    def keep_best(self, record: dict) -> None:
+        """``model_best.pt``: the EMA weights at the lowest validation loss so far (kept across resumes)."""
+        if record["val_loss"] < self.progress.best_val_loss:
+            self.progress.best_val_loss = record["val_loss"]
+            selected = {**self.training_record(record), "selected": "lowest validation loss", "step": self.progress.step}
+            atomic_save(self.payload(selected, torch.float16), self.out / "model_best.pt")
+
     def step(self, index: torch.Tensor, lr: float) -> torch.Tensor:
         """One optimizer step on the training rows ``index``; returns the detached [loss, coords, lattice]."""
         for group in self.optimizer.param_groups:
@@ -287,6 +296,7 @@ def train_loop(run: TrainingRun, batches, process_start: float) -> dict:
                         "epochs": round(run.progress.samples / run.train_rows, 2)}
                 if now - last_val >= args.val_seconds:
                     last.update(run.validate())
+                    run.keep_best(last)
                     last_val = time.perf_counter()
                 run.log(last)
                 running, running_steps, last_log = None, 0, time.perf_counter()
@@ -300,6 +310,7 @@ def train_loop(run: TrainingRun, batches, process_start: float) -> dict:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     last = {**last, "step": run.progress.step, "seconds": round(run.progress.seconds, 1), **run.validate()}
+    run.keep_best(last)
     run.save(last)
     run.log({"event": "end", "reason": stop_reason, **last, "finished": run.progress.seconds >= total_seconds})
     return last

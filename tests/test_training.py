@@ -80,6 +80,9 @@ def test_diffusion_training_runs_saves_and_resumes(diffusion_data, tmp_path):
     assert starts[1]["resumed_at_step"] == first["step"]
     assert second["step"] > first["step"] and log[-1]["reason"] == "budget" and log[-1]["finished"]
     assert second["seconds"] >= 0.15 * 60
+    val_losses = [r["val_loss"] for r in log if "val_loss" in r]
+    best = load_model(out / "model_best.pt").training
+    assert best["selected"] == "lowest validation loss" and best["val_loss"] == pytest.approx(min(val_losses))
     lrs = [r["lr"] for r in log if "lr" in r]
     assert lrs[-1] < 0.5 * max(lrs)  # the cosine went on where the first invocation stopped
 
