@@ -27,6 +27,7 @@ demo: setup
 	$(BIN)/genms generate template Y2Ti2O7 --family pyrochlore -n 2 --out $(VENV)/demo
 	$(BIN)/genms generate diffusion SrTiO3 -n 3 --out $(VENV)/demo-diffusion
 	$(BIN)/genms generate gfn --reward band_gap:1.34 --elements Li,Mn,Fe,O -n 2 --relax-steps 20 --out $(VENV)/demo-gfn
+	$(BIN)/genms generate unimdm --elements Ba,Ti,O --band-gap 3.0 -n 2 --out $(VENV)/demo-unimdm
 	$(BIN)/genms structure check evals/examples/*.cif
 	$(BIN)/genms score evals/examples/SrTiO3_perovskite.cif evals/examples/NaCl_rocksalt.cif evals/examples/overlapping_atoms.cif
 
