@@ -286,6 +286,22 @@ def test_paper_preset_and_config_roundtrip():
     assert not any(sgs.single_counts_compatible(230, 15))
 
 
+def test_common_oxidation_states_keep_iron_oxides_to_fe2_and_fe3():
+    """The default mask uses states in >= 5% of an element's ICSD entries: FeO and Fe2O3 can stop,
+    FeO3 (Fe6+) and FeO4 (peroxide or Fe8+) cannot; with every ICSD-24 state FeO3 could."""
+    def can_stop(config, fe, o):
+        env = CompositionEnv(config)
+        state = [0] * env.n_el
+        state[config.elements.index("Fe")], state[config.elements.index("O")] = fe, o
+        return bool(env.mask(tuple(state), 1)[env.eos])
+
+    common, every = CrystalConfig(space_groups=(1,)), CrystalConfig(space_groups=(1,), min_state_share_pct=0.0)
+    assert common.min_state_share_pct == 5.0
+    assert can_stop(common, 1, 1) and can_stop(common, 2, 3)
+    assert not can_stop(common, 1, 3) and not can_stop(common, 1, 4)
+    assert can_stop(every, 1, 3)
+
+
 def test_stop_mask_is_smact_validity():
     """Stop is allowed exactly when some assignment of the environment's oxidation states is
     neutral and passes SMACT's Pauling test (brute force with SMACT's own ``pauling_test``), and
@@ -299,7 +315,7 @@ def test_stop_mask_is_smact_validity():
 
     from generators.gfn.env import pauling_electronegativity
 
-    cfg = CrystalConfig(space_groups=(1,))
+    cfg = CrystalConfig(space_groups=(1,), min_state_share_pct=0.0)  # every ICSD-24 state
     env = CompositionEnv(cfg)
     rng = random.Random(0)
     accepted = 0

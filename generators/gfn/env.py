@@ -10,7 +10,8 @@ Constraints (paper Fig. 1):
 - composition: only counts compatible with the chosen group's Wyckoff multiplicities (pyxtal), the
   joint check done on every partial composition (adding elements never repairs an incompatible
   one), and only actions after which a charge-neutral completion is still reachable with the
-  elements' oxidation states (SMACT's ICSD-24 states, a subset of what ``smact_validity`` accepts)
+  elements' oxidation states (SMACT's ICSD-24 states reported in >= 5% of the element's entries,
+  a subset of what ``smact_validity`` accepts)
   *and* Pauling's electronegativity rule (cations less electronegative than anions, SMACT's
   ``pauling_test``); stop only when the composition is neutral under that rule and Wyckoff
   compatible, so every sample is SMACT-valid;
@@ -57,6 +58,10 @@ class CrystalConfig:
     atomic_volumes: tuple[float, ...] | None = None
     volume_ratio_range: tuple[float, float] = (0.794, 1.566)
     axis_ratio_range: tuple[float, float] = (0.2, 5.0)
+    # oxidation states of the charge-neutrality mask: an element's ICSD-24 states reported in at
+    # least this percentage of its ICSD entries (SMACT's ``commonality``; 0: every state). Rare
+    # states (Fe+4..+6, peroxide O-1) let O-rich counts such as FeO3 pass as "neutral".
+    min_state_share_pct: float = 5.0
 
     def __post_init__(self):
         if len(set(self.elements)) != len(self.elements) or not self.elements:
@@ -199,10 +204,10 @@ class SpaceGroupEnv:
 # composition
 # --------------------------------------------------------------------------------------------
 @lru_cache(maxsize=None)
-def oxidation_states(symbol: str) -> tuple[int, ...]:
+def oxidation_states(symbol: str, min_share_pct: float = 0.0) -> tuple[int, ...]:
     """Oxidation states used for the charge-neutrality mask: SMACT's ICSD-24 states of the element
-    (a subset of those ``smact.screening.smact_validity`` accepts by default), falling back to
-    pymatgen's common ones."""
+    (a subset of those ``smact.screening.smact_validity`` accepts by default) reported in at least
+    ``min_share_pct`` percent of its ICSD entries, falling back to pymatgen's common ones."""
     import warnings
 
     try:
@@ -213,11 +218,22 @@ def oxidation_states(symbol: str) -> tuple[int, ...]:
             states = smact.Element(symbol).oxidation_states_icsd24 or []
     except Exception:  # noqa: BLE001 - element unknown to SMACT
         states = []
+    if states and min_share_pct > 0:
+        states = [s for s in states if s in _common_icsd_states(min_share_pct).get(symbol, ())] or states
     if not states:
         from pymatgen.core import Element
 
         states = list(Element(symbol).common_oxidation_states)
     return tuple(sorted(set(int(s) for s in states if s != 0)))
+
+
+@lru_cache(maxsize=4)
+def _common_icsd_states(min_share_pct: float) -> dict[str, tuple[int, ...]]:
+    """Element -> ICSD-24 states in at least ``min_share_pct`` % of its entries (SMACT's filter, consensus 3)."""
+    from smact.utils.oxidation import ICSD24OxStatesFilter
+
+    table = ICSD24OxStatesFilter().filter(consensus=3, include_zero=False, commonality=min_share_pct)
+    return {row.element: tuple(int(q) for q in str(row.oxidation_state).split()) for row in table.itertuples(index=False)}
 
 
 def _shift(bits: int, k: int) -> int:
@@ -285,7 +301,7 @@ class CompositionEnv:
         self.max_n = config.max_atoms_per_element
         self.eos = self.n_el * self.max_n
         self.n_actions = self.eos + 1
-        self.ox = [oxidation_states(e) for e in self.elements]
+        self.ox = [oxidation_states(e, config.min_state_share_pct) for e in self.elements]
         self.source = (0,) * self.n_el
         en = [pauling_electronegativity(e) for e in self.elements]
         levels = sorted({x for x in en if x is not None})
