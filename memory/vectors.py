@@ -45,13 +45,18 @@ def _client(path: str):
     import chromadb
     from chromadb.config import Settings
 
-    return chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False, allow_reset=False))
+    # The first open of a fresh store creates its tables; two processes doing it at once fail
+    # ("table collections already exists"), so opening takes the write lock too.
+    with _lock(str(Path(path) / "write.lock")):
+        return chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False, allow_reset=False))
 
 
 def collection(name: str):
-    """A cosine-distance collection of the store, created on first use."""
-    return _client(str(store_dir())).get_or_create_collection(
-        name, embedding_function=embedding_function(), metadata={"hnsw:space": "cosine"})
+    """A cosine-distance collection of the store, created on first use (under the write lock)."""
+    client = _client(str(store_dir()))
+    with write_lock():
+        return client.get_or_create_collection(name, embedding_function=embedding_function(),
+                                               metadata={"hnsw:space": "cosine"})
 
 
 @cache
