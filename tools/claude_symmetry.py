@@ -37,6 +37,7 @@ from itertools import islice
 from pydantic import BaseModel, Field
 
 from tools.claude_proposer import chat_model
+from tools.formula import FormulaError, parse_formula
 
 MAX_ROUNDS = 3
 N_EXAMPLES = 6
@@ -98,17 +99,11 @@ class SymmetryPrediction:
 
 
 def _reduced_amounts(formula: str) -> dict[str, int] | None:
-    """{symbol: amount} of a reduced formula, or None when it is unreadable or fractional."""
-    from pymatgen.core import Composition
-
+    """{symbol: count} of a reduced formula (the project's parser), or None when it is unreadable."""
     try:
-        composition = Composition(formula)
-    except Exception:
+        return parse_formula(formula).reduced_amounts or None
+    except FormulaError:
         return None
-    amounts = {str(el): amount for el, amount in composition.items()}
-    if not amounts or any(abs(a - round(a)) > 1e-6 for a in amounts.values()):
-        return None
-    return {el: int(round(a)) for el, a in amounts.items()}
 
 
 @lru_cache(maxsize=1)

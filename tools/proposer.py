@@ -263,7 +263,7 @@ def intermetallic_log_shares() -> dict[str, float]:
     from tools.composition import is_metal
 
     counts: dict[str, int] = {}
-    for key, sources in known_formula_index()._entries.items():
+    for key, sources in known_formula_index().items():
         elements = re.findall(r"[A-Z][a-z]?", key)
         if "ICSD" in sources and len(elements) >= 2 and all(is_metal(el) for el in elements):
             for element in elements:

@@ -35,6 +35,10 @@ class KnownFormulaIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def items(self) -> Iterable[tuple[str, frozenset[str]]]:
+        """(canonical key such as ``Fe2O3``, the known sets holding it) for every indexed formula."""
+        return self._entries.items()
+
     def sources(self, formula: str | ParsedFormula) -> list[str]:
         """Known sets holding the formula's reduced composition, in the order MP, ICSD, OQMD."""
         parsed = parse_formula(formula) if isinstance(formula, str) else formula
