@@ -129,11 +129,11 @@ def evaluate_pair(job: tuple) -> dict:
     return evaluate_structure(prediction, cif)
 
 
-def truth_cifs(material_ids: list[str]) -> list[str]:
-    """CIF strings of MP-20 test entries, in the order of ``material_ids``."""
+def truth_cifs(material_ids: list[str], split: str = "test") -> list[str]:
+    """CIF strings of MP-20 ``split`` entries, in the order of ``material_ids``."""
     from generators.datasets import load_mp20
 
-    table = load_mp20("test").set_index("material_id")["cif"]
+    table = load_mp20(split).set_index("material_id")["cif"]
     return [table[m] for m in material_ids]
 
 

@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crystals", type=int, default=None,
                         help="test crystals the rates are over (default: --limit, else the complete split; for "
                              "samples of the first N crystals' predicted candidates)")
+    parser.add_argument("--split", default="test", choices=["test", "val"],
+                        help="the MP-20 split the samples were drawn for (val: weight selection without the test split)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--symmetry-check", type=int, default=200, help="samples checked with SpacegroupAnalyzer (0: none)")
     parser.add_argument("--json", type=Path, default=None)
@@ -104,12 +106,12 @@ def symmetry_kept(samples: dict, count: int) -> float | None:
     return kept / max(1, min(count, len(structures)))
 
 
-def csp_figures(samples: dict, workers: int, total: int) -> dict:
+def csp_figures(samples: dict, workers: int, total: int, split: str = "test") -> dict:
     """Match rate / RMSE over ``total`` crystals: one sample per crystal, or top-1 and best-of-k over candidates."""
     from generators.diffusion.tensor_files import unpack_samples
 
     unpacked = unpack_samples(samples)[0]
-    results = evaluate_pairs(pair_jobs(unpacked, truth_cifs(samples["material_ids"])), workers)
+    results = evaluate_pairs(pair_jobs(unpacked, truth_cifs(samples["material_ids"], split)), workers)
     candidate = samples.get("candidate", torch.zeros(len(results), dtype=torch.int16)).tolist()
     by_crystal: dict[str, list[tuple[int, dict]]] = {}
     for material_id, rank, result in zip(samples["material_ids"], candidate, results):
@@ -242,8 +244,9 @@ def main(argv: list[str] | None = None) -> None:
         label = "control"
     elif args.samples:
         samples = load_samples(args.samples, args.limit)
-        total = args.crystals or args.limit or MP20_TEST_SIZE
-        figures = {"samples_info": samples.get("info", {}), **csp_figures(samples, args.workers, total),
+        total = args.crystals or args.limit or (MP20_TEST_SIZE if args.split == "test" else len(set(samples["material_ids"])))
+        figures = {"split": args.split, "samples_info": samples.get("info", {}),
+                   **csp_figures(samples, args.workers, total, args.split),
                    "symmetry_kept": symmetry_kept(samples, args.symmetry_check),
                    "anchors": {name: {"match_rate": m, "rmse": r} for name, (m, r) in ANCHORS.items()}}
         label = "+".join(Path(p).stem for p in args.samples.split(","))

@@ -140,8 +140,8 @@ class TrainingRun:
 
     def setup(self, model: torch.nn.Module, resumed: dict | None, dynamic_compile: bool | None = None) -> None:
         """Network on the device, its EMA copy and optimizer; weights and counters from ``resumed``."""
-        self.model = model.to(self.device)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.model = model.to(self.device).train()
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()  # eval: no dropout in validation or saved weights
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, weight_decay=self.args.weight_decay,
                                            betas=(0.9, 0.99), fused=self.device.type == "cuda")
         if resumed is not None:

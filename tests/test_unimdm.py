@@ -241,8 +241,12 @@ def test_train_and_sample_commands(split, tmp_path):
         torch.save(split, data / f"{name}.pt")
     out = tmp_path / "run"
     last = train.train(train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "0.02", "--preset", "tiny",
-                                         "--batch", "4", "--threads", "1", "--log-seconds", "0.5", "--val-seconds", "1"]))
+                                         "--batch", "4", "--threads", "1", "--log-seconds", "0.5", "--val-seconds", "1",
+                                         "--dropout", "0.2"]))
     assert last["step"] > 5 and np.isfinite(last["val_loss"])
+    saved = torch.load(out / "model.pt", weights_only=True)
+    best = torch.load(out / "model_best.pt", weights_only=True)
+    assert saved["network"]["dropout"] == 0.2 and best["training"]["val_loss"] <= last["val_loss"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[-1]["event"] == "end"
     sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
@@ -252,6 +256,52 @@ def test_train_and_sample_commands(split, tmp_path):
     assert len(rows) == 7 and samples["space_group"].tolist() == split["space_group"].tolist()
     assert torch.all(samples["target_band_gap"] == 1.5)
     assert [len(z) for _, z, _ in rows] == split["n_atoms"].tolist()
+
+
+def test_dropout_trains_but_never_samples(split, tmp_path):
+    """Residual dropout changes the training forward pass only: a loaded model is deterministic."""
+    from generators.unimdm.checkpoint import load_model, model_payload
+
+    config = dit_config("tiny")
+    config.dropout = 0.5
+    network = CrystalDiT(config)
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
+    with torch.no_grad():  # random weights: the zero-initialised gates and heads would hide every branch
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.1)
+
+    def loss():
+        return float(training_losses(network, batch, schedule, normaliser, tables, torch.Generator().manual_seed(0),
+                                     augment=False, property_dropout=0.0)["loss"])
+
+    network.train()
+    assert loss() != loss()
+    network.eval()
+    assert loss() == loss()
+    path = tmp_path / "model.pt"
+    torch.save(model_payload(network.state_dict(), config, schedule.config, normaliser, split["polar_axes"], {}), path)
+    loaded = load_model(path)
+    assert not loaded.network.training and loaded.network.config.dropout == 0.5
+
+
+def test_selection_takes_the_lowest_validation_loss(split, tmp_path):
+    from generators.unimdm.checkpoint import main as checkpoint_main
+    from generators.unimdm.checkpoint import model_payload
+
+    network = CrystalDiT(dit_config("tiny"))
+    batch = collate_all(split)
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, Tables(split["polar_axes"]).free[batch.space_group])
+    for name, val_loss in (("a.pt", 0.9), ("b.pt", 0.7), ("c.pt", 0.8)):
+        torch.save(model_payload(network.state_dict(), network.config, DiffusionConfig(), normaliser, split["polar_axes"],
+                                 {"val_loss": val_loss, "step": 10}), tmp_path / name)
+    checkpoint_main(["select", str(tmp_path / "model.pt"), str(tmp_path / "a.pt"), str(tmp_path / "missing.pt"),
+                     str(tmp_path / "b.pt"), str(tmp_path / "c.pt")])
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["training"]["val_loss"] == 0.7
+    with pytest.raises(FileNotFoundError):
+        checkpoint_main(["select", str(tmp_path / "x.pt"), str(tmp_path / "missing.pt")])
 
 
 def test_committed_weights_give_structures_with_the_predicted_symmetry():

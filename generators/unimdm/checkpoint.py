@@ -65,3 +65,37 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> UniMDMMo
     model = UniMDMModel(network, NoiseSchedule(DiffusionConfig.from_dict(payload["diffusion"])),
                         KNormaliser(**payload["k_normaliser"]), Tables(payload["polar_axes"]), payload.get("training", {}))
     return model.to(device)
+
+
+def lowest_validation_loss(paths: list[str | Path]) -> tuple[Path, list[dict]]:
+    """The model file whose training record has the lowest ``val_loss``, and every file's (path, val_loss, step)."""
+    scores = []
+    for path in map(Path, paths):
+        if not path.exists():
+            continue
+        training = torch.load(path, map_location="cpu", weights_only=True).get("training", {})
+        scores.append({"path": str(path), "val_loss": float(training.get("val_loss", float("inf"))),
+                       "step": training.get("step", training.get("steps"))})
+    if not scores:
+        raise FileNotFoundError(f"none of {', '.join(map(str, paths))} exists")
+    return Path(min(scores, key=lambda s: s["val_loss"])["path"]), scores
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m generators.unimdm.checkpoint select OUT.pt CANDIDATE.pt...``: copy the lowest-validation-loss model to OUT."""
+    import argparse
+    import json
+    import shutil
+
+    parser = argparse.ArgumentParser(prog="python -m generators.unimdm.checkpoint", description=main.__doc__)
+    parser.add_argument("command", choices=["select"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("candidates", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    chosen, scores = lowest_validation_loss(args.candidates)
+    shutil.copyfile(chosen, args.out)
+    print(json.dumps({"selected": str(chosen), "by": "lowest validation loss", "candidates": scores}))
+
+
+if __name__ == "__main__":
+    main()

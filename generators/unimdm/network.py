@@ -50,6 +50,7 @@ class DiTConfig:
     time_dim: int = 128
     fourier_frequencies: int = 8
     pair_frequencies: int = 6
+    dropout: float = 0.0  # residual dropout on each branch of a block (training only; regularises MP-20's 21k crystals)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,13 +131,14 @@ class DiTBlock(nn.Module):
         hidden = int(width * config.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
         self.offset = nn.Parameter(torch.randn(9, width) * width**-0.5)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, tokens, modulation, key_mask, pairs, context):
         m = (modulation.view(modulation.shape[0], 9, -1) + self.offset)[:, :, None, :]
         shift1, scale1, gate1, shift2, scale2, gate2, shift3, scale3, gate3 = m.unbind(1)
-        tokens = tokens + gate1 * self.attention(modulate(self.norms[0](tokens), shift1, scale1), key_mask, pairs)
-        tokens = tokens + gate2 * self.cross(modulate(self.norms[1](tokens), shift2, scale2), context)
-        return tokens + gate3 * self.mlp(modulate(self.norms[2](tokens), shift3, scale3))
+        tokens = tokens + gate1 * self.dropout(self.attention(modulate(self.norms[0](tokens), shift1, scale1), key_mask, pairs))
+        tokens = tokens + gate2 * self.dropout(self.cross(modulate(self.norms[1](tokens), shift2, scale2), context))
+        return tokens + gate3 * self.dropout(self.mlp(modulate(self.norms[2](tokens), shift3, scale3)))
 
 
 class CrystalDiT(nn.Module):
