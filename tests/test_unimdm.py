@@ -249,6 +249,8 @@ def test_train_and_sample_commands(split, tmp_path):
     assert saved["network"]["dropout"] == 0.2 and best["training"]["val_loss"] <= last["val_loss"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[-1]["event"] == "end"
+    with pytest.raises(SystemExit):  # a dropout probability out of range is refused before any work
+        train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", "--dropout", "1.5"])
     sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
                          "--method", "fast", "--out", str(tmp_path / "s.pt"), "--threads", "1", "--band-gap", "1.5"])
     samples = torch.load(tmp_path / "s.pt", weights_only=True)
@@ -302,6 +304,9 @@ def test_selection_takes_the_lowest_validation_loss(split, tmp_path):
     assert torch.load(tmp_path / "model.pt", weights_only=True)["training"]["val_loss"] == 0.7
     with pytest.raises(FileNotFoundError):
         checkpoint_main(["select", str(tmp_path / "x.pt"), str(tmp_path / "missing.pt")])
+    torch.save({"format": "something else"}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a genms Uni-MDM model"):
+        checkpoint_main(["select", str(tmp_path / "x.pt"), str(tmp_path / "a.pt"), str(tmp_path / "foreign.pt")])
 
 
 def test_committed_weights_give_structures_with_the_predicted_symmetry():

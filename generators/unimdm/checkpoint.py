@@ -73,7 +73,10 @@ def lowest_validation_loss(paths: list[str | Path]) -> tuple[Path, list[dict]]:
     for path in map(Path, paths):
         if not path.exists():
             continue
-        training = torch.load(path, map_location="cpu", weights_only=True).get("training", {})
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{path} is not a genms Uni-MDM model file (format {payload.get('format')!r})")
+        training = payload.get("training", {})
         scores.append({"path": str(path), "val_loss": float(training.get("val_loss", float("inf"))),
                        "step": training.get("step", training.get("steps"))})
     if not scores:

@@ -35,8 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_training_arguments(parser, lr=5e-4, batch=256)
     parser.add_argument("--property-dropout", type=float, default=0.1, help="probability of replacing a property by its null embedding")
     parser.add_argument("--preset", default="base", choices=sorted(DIT_PRESETS))
-    parser.add_argument("--dropout", type=float, default=None, help="residual dropout in the DiT blocks (default: the preset's, 0)")
-    return parser.parse_args(argv)
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="residual dropout in the DiT blocks, 0 <= p < 1 (default: the preset's or the resumed model's)")
+    args = parser.parse_args(argv)
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be at least 0 and below 1, got {args.dropout}")
+    return args
 
 
 def padded_batch(data: SymmetryBatch, index: torch.Tensor) -> SymmetryBatch:
@@ -98,11 +102,11 @@ class DiTRun(TrainingRun):
             self.normaliser = KNormaliser(**resumed["k_normaliser"])
         else:
             self.network_config = dit_config(args.preset)
-            if args.dropout is not None:
-                self.network_config.dropout = args.dropout
             self.diffusion_config = DiffusionConfig()
             free = free_mask_table()[train_split["space_group"].long()]
             self.normaliser = KNormaliser.fit(train_split["k"], train_split["n_atoms"].long(), free)
+        if args.dropout is not None:  # also for a resumed model: dropout has no weights
+            self.network_config.dropout = args.dropout
         self.schedule = NoiseSchedule(self.diffusion_config, self.device)
         self.setup(CrystalDiT(self.network_config), resumed, dynamic_compile=True)
 
