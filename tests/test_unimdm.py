@@ -258,6 +258,24 @@ def test_train_and_sample_commands(split, tmp_path):
     assert len(rows) == 7 and samples["space_group"].tolist() == split["space_group"].tolist()
     assert torch.all(samples["target_band_gap"] == 1.5)
     assert [len(z) for _, z, _ in rows] == split["n_atoms"].tolist()
+    assert samples["info"]["corrector"] and samples["info"]["corrector_step_lr"] == 1e-5  # the model's (DiffCSP's) step
+    # the corrector's step size is a sampling option: 0 switches the corrector off, and changes the samples
+    sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
+                         "--method", "fast", "--out", str(tmp_path / "s0.pt"), "--threads", "1", "--band-gap", "1.5",
+                         "--corrector-step-lr", "0"])
+    plain = torch.load(tmp_path / "s0.pt", weights_only=True)
+    assert plain["info"]["corrector"] is False and plain["info"]["corrector_step_lr"] == 0
+    assert not torch.allclose(plain["frac_coords"], samples["frac_coords"])
+    for bad in ("-1e-5", "nan"):
+        with pytest.raises(SystemExit):
+            sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--corrector-step-lr", bad])
+
+
+def test_corrector_step_follows_the_noise_level():
+    config = DiffusionConfig(sigma_begin=0.005, corrector_step_lr=1e-5)
+    sigma = torch.tensor(0.05)
+    assert float(SamplerSettings(steps=1).corrector_step(config, sigma)) == pytest.approx(1e-3)  # 1e-5 x (0.05/0.005)^2
+    assert float(SamplerSettings(steps=1, corrector_step_lr=3e-5).corrector_step(config, sigma)) == pytest.approx(3e-3)
 
 
 def test_dropout_trains_but_never_samples(split, tmp_path):

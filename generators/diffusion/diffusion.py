@@ -198,11 +198,19 @@ def lattice_reverse_step(lattice, predicted_noise, alpha_bar_t, alpha_bar_s, eta
 @dataclass
 class SamplerSettings:
     """``steps``: reverse steps (T for DDPM); ``lattice_eta``: 1 ancestral, 0 deterministic DDIM;
-    ``corrector``: a Langevin corrector step on the coordinates before each predictor step."""
+    ``corrector``: a Langevin corrector step on the coordinates before each predictor step;
+    ``corrector_step_lr``: its step size at ``sigma_begin`` (None: the model's
+    :class:`DiffusionConfig` value, DiffCSP's 1e-5 for MP-20)."""
 
     steps: int
     lattice_eta: float = 1.0
     corrector: bool = True
+    corrector_step_lr: float | None = None
+
+    def corrector_step(self, config: DiffusionConfig, sigma: torch.Tensor) -> torch.Tensor:
+        """Langevin step size at noise level ``sigma``: the step at ``sigma_begin`` scaled by (sigma / sigma_begin)^2."""
+        step_lr = config.corrector_step_lr if self.corrector_step_lr is None else self.corrector_step_lr
+        return step_lr * (sigma / config.sigma_begin) ** 2
 
     @classmethod
     def for_method(cls, method: str, timesteps: int, steps: int | None = None) -> SamplerSettings:
@@ -248,7 +256,7 @@ def sample(
         sigma_t, sigma_s = schedule.sigmas[t], schedule.sigmas[s]
         if settings.corrector:
             _, score = predict(coords, lattice, t)
-            step = config.corrector_step_lr * (sigma_t / config.sigma_begin) ** 2
+            step = settings.corrector_step(config, sigma_t)
             noise = torch.randn(coords.shape, device=device, generator=generator) if s > 0 else 0.0
             coords = wrap(coords + step * score + (2 * step).sqrt() * noise)
         lattice_noise, score = predict(coords, lattice, t)

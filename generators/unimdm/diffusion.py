@@ -141,7 +141,7 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
         sigma_t, sigma_s = schedule.sigmas[t], schedule.sigmas[s]
         if settings.corrector:
             _, score = predict(u, z, t)
-            step = config.corrector_step_lr * (sigma_t / config.sigma_begin) ** 2
+            step = settings.corrector_step(config, sigma_t)
             noise = torch.randn(u.shape, device=device, generator=generator) * free if s > 0 else 0.0
             u = wrap(u + step * score + (2 * step).sqrt() * noise) * free
         lattice_noise, score = predict(u, z, t)

@@ -13,10 +13,16 @@
 #    the Wyckoff tables and wyckoff_ops.pt: no pyxtal needed): with PREDICTOR's weights when set,
 #    else after training the predictor on the GPU for PRED_MINUTES (test_pred_cpu.pt, the
 #    committed CPU predictor's candidates, is only a fallback);
-# 2. sample the MP-20 test split with its true space group and Wyckoff assignment (1 DDPM sample each);
-# 3. sample the predicted-symmetry candidates (top-1), the property-control inputs (band-gap
+#    meanwhile too, when SWEEP_LRS is set, a background job samples the first SWEEP_ROWS val
+#    crystals with SWEEP_WEIGHTS (default: the committed weights) at each Langevin corrector step
+#    size of SWEEP_LRS (sweep_lr$X.pt; the step is launch-bound, so this costs the trainers little);
+# 2. sample the predicted-symmetry candidates (top-1), the property-control inputs (band-gap
 #    targets 0, 1.5, 3 eV), the first VAL_ROWS val crystals with each run's best and final
-#    weights (the record of the selection), then candidate ranks 2-3 and 4-5.
+#    weights (the record of the selection);
+# 3. sample the MP-20 test split with its true space group and Wyckoff assignment (1 DDPM sample
+#    each), adding the arguments in $RUN/test_args when that file exists by then (e.g.
+#    "--corrector-step-lr 2e-5", chosen on the CPU machine from the sweep while step 2 runs);
+# 4. sample candidate ranks 2-3 and 4-5.
 # Progress: $RUN/*/train_log.jsonl and $RUN/job.log; $RUN/DONE appears at the end.
 # Run from the repository root (see README.md here).
 #   RUN          output folder                (default runs/unimdm_gpu)
@@ -29,6 +35,8 @@
 #   SELECT       final (default) or val_loss: which weights become $RUN/model.pt
 #   TRAIN_THREADS CPU threads of each trainer (default 4)
 #   VAL_ROWS     val crystals sampled with each run's best and final weights (default 0: none)
+#   SWEEP_LRS    corrector step sizes to sample val with, e.g. "0 1e-5 2e-5" (default: none)
+#   SWEEP_ROWS   val crystals per sweep setting (default 1000); SWEEP_WEIGHTS (default the committed weights)
 #   TRAIN_ARGS, TRAIN_ARGS_B, PRED_TRAIN_ARGS, SAMPLE_ARGS   extra arguments (e.g. "--preset tiny",
 #                "--limit 20 --steps 5" for a CPU dry run)
 set -u
@@ -39,6 +47,9 @@ PRED_MINUTES=${PRED_MINUTES:-4}
 PRED_STEPS=${PRED_STEPS:-1000}
 GUIDANCE=${GUIDANCE:-1.0}
 VAL_ROWS=${VAL_ROWS:-0}
+SWEEP_LRS=${SWEEP_LRS:-}
+SWEEP_ROWS=${SWEEP_ROWS:-1000}
+SWEEP_WEIGHTS=${SWEEP_WEIGHTS:-generators/weights/unimdm/model.pt}
 SELECT=${SELECT:-final}
 PREDICTOR=${PREDICTOR:-}
 TRAIN_THREADS=${TRAIN_THREADS:-4}  # CPU threads per trainer: two trainers at torch's default (all 16 cores each) beside
@@ -46,7 +57,7 @@ TRAIN_THREADS=${TRAIN_THREADS:-4}  # CPU threads per trainer: two trainers at to
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUN"
-rm -f "$RUN/DONE" "$RUN/PREDICTOR_DONE"
+rm -f "$RUN/DONE" "$RUN/PREDICTOR_DONE" "$RUN/SWEEP_DONE"
 
 step() {  # name, command...: run one stage, note its exit status and duration in job.log
     local name=$1; shift
@@ -77,6 +88,13 @@ if [ ! -f "$DATA/test_pred.pt" ]; then
 else
     touch "$RUN/PREDICTOR_DONE"
 fi
+sweep_job() {
+    for lr in $SWEEP_LRS; do
+        WEIGHTS=$SWEEP_WEIGHTS sample "sweep_lr$lr" val --limit "$SWEEP_ROWS" --corrector-step-lr "$lr" --threads 2
+    done
+    touch "$RUN/SWEEP_DONE"
+}
+[ -n "$SWEEP_LRS" ] && sweep_job &
 step train_a "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/a" --minutes "$MINUTES" --batch 512 --threads "$TRAIN_THREADS" ${TRAIN_ARGS:-} &
 TRAINERS=$!
 RUNS=a
@@ -91,7 +109,6 @@ if [ "$SELECT" = val_loss ]; then
 else
     step select cp "$RUN/a/model.pt" "$RUN/model.pt"
 fi
-sample test_true_ddpm test
 for i in $(seq 120); do [ -f "$RUN/PREDICTOR_DONE" ] && break; sleep 5; done
 PRED_INPUTS=test_pred
 if [ ! -f "$DATA/test_pred.pt" ] && [ -f "$DATA/test_pred_cpu.pt" ]; then
@@ -112,6 +129,8 @@ if [ "$VAL_ROWS" -gt 0 ]; then
         done
     done
 fi
+# shellcheck disable=SC2046  # test_args holds several words on purpose
+sample test_true_ddpm test $(cat "$RUN/test_args" 2>/dev/null)
 if [ -f "$DATA/$PRED_INPUTS.pt" ]; then  # in two parts, so that ranks 2-3 come back when time runs short
     sample test_pred_rank23_ddpm "$PRED_INPUTS" --candidates 1,2 --steps "$PRED_STEPS"
     sample test_pred_rank45_ddpm "$PRED_INPUTS" --candidates 3,4 --steps "$PRED_STEPS"

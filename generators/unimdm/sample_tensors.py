@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--band-gap", type=float, default=None, help="override every row's band gap (eV; nan = unconditional)")
     parser.add_argument("--formation-energy", type=float, default=None, help="override every row's formation energy (eV/atom)")
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight")
+    parser.add_argument("--corrector-step-lr", type=non_negative, default=None,
+                        help="Langevin corrector step size at sigma_begin (default: the model's, 1e-5; 0: no corrector)")
     parser.add_argument("--atom-budget", type=int, default=None, help="padded atoms per network call (default 262144 CUDA, 4096 CPU)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--candidates", default=None, help="only rows of these candidate ranks, e.g. 0 or 1,2,3,4 (predicted inputs)")
@@ -51,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args(argv)
+
+
+def non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def override_properties(split: dict, band_gap: float | None, formation_energy: float | None) -> dict:
@@ -130,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         split = take_rows(split, list(range(min(args.limit, len(split["material_ids"])))))
     split = override_properties(split, args.band_gap, args.formation_energy)
     settings = SamplerSettings.for_method(args.method, model.schedule.config.timesteps, args.steps)
+    if args.corrector_step_lr is not None:
+        settings.corrector_step_lr = args.corrector_step_lr
+        settings.corrector = args.corrector_step_lr > 0
     generator = torch.Generator(device).manual_seed(args.seed)
     budget = args.atom_budget or (262144 if device.type == "cuda" else 4096)
     start = time.perf_counter()
@@ -139,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     total = args.samples * len(split["material_ids"])
     info = {"inputs": args.inputs, "candidates": args.candidates, "samples": args.samples, "method": args.method, "steps": settings.steps,
-            "guidance": args.guidance, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
+            "guidance": args.guidance,
+            "corrector_step_lr": settings.corrector_step_lr if settings.corrector_step_lr is not None else model.schedule.config.corrector_step_lr,
+            "corrector": settings.corrector, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
             "weights": str(args.weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "seed": args.seed, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
