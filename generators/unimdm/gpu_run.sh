@@ -28,6 +28,11 @@
 #   RUN          output folder                (default runs/unimdm_gpu)
 #   DATA         symmetry tensor files        (default .device_data_unimdm)
 #   MINUTES      DiT training budget, minutes (default 14)
+#   BATCH        crystals per training step (default 512); LR the peak learning rate at batch 512
+#                (default 5e-4), scaled by sqrt(batch / 512) for other batches
+#   PROBE_BATCHES e.g. "512 1024 2048": train each for PROBE_MINUTES (default 0.5) first and take
+#                the one with the most crystals/s (a larger one only when at least 1.25x faster
+#                than the best smaller one: more steps per crystal learn more per crystal)
 #   PREDICTOR    trained symmetry predictor weights (default: train one here)
 #   PRED_MINUTES symmetry predictor training budget, minutes, when it trains here (default 4)
 #   PRED_STEPS   reverse steps for the predicted-symmetry and control samples (default 1000)
@@ -43,6 +48,10 @@ set -u
 RUN=${RUN:-runs/unimdm_gpu}
 DATA=${DATA:-.device_data_unimdm}
 MINUTES=${MINUTES:-14}
+BATCH=${BATCH:-512}
+LR=${LR:-5e-4}
+PROBE_BATCHES=${PROBE_BATCHES:-}
+PROBE_MINUTES=${PROBE_MINUTES:-0.5}
 PRED_MINUTES=${PRED_MINUTES:-4}
 PRED_STEPS=${PRED_STEPS:-1000}
 GUIDANCE=${GUIDANCE:-1.0}
@@ -95,11 +104,34 @@ sweep_job() {
     touch "$RUN/SWEEP_DONE"
 }
 [ -n "$SWEEP_LRS" ] && sweep_job &
-step train_a "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/a" --minutes "$MINUTES" --batch 512 --threads "$TRAIN_THREADS" ${TRAIN_ARGS:-} &
+crystals_per_s() {  # train_log.jsonl, batch: crystals/s of the last logged interval (0 when none)
+    "$PYTHON" -c 'import json, sys
+rates = [json.loads(line).get("steps_per_s") for line in open(sys.argv[1])]
+rates = [r for r in rates if r]
+print(rates[-1] * int(sys.argv[2]) if rates else 0)' "$1" "$2" 2>/dev/null || echo 0
+}
+probe_batch() {  # the batch of PROBE_BATCHES (ascending) with the most crystals/s, by 1.25x steps
+    local best=$BATCH best_rate=0 rate
+    for b in $PROBE_BATCHES; do
+        step "probe_$b" "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/probe_$b" --minutes 10 \
+            --stop-after "$PROBE_MINUTES" --batch "$b" --threads "$TRAIN_THREADS" --log-seconds 5 --val-seconds 1e9 \
+            --save-seconds 1e9 ${TRAIN_ARGS:-}
+        rate=$(crystals_per_s "$RUN/probe_$b/train_log.jsonl" "$b")
+        echo "{\"probe_batch\": $b, \"crystals_per_s\": $rate}" >> "$RUN/job.log"
+        if "$PYTHON" -c 'import sys; sys.exit(not float(sys.argv[1]) > 1.25 * float(sys.argv[2]))' "$rate" "$best_rate"; then
+            best=$b best_rate=$rate
+        fi
+    done
+    echo "$best"
+}
+[ -n "$PROBE_BATCHES" ] && BATCH=$(probe_batch)
+LR_A=$("$PYTHON" -c 'import sys; print(f"{float(sys.argv[1]) * (int(sys.argv[2]) / 512) ** 0.5:.3g}")' "$LR" "$BATCH")
+echo "{\"batch\": $BATCH, \"lr\": $LR_A}" >> "$RUN/job.log"
+step train_a "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/a" --minutes "$MINUTES" --batch "$BATCH" --lr "$LR_A" --threads "$TRAIN_THREADS" ${TRAIN_ARGS:-} &
 TRAINERS=$!
 RUNS=a
 if [ -n "${TRAIN_ARGS_B:-}" ]; then
-    step train_b "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/b" --minutes "$MINUTES" --batch 512 --threads "$TRAIN_THREADS" $TRAIN_ARGS_B &
+    step train_b "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/b" --minutes "$MINUTES" --batch 512 --lr "$LR" --threads "$TRAIN_THREADS" $TRAIN_ARGS_B &
     TRAINERS="$TRAINERS $!"
     RUNS="a b"
 fi
