@@ -68,15 +68,18 @@ class ServeConfigError(ValueError):
 
 
 async def run_in_worker(
-    work: Callable[[Callable[[Any], None]], T], on_event: Callable[[Any], Awaitable[None]] | None = None
+    work: Callable[[Callable[[Any], None]], T],
+    on_event: Callable[[Any], Awaitable[None]] | None = None,
+    cancelled: threading.Event | None = None,
 ) -> T:
     """Run ``work(report)`` in a worker thread; forward each ``report(event)`` to ``on_event`` on the loop.
 
     When the calling task is cancelled (the client cancelled the request), the call returns at
     once and ``report`` raises :class:`WorkCancelled` in the worker at its next event, so the
-    work stops there. Events are forwarded in order, all before the result.
+    work stops there. ``cancelled`` (optional) is the event set then, for work that can also
+    check it inside its own steps. Events are forwarded in order, all before the result.
     """
-    cancelled = threading.Event()
+    cancelled = cancelled if cancelled is not None else threading.Event()
     send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=math.inf)
 
     def report(event: Any) -> None:
@@ -193,21 +196,26 @@ async def search_materials(
     if results is not None:
         overrides["n_results"] = results
 
+    # Set when the client cancels: the search then stops inside its current step, at the step's
+    # next progress point (not only once the step is done and its events reach ``report``).
+    stop = threading.Event()
+
     def work(report: Callable[[Any], None]):
+        from agent.graph import SearchStopped
         from agent.search import run_search, save_run
 
         try:
-            result = run_search(request, overrides, on_progress=report)
+            result = run_search(request, overrides, on_progress=report, stop=stop)
             if result.error:
                 return result, {}
             report({"stage": "save", "done": 0, "total": 1, "detail": "recording the run"})  # raises if cancelled
             return result, save_run(result)
-        except WorkCancelled:
+        except (WorkCancelled, SearchStopped):
             logger.info("search cancelled by the client; stopped")
             raise
 
     try:
-        result, written = await run_in_worker(work, _forward_progress(ctx))
+        result, written = await run_in_worker(work, _forward_progress(ctx), cancelled=stop)
     except Exception as exc:
         raise _failure("search_materials", exc) from exc
     if result.error:

@@ -74,20 +74,26 @@ class KnowledgeStore:
     def __init__(self):
         self._collection = collection(COLLECTION)
 
-    def add(self, title: str, text: str, source: str, kind: str, extra: dict | None = None) -> int:
-        """Index an article (replacing an earlier copy from the same source); returns its chunk count."""
+    def add(self, title: str, text: str, source: str, kind: str, extra: dict | None = None, embeddings=None) -> int:
+        """Index an article (replacing an earlier copy from the same source); returns its chunk count.
+
+        ``embeddings``: the embeddings of ``chunk_text(text)``, one per chunk, when the caller
+        already has them (the store's embedding function computes them otherwise).
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown knowledge kind {kind!r}; one of {', '.join(KINDS)}")
         chunks = chunk_text(text)
         if not chunks:
             raise ValueError(f"article {title!r} has no text")
+        if embeddings is not None and len(embeddings) != len(chunks):
+            raise ValueError(f"{len(embeddings)} embeddings for the {len(chunks)} chunks of {title!r}")
         key = _source_key(source)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         metadata = {"title": title, "source": source, "kind": kind, "source_key": key, "added_at": stamp, **(extra or {})}
         with write_lock():
             self._collection.delete(where={"source_key": key})
             self._collection.add(
-                ids=[f"{key}-{i}" for i in range(len(chunks))], documents=chunks,
+                ids=[f"{key}-{i}" for i in range(len(chunks))], documents=chunks, embeddings=embeddings,
                 metadatas=[{**metadata, "chunk": i} for i in range(len(chunks))])
         return len(chunks)
 

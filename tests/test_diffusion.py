@@ -164,7 +164,7 @@ def test_padded_rows_do_not_change_outputs():
 
 @pytest.fixture(scope="module")
 def trained_tiny(tmp_path_factory, schedule):
-    """The tiny network trained for 250 steps on 64 MP-20 train crystals; (model.pt path, loss curve)."""
+    """The tiny network trained for 150 steps on 64 MP-20 train crystals; (model.pt path, loss curve)."""
     from generators.datasets import iter_mp20
 
     records = [r for _, r in zip(range(64), iter_mp20("train"))]
@@ -174,7 +174,7 @@ def trained_tiny(tmp_path_factory, schedule):
     network = CrystalDenoiser(network_config("tiny"))
     optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3)
     losses = []
-    for _ in range(250):
+    for _ in range(150):  # the last 30 losses come out ~0.68 of the first 30 (the test asks for < 0.85)
         index = torch.randint(0, 64, (32,))
         sub = CrystalBatch(batch.frac_coords[index], batch.atomic_numbers[index], batch.lattice[index], batch.n_atoms[index])
         loss = training_losses(network, sub, schedule, normaliser)["loss"]

@@ -30,7 +30,7 @@ from mcp.shared.exceptions import MCPError
 GENMS = shutil.which("genms") or str(Path(sys.executable).parent / "genms")
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = "a spinel oxide containing Mn"
-TINY = {"proposals": 6, "formulas": 2, "structures": 1, "rounds": 1, "relax_steps": 5, "results": 1}
+TINY = {"proposals": 6, "formulas": 1, "structures": 1, "rounds": 1, "relax_steps": 5, "results": 1}
 CANCELLED_REQUEST = "a novel pyrochlore oxide"
 BIG = {"proposals": 40, "formulas": 10, "structures": 4, "rounds": 5, "relax_steps": 200, "results": 30}
 STOPPED = "search cancelled by the client; stopped"

@@ -202,3 +202,17 @@ def test_cli_uses_claude_when_key_is_set(anthropic_env):
     code, items = propose_json("a novel spinel oxide containing Mn", "-n", "3", "--offline")
     assert len(server.requests) == 1  # --offline never calls Claude
     assert all(i["source"] != "claude" for i in items)
+
+
+def test_substitution_table_is_the_one_pymatgen_builds():
+    """The proposer builds pymatgen's substitution table itself (fast): the very same numbers."""
+    from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
+
+    from tools.proposer import _build_substitution_table
+
+    built, reference = _build_substitution_table(SubstitutionProbability), SubstitutionProbability()
+    assert built is not reference and isinstance(built, SubstitutionProbability)
+    assert built._l == reference._l and list(built.species) == list(reference.species)
+    assert built.Z == reference.Z and dict(built._px) == dict(reference._px)  # cond_prob reads only these
+    pairs = [("Mn2+", "Mg2+"), ("Ti4+", "Zr4+"), ("Bi3+", "La3+"), ("O2-", "S2-"), ("Cs+", "Li+")]
+    assert all(built.cond_prob(a, b) == reference.cond_prob(a, b) > 0 for a, b in pairs)

@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from memory.candidates import CandidateMemory, cif_location
-from memory.knowledge import KnowledgeStore, Passage
+from memory.knowledge import KnowledgeStore, Passage, chunk_text
 from memory.vectors import store_dir, write_lock
 from tools.families import FAMILIES, CrystalFamily, family_members
 
@@ -49,9 +49,11 @@ class KnowledgeError(ValueError):
 
 @cache
 def _spacegroup_label(number: int) -> str:
-    from pymatgen.symmetry.groups import SpaceGroup
+    # The symbol alone: building a SpaceGroup (SpaceGroup.from_int_number(n).symbol, the same
+    # text for all 230 groups) generates its symmetry operations, ~0.1 s a group.
+    from pymatgen.symmetry.groups import sg_symbol_from_int_number
 
-    return f"{SpaceGroup.from_int_number(number).symbol} (No. {number})"
+    return f"{sg_symbol_from_int_number(number)} (No. {number})"
 
 
 def family_article(family: CrystalFamily) -> tuple[str, str]:
@@ -89,6 +91,17 @@ def _seed_fingerprint(articles: tuple[tuple[str, str, str], ...]) -> str:
     return hashlib.sha256(json.dumps(articles).encode()).hexdigest()[:16]
 
 
+@cache
+def _seed_embeddings() -> tuple:
+    """Each seeded article's chunk embeddings (as the store computes them: one call per article),
+    computed once per process: seeding another store (another GENMS_HOME or GENMS_VECTOR_DIR)
+    reuses them instead of running the embedding model over the same text again."""
+    from memory.vectors import embedding_function
+
+    embed = embedding_function()
+    return tuple(embed(chunk_text(text)) for _, text, _ in seed_articles())
+
+
 def ensure_seeded(store: KnowledgeStore | None = None) -> KnowledgeStore:
     """Index the seeded articles unless this exact version already is (re-indexed after changes)."""
     store = store or KnowledgeStore()
@@ -101,8 +114,8 @@ def ensure_seeded(store: KnowledgeStore | None = None) -> KnowledgeStore:
         if _read_json(marker).get("fingerprint") == fingerprint and store.sources("seed"):
             return store  # another process seeded it while we waited
         store.delete_kind("seed")
-        for title, text, source in articles:
-            store.add(title, text, source, "seed")
+        for (title, text, source), embeddings in zip(articles, _seed_embeddings()):
+            store.add(title, text, source, "seed", embeddings=embeddings)
         _write_json(marker, {"fingerprint": fingerprint, "articles": len(articles)})
     return store
 

@@ -328,16 +328,80 @@ def _geometry(family: CrystalFamily | None, candidate: _Candidate) -> tuple[bool
 
 @lru_cache(maxsize=1)
 def _substitution_table():
+    """pymatgen's ``SubstitutionProbability`` on its default lambda table (Hautier et al. 2011)."""
     from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
 
-    return SubstitutionProbability()
+    try:
+        return _build_substitution_table(SubstitutionProbability)
+    except Exception:  # a pymatgen whose table is laid out otherwise: its own (slower) constructor
+        return SubstitutionProbability()
+
+
+def _build_substitution_table(cls):
+    """A ``cls`` instance as ``cls()`` builds it: the same species, lambdas and sums, added in the
+    same order (so the very same numbers), with the ~53,000 pair look-ups of its normalisation
+    done on the species' strings. pymatgen's constructor does them on ``Species`` objects, whose
+    hashing formats a string each time: 2-4 s of every process that proposes formulae.
+    """
+    import sys
+    from collections import defaultdict
+    from pathlib import Path
+
+    import orjson  # as the constructor reads the table
+
+    alpha = -5  # the constructor's default weight of never-observed substitutions
+    path = Path(sys.modules[cls.__module__].__file__).with_name("data") / "lambda.json"
+    rows = orjson.loads(path.read_bytes())
+    parsed: dict[str, Species] = {}
+
+    def ion(text: str) -> Species:
+        if text not in parsed:
+            parsed[text] = Species.from_str(text)
+        return parsed[text]
+
+    lambdas: dict[frozenset, float] = {}
+    by_name: dict[frozenset, float] = {}
+    species: set[Species] = set()
+    for row in rows:
+        if "D1+" not in row:
+            s1, s2 = ion(row[0]), ion(row[1])
+            species.add(s1)
+            species.add(s2)
+            lambdas[frozenset([s1, s2])] = float(row[2])
+            by_name[frozenset([str(s1), str(s2)])] = float(row[2])
+    ordered = list(species)  # the set's iteration order, as the constructor's product() walks it
+    names = [str(s) for s in ordered]
+    sums, total = [0.0] * len(ordered), 0
+    for i, j in itertools.product(range(len(ordered)), repeat=2):
+        value = math.exp(by_name.get(frozenset([names[i], names[j]]), alpha))
+        sums[i] += value / 2
+        sums[j] += value / 2
+        total += value
+    table = object.__new__(cls)
+    table.__dict__.update(_lambda_table=rows, alpha=alpha, _l=lambdas, species=species, Z=total,
+                          _px=defaultdict(float, zip(ordered, sums)), _initialized=True)
+    table.cond_prob(ordered[0], ordered[-1])  # its own methods work on what was built
+    return table
+
+
+@lru_cache(maxsize=None)
+def _substitution_probability(old: str, old_charge: int, new: str, new_charge: int) -> float | None:
+    """The table's probability of ``new`` (ion) replacing ``old``, None when the table lacks the ion.
+
+    Cached by element and charge: pymatgen compares and hashes ``Species`` objects slowly, and
+    a search asks for the same few hundred pairs thousands of times.
+    """
+    table = _substitution_table()
+    replacement = Species(new, new_charge)
+    if replacement not in table.species:
+        return None
+    return table.cond_prob(Species(old, old_charge), replacement)
 
 
 def _substitute(spec: SearchSpec, family: CrystalFamily, rng: random.Random, tries: int) -> list[_Candidate]:
     """Known family members with one or two sites swapped for ions that substitute well."""
     from tools.composition import charge_balance
 
-    table = _substitution_table()
     seeds = []
     for formula in family_members(family.name):
         assignment = family.assignment(formula)
@@ -357,12 +421,12 @@ def _substitute(spec: SearchSpec, family: CrystalFamily, rng: random.Random, tri
         chosen = forced + rng.sample(free, max(0, min(len(free), rng.choice((1, 1, 2)) - len(forced))))
         for label in chosen:
             site = next(s for s in template.sites if s.label == label)
-            old = Species(assignment[label], charges[label])
+            charge = charges[label]
             options = [
-                (el, table.cond_prob(old, Species(el, charges[label])))
+                (el, p)
                 for el in _site_elements(spec, family, site)
-                if el not in new_assignment.values() and charges[label] in dict(common_states(el, 1 if charges[label] > 0 else -1))
-                and Species(el, charges[label]) in table.species
+                if el not in new_assignment.values() and charge in dict(common_states(el, 1 if charge > 0 else -1))
+                and (p := _substitution_probability(assignment[label], charge, el, charge)) is not None
             ]
             options = [(el, p) for el, p in options if p > 1e-4]
             if not options:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from pymatgen.core import Structure
@@ -35,11 +35,22 @@ class RelaxationResult:
         return self.initial_energy_per_atom - self.final_energy_per_atom
 
 
-@lru_cache(maxsize=1)
-def _optimizer():
-    from chgnet.model import StructOptimizer
+_per_thread = threading.local()
 
-    return StructOptimizer(model=chgnet_model(), optimizer_class="FIRE")
+
+def _optimizer():
+    """This thread's FIRE optimizer around the one CHGNet model.
+
+    One per thread: the optimizer's ASE calculator keeps the last results as state, so two
+    relaxations at once (the MCP server runs calls side by side) sharing it would read each
+    other's results ("stress not present in this calculation").
+    """
+    optimizer = getattr(_per_thread, "optimizer", None)
+    if optimizer is None:
+        from chgnet.model import StructOptimizer
+
+        optimizer = _per_thread.optimizer = StructOptimizer(model=chgnet_model(), optimizer_class="FIRE")
+    return optimizer
 
 
 def displacement_rmsd(initial: Structure, final: Structure) -> float:
