@@ -113,11 +113,14 @@ def csp_figures(samples: dict, workers: int, total: int, split: str = "test") ->
     unpacked = unpack_samples(samples)[0]
     results = evaluate_pairs(pair_jobs(unpacked, truth_cifs(samples["material_ids"], split)), workers)
     candidate = samples.get("candidate", torch.zeros(len(results), dtype=torch.int16)).tolist()
-    by_crystal: dict[str, list[tuple[int, dict]]] = {}
-    for material_id, rank, result in zip(samples["material_ids"], candidate, results):
-        by_crystal.setdefault(material_id, []).append((rank, result))
-    first = [min(rows, key=lambda r: r[0])[1] for rows in by_crystal.values()]
+    by_crystal: dict[str, list[tuple[int, int, dict]]] = {}  # material id -> (rank, row, result)
+    for row, (material_id, rank, result) in enumerate(zip(samples["material_ids"], candidate, results)):
+        by_crystal.setdefault(material_id, []).append((rank, row, result))
+    first_rows = [min(rows, key=lambda r: r[0])[1] for rows in by_crystal.values()]
+    first = [results[row] for row in first_rows]
     figures = summarise(first)
+    figures["breakdown"] = breakdown(first, [int(samples["space_group"][row]) for row in first_rows],
+                                     [len(unpacked[row][1]) for row in first_rows])
     figures["crystals_with_samples"] = len(first)
     figures["crystals"] = total
     gated = [r["rms"] for r in first if r["rms"] is not None and r["comp_valid"] and r["struct_valid"]]
@@ -129,12 +132,54 @@ def csp_figures(samples: dict, workers: int, total: int, split: str = "test") ->
     if max(candidate, default=0) > 0:
         best = []
         for rows in by_crystal.values():
-            rms = [r["rms"] for _, r in rows if r["rms"] is not None and r["comp_valid"] and r["struct_valid"]]
+            rms = [r["rms"] for _, _, r in rows if r["rms"] is not None and r["comp_valid"] and r["struct_valid"]]
             if rms:
                 best.append(min(rms))
         figures["best_of_candidates"] = {"candidates_per_crystal": max(candidate) + 1, "match_rate": len(best) / total,
                                          "rmse": float(np.mean(best)) if best else None}
     return figures
+
+
+ATOM_BINS = ((1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 10**6))
+
+
+def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[int]) -> dict:
+    """Where the matches are: per lattice family (of the space group asked for) and per atoms in the
+    cell, the crystals, the DiffCSP-gated match rate, the valid share and the match rate among the
+    valid ones (what the model controls: SMACT validity is a property of the composition)."""
+    from generators.unimdm.lattice import family
+
+    def bucket(members: list[dict]) -> dict:
+        valid = [r for r in members if r["comp_valid"] and r["struct_valid"]]
+        matched = sum(r["rms"] is not None for r in valid)
+        return {"crystals": len(members), "match_rate": round(matched / max(1, len(members)), 4),
+                "valid": round(len(valid) / max(1, len(members)), 4),
+                "match_rate_of_valid": round(matched / max(1, len(valid)), 4)}
+
+    by_family: dict[str, list[dict]] = {}
+    by_atoms: dict[str, list[dict]] = {}
+    for result, group, atoms in zip(results, space_groups, atom_counts):
+        by_family.setdefault(family(group), []).append(result)
+        low, high = next(b for b in ATOM_BINS if b[0] <= atoms <= b[1])
+        by_atoms.setdefault(f"{low}-{high}" if high < 10**6 else f">={low}", []).append(result)
+    order = {f"{low}-{high}" if high < 10**6 else f">={low}": i for i, (low, high) in enumerate(ATOM_BINS)}
+    return {"by_lattice_family": {k: bucket(v) for k, v in sorted(by_family.items(), key=lambda kv: -len(kv[1]))},
+            "by_atoms": {k: bucket(by_atoms[k]) for k in sorted(by_atoms, key=order.get)}}
+
+
+def print_breakdown(parts: dict) -> None:
+    """:func:`breakdown`'s buckets as one table (the first candidate of each crystal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="where the matches are (first candidate per crystal)")
+    for column in ("bucket", "crystals", "match rate", "valid", "match rate of valid"):
+        table.add_column(column, justify="left" if column == "bucket" else "right", no_wrap=True)
+    for part, buckets in parts.items():
+        for name, bucket in buckets.items():
+            table.add_row(f"{name} atoms" if part == "by_atoms" else name, str(bucket["crystals"]),
+                          f"{bucket['match_rate']:.1%}", f"{bucket['valid']:.1%}", f"{bucket['match_rate_of_valid']:.1%}")
+    Console().print(table)
 
 
 def proxy_band_gaps(structures: list) -> np.ndarray:
@@ -253,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         raise SystemExit("give --samples FILE.pt or --control a.pt,b.pt,c.pt")
     figures["evaluation_seconds"] = round(time.perf_counter() - start, 1)
-    print_table(figures, f"Uni-MDM on MP-20 test ({label})")
+    print_table({k: v for k, v in figures.items() if k != "breakdown"}, f"Uni-MDM on MP-20 test ({label})")
+    if "breakdown" in figures:
+        print_breakdown(figures["breakdown"])
     out = args.json or Path("runs") / "bench_csp_unimdm" / f"{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
