@@ -387,3 +387,21 @@ def test_generate_unimdm_command(tmp_path):
     assert bad.exit_code == 1 and "error" in json.loads(bad.stdout)
     missing = runner.invoke(app, ["generate", "unimdm", "--band-gap", "1"])
     assert missing.exit_code == 2 and "--elements" in missing.output
+
+
+@pytest.mark.parametrize("preset", ["base", "large"])
+def test_preset_weights_fit_the_repository_file_limit(preset, tmp_path):
+    """A trained model of each GPU preset, saved as the trainer saves it, stays under 20 MB."""
+    from generators.diffusion.diffusion import DiffusionConfig
+    from generators.unimdm.checkpoint import load_model, model_payload
+    from generators.unimdm.lattice import KNormaliser
+    from generators.unimdm.network import CrystalDiT, dit_config
+
+    config = dit_config(preset)
+    network = CrystalDiT(config)
+    path = tmp_path / "model.pt"
+    torch.save(model_payload(network.state_dict(), config, DiffusionConfig(), KNormaliser([0.0] * 6, [1.0] * 6),
+                             torch.zeros(231, 3, dtype=torch.bool), {"preset": preset}), path)
+    size_mb = path.stat().st_size / 1e6
+    assert 5 < size_mb <= 20, size_mb
+    assert load_model(path).network.config == config  # the file alone rebuilds the architecture

@@ -63,6 +63,9 @@ class DiTConfig:
 DIT_PRESETS = {
     # about 5.5 M parameters, 11 MB as float16: the GPU model
     "base": {},
+    # about 8.4 M parameters, 16.9 MB as float16 (under the 20 MB a weights file may take): more
+    # capacity for the low-symmetry crystals, where most coordinates are free
+    "large": {"width": 256, "depth": 8},
     # about 0.1 M parameters: tests and CPU dry runs
     "tiny": {"width": 48, "depth": 2, "head_dim": 16, "mlp_ratio": 2.0, "element_dim": 16, "time_dim": 32,
              "fourier_frequencies": 4, "pair_frequencies": 3},
