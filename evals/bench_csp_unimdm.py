@@ -18,6 +18,11 @@ gap from the Crystal-GFN band-gap proxy (``generators.gfn.proxy``, trained on MP
 (``SpacegroupAnalyzer(symprec=0.1)``, as the proxy was trained); the table gives the
 distribution per target.
 
+Property control through the stoichiometry (``--stoichiometry``): elements only (16 chemistries,
+``--element-sets``) and each band-gap target through ``tools.unimdm_generation.generate_unimdm``,
+which picks the known formula whose probe structure's proxy gap is nearest the target; the proxy
+gaps per target, the formula chosen per chemistry, and the per-chemistry shift.
+
 ``--symmetry-check N``: share of the first N samples in which ``SpacegroupAnalyzer``
 (symprec 0.01) finds the requested space group.
 """
@@ -34,15 +39,25 @@ import numpy as np
 import torch
 
 from evals.bench_csp_diffusion import evaluate_pairs, limit_samples, pair_jobs, predicted_structure, print_table, summarise, truth_cifs
+from generators.gfn.proxy import structure_band_gaps
 
 MP20_TEST_SIZE = 9046
 ANCHORS = {"DiffCSP++": (0.803, 0.030), "Uni-MDM Crystal DiT": (0.815, 0.035)}
+# Chemistries with several known stoichiometries of different character (metallic suboxides to
+# wide-gap oxides): the set of the stoichiometry-control figures.
+STOICHIOMETRY_SETS = ("Ti,O", "V,O", "Nb,O", "Mn,O", "Fe,O", "Cu,O", "Sn,O", "W,O", "Cr,O", "Zn,O", "Bi,O",
+                      "Mo,S", "Fe,S", "In,Se", "Ba,Ti,O", "Sr,Ti,O")
+CONTROL_TARGETS = (0.0, 1.5, 3.0)  # band gaps (eV)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evals.bench_csp_unimdm", description=__doc__.splitlines()[0])
     parser.add_argument("--samples", default=None, help="samples file(s) of generators.unimdm.sample_tensors (comma-separated: joined)")
     parser.add_argument("--control", default=None, help="comma-separated samples files of the property-control runs")
+    parser.add_argument("--stoichiometry", action="store_true",
+                        help="property control with elements only: the tool picks the formula per band-gap target")
+    parser.add_argument("--element-sets", default=";".join(STOICHIOMETRY_SETS),
+                        help="for --stoichiometry: element sets, ';'-separated (e.g. 'Ti,O;Ba,Ti,O')")
     parser.add_argument("--limit", type=int, default=None, help="first N rows only")
     parser.add_argument("--crystals", type=int, default=None,
                         help="test crystals the rates are over (default: --limit, else the complete split; for "
@@ -182,43 +197,6 @@ def print_breakdown(parts: dict) -> None:
     Console().print(table)
 
 
-def proxy_band_gaps(structures: list) -> np.ndarray:
-    """Band gaps (eV) of structures from the Crystal-GFN proxy on their conventional cells (NaN: unusable)."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    from generators.gfn.data import MAX_Z
-    from generators.gfn.proxy import Proxy
-
-    proxy = Proxy.load("band_gap")
-    counts, groups, lattices, owners = [], [], [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, structure in enumerate(structures):
-            if structure is None:
-                continue
-            try:
-                sga = SpacegroupAnalyzer(structure, symprec=0.1)
-                conventional = sga.get_conventional_standard_structure()
-                group = sga.get_space_group_number()
-            except Exception:  # degenerate cells
-                continue
-            row = np.zeros(MAX_Z)
-            if any(el.Z > MAX_Z for el in conventional.composition):
-                continue
-            for el, amount in conventional.composition.items():
-                row[el.Z - 1] = amount
-            counts.append(row)
-            groups.append(group)
-            lattices.append([*conventional.lattice.abc, *conventional.lattice.angles])
-            owners.append(i)
-    values = np.full(len(structures), np.nan)
-    if owners:
-        predicted = proxy.predict_tensors(torch.tensor(np.array(counts), dtype=torch.float32), torch.tensor(groups),
-                                          torch.tensor(lattices, dtype=torch.float32)).numpy()
-        values[owners] = np.clip(predicted, 0.0, None)
-    return values
-
-
 def gap_summary(gaps: np.ndarray, target: float | None = None) -> dict:
     """Distribution figures of band gaps (eV), NaN entries left out."""
     finite = gaps[np.isfinite(gaps)]
@@ -248,6 +226,60 @@ def paired_shift(low: np.ndarray, high: np.ndarray, changed_group: np.ndarray) -
             "space_group_same": figures(~changed_group)}
 
 
+def stoichiometry_figures(element_sets: list[list[str]], targets: tuple[float, ...] = CONTROL_TARGETS, n: int = 2) -> dict:
+    """Property control through the stoichiometry: ``tools.unimdm_generation.generate_unimdm`` with
+    elements only and each band-gap target (it probes the known formulas of the elements and keeps
+    the one whose probe's proxy gap is nearest the target); the proxy gaps of the ``n`` structures
+    per set and target, the formulas chosen, and per set the shift from the lowest target to the highest."""
+    from rich.progress import Progress
+
+    from tools.generation import GenerationError
+    from tools.unimdm_generation import generate_unimdm
+
+    gaps = {t: [] for t in targets}
+    per_set: dict[str, dict] = {}
+    with Progress(transient=True) as progress:
+        task = progress.add_task("stoichiometry control", total=len(element_sets) * len(targets))
+        for elements in element_sets:
+            name = "-".join(elements)
+            per_set[name] = {}
+            for target in targets:
+                try:
+                    made = generate_unimdm(elements=elements, band_gap=target, n=n, method="fast", seed=0)
+                    values = structure_band_gaps([m.structure for m in made])
+                    per_set[name][f"{target:g}"] = {"formula": made[0].formula, "mean_gap": float(np.nanmean(values))}
+                    gaps[target].extend(values.tolist())
+                except GenerationError as exc:  # e.g. no valid sample: the set counts as unscored for the target
+                    per_set[name][f"{target:g}"] = {"error": str(exc)}
+                progress.advance(task)
+    low, high = f"{min(targets):g}", f"{max(targets):g}"
+    shifts = np.array([s[high]["mean_gap"] - s[low]["mean_gap"] for s in per_set.values()
+                       if "mean_gap" in s.get(low, {}) and "mean_gap" in s.get(high, {})])
+    figures = {f"{t:g} eV": gap_summary(np.array(gaps[t], dtype=float), t) for t in targets}
+    figures[f"per-set shift {low} -> {high} eV"] = {
+        "sets": int(len(shifts)), "mean_shift": float(shifts.mean()) if len(shifts) else None,
+        "share_up": float((shifts > 0.05).mean()) if len(shifts) else None,
+        "formula_changed": sum(s[low].get("formula") != s[high].get("formula") for s in per_set.values())}
+    figures["chosen formulas"] = {name: " / ".join(s[f"{t:g}"].get("formula", "-") for t in targets) for name, s in per_set.items()}
+    figures["per_set"] = per_set
+    return figures
+
+
+def print_per_set(per_set: dict) -> None:
+    """The stoichiometry control per element set: the formula chosen and its mean proxy gap per target."""
+    from rich.console import Console
+    from rich.table import Table
+
+    targets = list(next(iter(per_set.values()))) if per_set else []
+    table = Table(title="formula chosen per band-gap target (mean proxy gap of its structures, eV)")
+    table.add_column("elements")
+    for target in targets:
+        table.add_column(f"{target} eV target", no_wrap=True)
+    for name, cells in per_set.items():
+        table.add_row(name, *(f"{c['formula']} ({c['mean_gap']:.2f})" if "formula" in c else "-" for c in cells.values()))
+    Console().print(table)
+
+
 def true_band_gaps(material_ids: list[str]) -> np.ndarray:
     """MP-20 test band gaps (eV, DFT) of these materials: the reference the compositions start from."""
     from generators.datasets import load_mp20
@@ -267,7 +299,7 @@ def control_figures(paths: list[Path], limit: int | None) -> dict:
         target = float(samples["target_band_gap"][0])
         structures = structures_of(samples)
         valid = [s if s is not None and diffcsp_structure_valid(s) else None for s in structures]
-        gaps = proxy_band_gaps(valid)
+        gaps = structure_band_gaps(valid)
         table[f"{target:g} eV"] = {"structures": len(structures), "valid": int(sum(v is not None for v in valid)),
                                    **gap_summary(gaps, target)}
         runs.append((target, samples, gaps))
@@ -283,7 +315,12 @@ def control_figures(paths: list[Path], limit: int | None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    if args.control:
+    if args.stoichiometry:
+        sets = [[e.strip() for e in s.split(",") if e.strip()] for s in args.element_sets.split(";") if s.strip()]
+        figures = {"stoichiometry_control": stoichiometry_figures(sets),
+                   "property_model": "generators.gfn.proxy band gap (held-out MAE 0.375 eV)"}
+        label = "stoichiometry_control"
+    elif args.control:
         figures = {"control": control_figures([Path(p) for p in args.control.split(",")], args.limit),
                    "property_model": "generators.gfn.proxy band gap (held-out MAE 0.375 eV)"}
         label = "control"
@@ -298,7 +335,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         raise SystemExit("give --samples FILE.pt or --control a.pt,b.pt,c.pt")
     figures["evaluation_seconds"] = round(time.perf_counter() - start, 1)
-    print_table({k: v for k, v in figures.items() if k != "breakdown"}, f"Uni-MDM on MP-20 test ({label})")
+    shown = {k: v for k, v in figures.items() if k not in ("breakdown", "stoichiometry_control")}
+    if "stoichiometry_control" in figures:
+        shown.update({k: v for k, v in figures["stoichiometry_control"].items() if k not in ("per_set", "chosen formulas")})
+        print_per_set(figures["stoichiometry_control"]["per_set"])
+    print_table(shown, f"Uni-MDM ({label})" if args.stoichiometry else f"Uni-MDM on MP-20 test ({label})")
     if "breakdown" in figures:
         print_breakdown(figures["breakdown"])
     out = args.json or Path("runs") / "bench_csp_unimdm" / f"{label}.json"

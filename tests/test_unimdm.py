@@ -378,13 +378,17 @@ def test_generate_unimdm_command(tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["generate", "unimdm", "--elements", "Ba,Ti,O", "--band-gap", "3.0", "-n", "2",
-                                 "--out", str(tmp_path), "--json"])
+                                 "--steps", "20", "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 2 and all(r["band_gap_target"] == 3.0 for r in rows)
     assert all(set(r["formula"]) >= {"B", "T", "O"} and (tmp_path / r["file"].split("/")[-1]).exists() for r in rows)
+    assert all(isinstance(r["band_gap_proxy"], float) and r["band_gap_proxy"] >= 0 for r in rows)
+    assert all(any(note.startswith("stoichiometry for the 3 eV target") for note in r["notes"]) for r in rows)
     bad = runner.invoke(app, ["generate", "unimdm", "--elements", "Ba,Qq", "--json"])
     assert bad.exit_code == 1 and "error" in json.loads(bad.stdout)
+    too_many = runner.invoke(app, ["generate", "unimdm", "--formula", "BaTiO3", "--steps", "5000", "--json"])
+    assert too_many.exit_code == 1 and "steps must lie in 1-1000, got 5000" in json.loads(too_many.stdout)["error"]
     missing = runner.invoke(app, ["generate", "unimdm", "--band-gap", "1"])
     assert missing.exit_code == 2 and "--elements" in missing.output
 
@@ -405,3 +409,26 @@ def test_preset_weights_fit_the_repository_file_limit(preset, tmp_path):
     size_mb = path.stat().st_size / 1e6
     assert 5 < size_mb <= 20, size_mb
     assert load_model(path).network.config == config  # the file alone rebuilds the architecture
+
+
+def test_elements_and_a_band_gap_target_choose_the_stoichiometry():
+    """Ti + O: the probe of TiO2 is the only one with a gap, so 3 eV gets TiO2 and 0 eV a metallic
+    suboxide; the structures' proxy gaps follow; without a target the first known formula stays."""
+    import math
+
+    from generators.gfn.proxy import structure_band_gaps
+    from generators.unimdm.sampler import formulas_for_elements
+    from tools.unimdm_generation import generate_unimdm
+
+    high = generate_unimdm(elements=["Ti", "O"], band_gap=3.0, n=1, steps=20)[0]  # 20 steps: the composition sets the gap
+    low = generate_unimdm(elements=["Ti", "O"], band_gap=0.0, n=1, steps=20)[0]
+    assert high.formula == "TiO2" and low.formula != "TiO2"
+    note = next(text for text in high.notes if text.startswith("stoichiometry"))
+    probed = dict(item.rsplit(" ", 1) for item in note.split("eV: ")[1].rstrip(")").split(", "))
+    assert list(probed) == formulas_for_elements(["Ti", "O"], limit=6)  # every candidate probed, in order
+    assert max(probed, key=lambda f: float(probed[f])) == "TiO2"
+    gap_high, gap_low = structure_band_gaps([high.structure, low.structure])
+    assert math.isfinite(gap_low) and gap_high > gap_low + 0.3
+    plain = generate_unimdm(elements=["Ti", "O"], n=1, steps=20)[0]
+    assert plain.formula == formulas_for_elements(["Ti", "O"], limit=1)[0]
+    assert not any(text.startswith("stoichiometry") for text in plain.notes)

@@ -121,6 +121,49 @@ class Proxy:
         return self.predict_tensors(counts.to(dev), sg.to(dev), lat.to(dev)).cpu().numpy()
 
 
+@lru_cache(maxsize=1)
+def band_gap_proxy() -> Proxy:
+    """The committed band-gap proxy, loaded once per process."""
+    return Proxy.load("band_gap")
+
+
+def structure_band_gaps(structures: list) -> np.ndarray:
+    """Band gaps (eV, >= 0) of pymatgen structures from the band-gap proxy, NaN where a structure
+    is None or unusable. The proxy reads the conventional cell (``SpacegroupAnalyzer(symprec=0.1)``)
+    because it was trained on conventional cells."""
+    import warnings
+
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    counts, groups, lattices, owners = [], [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, structure in enumerate(structures):
+            if structure is None:
+                continue
+            try:
+                sga = SpacegroupAnalyzer(structure, symprec=0.1)
+                conventional = sga.get_conventional_standard_structure()
+                group = sga.get_space_group_number()
+            except Exception:  # degenerate cells
+                continue
+            if any(el.Z > MAX_Z for el in conventional.composition):
+                continue
+            row = np.zeros(MAX_Z)
+            for el, amount in conventional.composition.items():
+                row[el.Z - 1] = amount
+            counts.append(row)
+            groups.append(group)
+            lattices.append([*conventional.lattice.abc, *conventional.lattice.angles])
+            owners.append(i)
+    values = np.full(len(structures), np.nan)
+    if owners:
+        predicted = band_gap_proxy().predict_tensors(torch.tensor(np.array(counts), dtype=torch.float32), torch.tensor(groups),
+                                                     torch.tensor(lattices, dtype=torch.float32)).numpy()
+        values[owners] = np.clip(predicted, 0.0, None)
+    return values
+
+
 def data_space_groups(data: dict) -> list[int]:
     """Space groups present in both the training and the validation part (the paper's 113 analogue)."""
     sg, val = data["space_group"].long(), data["is_val"]
