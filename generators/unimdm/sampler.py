@@ -10,7 +10,7 @@ validated with pyxtal), then the Crystal DiT generates the lattice and the Wycko
 representatives' coordinates for each chosen candidate, conditioned on the property; the
 structures (conventional cells) carry the candidate's exact space group. ``space_group``
 restricts the candidates to one group. With ``elements`` only, the formula is taken from the
-known formulas of exactly those elements (Materials Project first, fewest atoms first).
+known formulas of exactly those elements (Materials Project first, ICSD-reported next, fewest atoms first).
 Models are read on first use from ``generators/weights/unimdm/`` (CPU unless CUDA is present).
 """
 
@@ -62,7 +62,8 @@ def composition_counts(formula: str, formula_units: int = 1) -> dict[int, int]:
 
 
 def formulas_for_elements(elements: list[str], limit: int = 3) -> list[str]:
-    """Known reduced formulas made of exactly these elements (MP first, then fewest atoms)."""
+    """Known reduced formulas made of exactly these elements: in MP first, reported in ICSD (observed)
+    next, then fewest atoms (so FeO, FeO2, Fe2O3, Fe3O4 come before OQMD-only hypotheticals)."""
     from pymatgen.core import Composition
 
     from generators.datasets import KNOWN_FORMULAS_FILE, read_table
@@ -75,7 +76,8 @@ def formulas_for_elements(elements: list[str], limit: int = 3) -> list[str]:
             continue  # pandas reads the formula "NaN" as a float; it is not a match anyway
         composition = Composition(formula)
         if {str(el) for el in composition} == wanted:
-            rows.append(("MP" not in str(sources).split(";"), composition.num_atoms, formula))
+            known_in = str(sources).split(";")
+            rows.append(("MP" not in known_in, "ICSD" not in known_in, composition.num_atoms, formula))
     if not rows:
         raise ValueError(f"no known formula with exactly the elements {sorted(wanted)}: give a formula")
     return [formula for *_, formula in sorted(rows)[:limit]]
