@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                    "anchors": {name: {"match_rate": m, "rmse": r} for name, (m, r) in ANCHORS.items()}}
         label = "+".join(Path(p).stem for p in args.samples.split(","))
     else:
-        raise SystemExit("give --samples FILE.pt or --control a.pt,b.pt,c.pt")
+        raise SystemExit("give --samples FILE.pt, --control a.pt,b.pt,c.pt or --stoichiometry")
     figures["evaluation_seconds"] = round(time.perf_counter() - start, 1)
     shown = {k: v for k, v in figures.items() if k not in ("breakdown", "stoichiometry_control")}
     if "stoichiometry_control" in figures:
