@@ -271,6 +271,93 @@ def test_train_and_sample_commands(split, tmp_path):
             sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--corrector-step-lr", bad])
 
 
+def test_pair_distances_are_the_crystals_nearest_image_distances(infos):
+    """The distance features see what pymatgen measures, in every crystal family (skewed cells included)."""
+    from generators.unimdm.lattice import matrix_from_k
+    from generators.unimdm.network import distance_features, periodic_distances
+
+    for name, info in infos.items():
+        structure = info.structure()
+        coords = torch.tensor(structure.frac_coords, dtype=torch.float32)[None]
+        matrix = matrix_from_k(k_from_parameters(torch.tensor(info.lattice, dtype=torch.float64)[None])).float()
+        ours = periodic_distances(coords[:, None, :, :] - coords[:, :, None, :], matrix)[0]
+        np.testing.assert_allclose(ours.numpy(), structure.distance_matrix, atol=2e-3, err_msg=name)
+    features = distance_features(torch.tensor([0.0, 3.0, 20.0]), 7)
+    assert features.shape == (3, 7) and float(features[0, 0]) == 1.0 and float(features[1, 3]) == 1.0
+    assert float(features[2].max()) < 1e-6  # far beyond the cutoff: no signal
+
+
+def test_distance_features_extend_a_trained_network_without_changing_it(split, tmp_path):
+    """A model without distance features resumes with them at zero weight: the same losses at first, then it trains,
+    and the saved network (metric features on) samples structures that keep their space groups."""
+    from generators.unimdm import train
+    from generators.unimdm.checkpoint import load_model, model_payload
+    from generators.unimdm.network import expand_pair_weights
+
+    network = CrystalDiT(dit_config("tiny"))
+    with torch.no_grad():  # random weights: the zero-initialised gates and heads would hide every branch
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.1)
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
+    wider_config = dit_config("tiny")
+    wider_config.metric_features = 8
+    wider = CrystalDiT(wider_config)
+    wider.load_state_dict(expand_pair_weights(network.state_dict(), network.config, wider_config))
+
+    @torch.no_grad()
+    def loss(model):
+        return float(training_losses(model.eval(), batch, schedule, normaliser, tables, torch.Generator().manual_seed(0),
+                                     augment=False, property_dropout=0.0)["loss"])
+
+    assert loss(wider) == pytest.approx(loss(network), rel=1e-5)
+    with torch.no_grad():
+        wider.blocks[0].attention.pair_bias.weight[:, -8:].normal_(0.0, 1.0)
+    assert loss(wider) != pytest.approx(loss(network), rel=1e-3)  # the distances do reach the attention
+    with pytest.raises(ValueError, match="distance features"):
+        expand_pair_weights(wider.state_dict(), wider_config, dit_config("base"))
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        torch.save(split, data / f"{name}.pt")
+    start = tmp_path / "start.pt"
+    torch.save(model_payload(network.state_dict(), network.config, schedule.config, normaliser, split["polar_axes"], {}), start)
+    out = tmp_path / "run"
+    last = train.train(train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "0.02", "--batch", "4",
+                                         "--threads", "1", "--val-seconds", "1e9", "--resume", str(start),
+                                         "--metric-features", "8", "--low-symmetry-weight", "3"]))
+    assert last["step"] > 3
+    model = load_model(out / "model.pt")
+    assert model.network.config.metric_features == 8
+    assert model.training["low_symmetry_weight"] == 3
+    assert float(model.network.blocks[0].attention.pair_bias.weight[:, -8:].detach().abs().sum()) > 0  # they trained
+    _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, SamplerSettings(steps=8),
+                                generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for row in range(batch.size):
+            n = int(batch.n_atoms[row])
+            structure = Structure(Lattice.from_parameters(*lattice[row].double().tolist()), batch.atom_z[row, :n].tolist(),
+                                  coords[row, :n].double().numpy())
+            assert SpacegroupAnalyzer(structure, symprec=0.01).get_space_group_number() == int(batch.space_group[row])
+    for bad in (["--metric-features", "-1"], ["--metric-features", "64"], ["--low-symmetry-weight", "0"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", *bad])
+
+
+def test_low_symmetry_crystals_are_drawn_more_often():
+    from generators.unimdm.train import BucketSampler
+
+    n_atoms = torch.tensor([4, 8, 12, 16, 20, 24])
+    repeats = torch.tensor([1, 3, 1, 1, 2, 1])
+    sampler = BucketSampler(n_atoms, 3, torch.Generator().manual_seed(0), repeats)
+    drawn = torch.cat([sampler.next() for _ in range(3 * 4)])  # four passes of 9 draws in batches of 3
+    assert torch.bincount(drawn, minlength=6).tolist() == (repeats * 4).tolist()
+
+
 def test_corrector_step_follows_the_noise_level():
     config = DiffusionConfig(sigma_begin=0.005, corrector_step_lr=1e-5)
     sigma = torch.tensor(0.05)

@@ -31,7 +31,7 @@ from generators.diffusion.diffusion import (
     wrapped_normal_negative_score,
 )
 from generators.diffusion.representation import wrap
-from generators.unimdm.lattice import KNormaliser, fixed_value_table, free_mask_table, parameters_from_k
+from generators.unimdm.lattice import KNormaliser, fixed_value_table, free_mask_table, matrix_from_k, parameters_from_k
 from generators.unimdm.network import PROPERTIES, PROPERTY_SCALE
 from generators.unimdm.tensor_files import SymmetryBatch
 
@@ -68,6 +68,19 @@ def drop_properties(values: torch.Tensor, probability: float, generator=None) ->
     return torch.where(drop, torch.full_like(values, float("nan")), values)
 
 
+NOISY_Z_CLIP = 5.0  # standard deviations: keeps the lattices decoded from pure noise finite
+
+
+def lattice_matrices(model, z: torch.Tensor, batch: SymmetryBatch, normaliser: KNormaliser, tables: Tables,
+                     free_k: torch.Tensor) -> torch.Tensor | None:
+    """[B, 3, 3] lattices (Å) decoded from the (noisy) standardised k vectors, for a network whose
+    attention sees pair distances (None for one that does not)."""
+    if not getattr(model, "config", None) or not model.config.metric_features:
+        return None
+    k = normaliser.decode(z.float().clamp(-NOISY_Z_CLIP, NOISY_Z_CLIP), batch.n_atoms, free_k, tables.fixed[batch.space_group])
+    return matrix_from_k(k)
+
+
 def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, tables: Tables,
                     generator=None, augment: bool = True, property_dropout: float = 0.1) -> dict[str, torch.Tensor]:
     """Denoising losses of one batch at uniform timesteps: ``coords`` (score MSE on the
@@ -94,8 +107,9 @@ def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normal
     coords = batch.expand(noisy_u)
     properties = drop_properties(property_values(batch), property_dropout, generator)
     time = timesteps.float() / schedule.config.timesteps
+    matrices = lattice_matrices(model, noisy_z, batch, normaliser, tables, free_k)
     with _autocast(device):
-        predicted_lattice, atom_score = model(coords, batch, noisy_z, free_k, time, properties)
+        predicted_lattice, atom_score = model(coords, batch, noisy_z, free_k, time, properties, matrices)
     predicted = batch.project(atom_score.float())
     coords_loss = (((predicted - target) ** 2) * free).sum() / free.sum().clamp_min(1.0)
     lattice_loss = (((predicted_lattice.float() - lattice_noise) ** 2) * free_k).sum() / free_k.sum().clamp_min(1.0)
@@ -126,10 +140,11 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
     def predict(u_now, z_now, t):
         time = torch.full((batch.size,), t / config.timesteps, device=device)
         coords = batch.expand(u_now)
+        matrices = lattice_matrices(model, z_now, batch, normaliser, tables, free_k)
         with _autocast(device):
-            lattice_noise, atom_score = model(coords, batch, z_now, free_k, time, properties)
+            lattice_noise, atom_score = model(coords, batch, z_now, free_k, time, properties, matrices)
             if guidance:
-                lattice_u, score_u = model(coords, batch, z_now, free_k, time, unconditional)
+                lattice_u, score_u = model(coords, batch, z_now, free_k, time, unconditional, matrices)
                 lattice_noise = (1 + guidance) * lattice_noise.float() - guidance * lattice_u.float()
                 atom_score = (1 + guidance) * atom_score.float() - guidance * score_u.float()
         score = batch.project(atom_score.float()) * schedule.sigma_norms[t].sqrt()

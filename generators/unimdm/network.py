@@ -6,6 +6,11 @@ representative: rotation entries and sin/cos of the translation), its orbit's fr
 and multiplicity, and Fourier features of its noisy fractional coordinates. The lattice
 token sees the noisy standardised k vector and the space group's free-component mask.
 
+With ``metric_features`` > 0 the pair features of the attention also hold Gaussian features of
+each pair's periodic distance in Å (nearest of the 27 neighbouring images, in the lattice
+decoded from the noisy k vector): fractional offsets alone say little about distances in
+a skewed monoclinic or triclinic cell, where the model misses most.
+
 Each block (DiT, adaLN-single as PixArt-alpha: one modulation MLP shared by the blocks plus a
 learned per-block offset; zero-initialised gates) is
 
@@ -50,6 +55,7 @@ class DiTConfig:
     time_dim: int = 128
     fourier_frequencies: int = 8
     pair_frequencies: int = 6
+    metric_features: int = 0  # Gaussian features of pair distances (0: fractional offsets only, as the first runs)
     dropout: float = 0.0  # residual dropout on each branch of a block (training only; regularises MP-20's 21k crystals)
 
     def to_dict(self) -> dict:
@@ -70,6 +76,50 @@ DIT_PRESETS = {
     "tiny": {"width": 48, "depth": 2, "head_dim": 16, "mlp_ratio": 2.0, "element_dim": 16, "time_dim": 32,
              "fourier_frequencies": 4, "pair_frequencies": 3},
 }
+
+
+METRIC_CUTOFF = 6.0  # Å: the last Gaussian centre of the distance features
+_NEIGHBOUR_IMAGES = torch.tensor([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=torch.float32)
+
+
+def periodic_distances(offsets: torch.Tensor, lattice_matrix: torch.Tensor) -> torch.Tensor:
+    """[B, N, N, 3] fractional offsets and [B, 3, 3] lattices (rows: vectors, Å) -> [B, N, N] distances (Å)
+    to the nearest of the 27 images around the offset wrapped into [-0.5, 0.5); elementwise in float32
+    through the metric tensor, so bf16 autocast does not touch it."""
+    wrapped = (offsets - torch.round(offsets)).float()
+    rows = lattice_matrix.float()
+    metric = (rows.unsqueeze(-2) * rows.unsqueeze(-3)).sum(-1)[:, None, None, None]  # G = S S^T, [B, 1, 1, 1, 3, 3]
+    v = wrapped.unsqueeze(-2) + _NEIGHBOUR_IMAGES.to(offsets.device)  # [B, N, N, 27, 3]
+    x, y, z = v.unbind(-1)
+    squared = (metric[..., 0, 0] * x * x + metric[..., 1, 1] * y * y + metric[..., 2, 2] * z * z
+               + 2 * (metric[..., 0, 1] * x * y + metric[..., 0, 2] * x * z + metric[..., 1, 2] * y * z))
+    return squared.clamp_min(0).amin(-1).sqrt()
+
+
+def distance_features(distances: torch.Tensor, count: int) -> torch.Tensor:
+    """[...] distances (Å) -> [..., count] Gaussians centred 0..:data:`METRIC_CUTOFF` Å, one spacing wide."""
+    centres = torch.linspace(0.0, METRIC_CUTOFF, count, device=distances.device)
+    spacing = METRIC_CUTOFF / max(1, count - 1)
+    return torch.exp(-(((distances.unsqueeze(-1) - centres) / spacing) ** 2))
+
+
+def expand_pair_weights(state: dict, old_config: DiTConfig, new_config: DiTConfig) -> dict:
+    """A state dict of ``old_config``'s network for ``new_config``'s, which only adds distance features:
+    the new pair-feature weights are zero, so the expanded network computes exactly the same function."""
+    def rest(config: DiTConfig) -> dict:
+        return {**config.to_dict(), "metric_features": 0, "dropout": 0.0}
+
+    added = new_config.metric_features - old_config.metric_features
+    if not added:
+        return dict(state)
+    if (old_config.metric_features or added < 0 or rest(old_config) != rest(new_config)):
+        raise ValueError("only a network without distance features can gain them, all else equal")
+    expanded = dict(state)
+    for name, tensor in state.items():
+        if name.endswith("attention.pair_bias.weight") or name.endswith("attention.pair_value"):
+            pad = torch.zeros(*tensor.shape[:1], added, *tensor.shape[2:], dtype=tensor.dtype)
+            expanded[name] = torch.cat([tensor, pad], dim=1)
+    return expanded
 
 
 def dit_config(preset: str) -> DiTConfig:
@@ -129,7 +179,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         width = config.width
         self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(3))
-        self.attention = SelfAttention(width, config.head_dim, 6 * config.pair_frequencies)
+        self.attention = SelfAttention(width, config.head_dim, 6 * config.pair_frequencies + config.metric_features)
         self.cross = CrossAttention(width, config.head_dim)
         hidden = int(width * config.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
@@ -145,7 +195,8 @@ class DiTBlock(nn.Module):
 
 
 class CrystalDiT(nn.Module):
-    """``forward(coords [B,N,3], batch, lattice_z [B,6], time [B], properties [B,P])``
+    """``forward(coords [B,N,3], batch, lattice_z [B,6], lattice_free [B,6], time [B], properties [B,P],
+    lattice_matrix [B,3,3] in Å (needed when ``metric_features`` > 0))``
     -> ``(lattice_noise [B,6], atom_score [B,N,3])`` (padded atoms 0)."""
 
     def __init__(self, config: DiTConfig | None = None):
@@ -170,7 +221,7 @@ class CrystalDiT(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, coords, batch, lattice_z, lattice_free, time, properties):
+    def forward(self, coords, batch, lattice_z, lattice_free, time, properties, lattice_matrix=None):
         mask = batch.atom_mask
         cond = (self.time(sinusoidal_embedding(time, self.config.time_dim)) + self.space_group(batch.space_group)
                 + self.atom_count(batch.n_atoms.clamp(0, MAX_CELL_ATOMS)))
@@ -188,7 +239,13 @@ class CrystalDiT(nn.Module):
         tokens = torch.cat([lattice.unsqueeze(1), atoms], dim=1)
         key_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         offsets = coords.float()[:, None, :, :] - coords.float()[:, :, None, :]
-        pairs = F.pad(fourier_features(offsets, self.config.pair_frequencies), (0, 0, 1, 0, 1, 0))
+        pairs = fourier_features(offsets, self.config.pair_frequencies)
+        if self.config.metric_features:
+            if lattice_matrix is None:
+                raise ValueError("this network's attention uses pair distances: pass lattice_matrix")
+            distances = periodic_distances(offsets, lattice_matrix)
+            pairs = torch.cat([pairs, distance_features(distances, self.config.metric_features)], dim=-1)
+        pairs = F.pad(pairs, (0, 0, 1, 0, 1, 0))
         context = self.properties(properties)
         modulation = self.modulation(cond)
         for block in self.blocks:

@@ -1,12 +1,15 @@
 """Train Uni-MDM's Crystal DiT for a wall-clock budget (imports torch, numpy and stdlib only).
 
 ``python -m generators.unimdm.train --data .device_data_unimdm --out DIR --minutes M [--batch 256]
-[--preset base] [--resume DIR/checkpoint.pt] [--stop-after MIN] [--compile]``
+[--preset base] [--resume DIR/checkpoint.pt] [--stop-after MIN] [--compile] [--metric-features 12]
+[--low-symmetry-weight 2]``
 
 The loop is :mod:`generators.training`'s, as for the diffusion model: linear warm-up then a
 cosine over ``--minutes`` of training wall time counted across resumed invocations,
 ``--stop-after`` ends one invocation early, bf16 autocast on CUDA, the whole training set
-resident on the device. Batches group crystals
+resident on the device. ``--metric-features`` gives the attention pair distances (a model.pt
+without them resumes with the new weights at zero, so it starts from the same function);
+``--low-symmetry-weight W`` draws monoclinic and triclinic crystals W times per pass. Batches group crystals
 of similar size (sorted within random pools of 32 batches) and are padded to a multiple of 8
 atoms. Writes ``DIR/train_log.jsonl`` (one JSON object per line), ``DIR/model.pt`` (EMA
 weights, float16) and ``DIR/checkpoint.pt`` (full state), atomically.
@@ -24,7 +27,7 @@ from generators.training import TrainingRun, add_training_arguments, prepare_tor
 from generators.unimdm.checkpoint import MODEL_FORMAT, model_payload
 from generators.unimdm.diffusion import Tables, training_losses
 from generators.unimdm.lattice import KNormaliser, free_mask_table
-from generators.unimdm.network import DIT_PRESETS, CrystalDiT, DiTConfig, dit_config
+from generators.unimdm.network import DIT_PRESETS, CrystalDiT, DiTConfig, dit_config, expand_pair_weights
 from generators.unimdm.tensor_files import SymmetryBatch, collate_all, load_split, take_rows
 
 PAD_MULTIPLE = 8
@@ -37,7 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="base", choices=sorted(DIT_PRESETS))
     parser.add_argument("--dropout", type=float, default=None,
                         help="residual dropout in the DiT blocks, 0 <= p < 1 (default: the preset's or the resumed model's)")
+    parser.add_argument("--metric-features", type=int, default=None,
+                        help="Gaussian pair-distance features in the attention, 0-32 (default: the preset's or the resumed model's)")
+    parser.add_argument("--low-symmetry-weight", type=int, default=1,
+                        help="times each monoclinic or triclinic crystal (space group 1-15) is drawn per pass, 1-8")
     args = parser.parse_args(argv)
+    if args.metric_features is not None and not 0 <= args.metric_features <= 32:
+        parser.error(f"--metric-features must be 0..32, got {args.metric_features}")
+    if not 1 <= args.low_symmetry_weight <= 8:
+        parser.error(f"--low-symmetry-weight must be 1..8, got {args.low_symmetry_weight}")
     if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must be at least 0 and below 1, got {args.dropout}")
     return args
@@ -51,16 +62,21 @@ def padded_batch(data: SymmetryBatch, index: torch.Tensor) -> SymmetryBatch:
 
 
 class BucketSampler:
-    """Batches of crystals of similar size: random pools of 32 batches, sorted by atoms, cut, shuffled."""
+    """Batches of crystals of similar size: random pools of 32 batches, sorted by atoms, cut, shuffled.
+    ``repeats`` [N] (default 1): how many times each crystal is drawn per pass."""
 
-    def __init__(self, n_atoms: torch.Tensor, batch_size: int, generator: torch.Generator):
+    def __init__(self, n_atoms: torch.Tensor, batch_size: int, generator: torch.Generator,
+                 repeats: torch.Tensor | None = None):
         self.n_atoms = n_atoms.cpu()
-        self.batch_size = min(batch_size, len(n_atoms))
+        self.rows = torch.arange(len(self.n_atoms))
+        if repeats is not None:
+            self.rows = torch.repeat_interleave(self.rows, repeats.cpu().long())
+        self.batch_size = min(batch_size, len(self.rows))
         self.generator = generator
         self.queue: list[torch.Tensor] = []
 
     def _refill(self) -> None:
-        order = torch.randperm(len(self.n_atoms), generator=self.generator)
+        order = self.rows[torch.randperm(len(self.rows), generator=self.generator)]
         pool = self.batch_size * 32
         batches = []
         for start in range(0, len(order), pool):
@@ -98,6 +114,7 @@ class DiTRun(TrainingRun):
         resumed = self.load_resumed()
         if resumed is not None:
             self.network_config = DiTConfig.from_dict(resumed["network"])
+            resumed = self.with_metric_features(resumed)
             self.diffusion_config = DiffusionConfig.from_dict(resumed["diffusion"])
             self.normaliser = KNormaliser(**resumed["k_normaliser"])
         else:
@@ -107,8 +124,26 @@ class DiTRun(TrainingRun):
             self.normaliser = KNormaliser.fit(train_split["k"], train_split["n_atoms"].long(), free)
         if args.dropout is not None:  # also for a resumed model: dropout has no weights
             self.network_config.dropout = args.dropout
+        if args.metric_features is not None:
+            self.network_config.metric_features = args.metric_features
         self.schedule = NoiseSchedule(self.diffusion_config, self.device)
         self.setup(CrystalDiT(self.network_config), resumed, dynamic_compile=True)
+
+    def with_metric_features(self, resumed: dict) -> dict:
+        """``resumed`` with its weights expanded (zero) for ``--metric-features`` when its network has none."""
+        wanted = self.args.metric_features
+        if wanted is None or wanted == self.network_config.metric_features:
+            return resumed
+        if "optimizer" in resumed:
+            raise ValueError("a training checkpoint continues its own network: give its model.pt to add distance features")
+        new_config = DiTConfig.from_dict({**self.network_config.to_dict(), "metric_features": wanted})
+        state = expand_pair_weights(resumed["state_dict"], self.network_config, new_config)
+        return {**resumed, "state_dict": state, "network": new_config.to_dict()}
+
+    def sampling_repeats(self) -> torch.Tensor:
+        """[rows] draws per pass: ``--low-symmetry-weight`` for space groups 1-15, else 1."""
+        low = self.train_data.space_group.cpu().long() <= 15
+        return torch.where(low, self.args.low_symmetry_weight, 1)
 
     def batch_losses(self, model, batch: SymmetryBatch, generator=None, augment=True, dropout=None):
         dropout = self.args.property_dropout if dropout is None else dropout
@@ -135,7 +170,8 @@ class DiTRun(TrainingRun):
         return {**super().start_record(), "max_atoms": int(self.train_data.atom_mask.shape[1])}
 
     def training_record(self, last: dict) -> dict:
-        return {**super().training_record(last), "property_dropout": self.args.property_dropout}
+        return {**super().training_record(last), "property_dropout": self.args.property_dropout,
+                "low_symmetry_weight": self.args.low_symmetry_weight}
 
     def payload(self, record: dict, weight_dtype: torch.dtype) -> dict:
         return model_payload(self.ema.state_dict(), self.network_config, self.diffusion_config, self.normaliser,
@@ -149,7 +185,8 @@ def train(args: argparse.Namespace) -> dict:
     run = DiTRun(args)
     torch.manual_seed(args.seed + run.progress.step)
     generator = torch.Generator().manual_seed(args.seed + run.progress.step)
-    return train_loop(run, BucketSampler(run.train_data.n_atoms, args.batch, generator), process_start)
+    batches = BucketSampler(run.train_data.n_atoms, args.batch, generator, run.sampling_repeats())
+    return train_loop(run, batches, process_start)
 
 
 def main(argv: list[str] | None = None) -> None:
