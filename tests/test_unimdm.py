@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import warnings
 
 import numpy as np
@@ -511,11 +512,73 @@ def test_elements_and_a_band_gap_target_choose_the_stoichiometry():
     low = generate_unimdm(elements=["Ti", "O"], band_gap=0.0, n=1, steps=20)[0]
     assert high.formula == "TiO2" and low.formula != "TiO2"
     note = next(text for text in high.notes if text.startswith("stoichiometry"))
-    probed = dict(item.rsplit(" ", 1) for item in note.split("eV: ")[1].rstrip(")").split(", "))
+    probed = {formula: float(gap) for formula, gap in re.findall(r"(\w+) ([\d.]+|nan) eV, ", note)}
     assert list(probed) == formulas_for_elements(["Ti", "O"], limit=6)  # every candidate probed, in order
-    assert max(probed, key=lambda f: float(probed[f])) == "TiO2"
+    assert max(probed, key=probed.get) == "TiO2"
+    assert len(re.findall(r"eV, \d+\.\d\d eV/atom", note)) == 6  # each probe's energy above hull shown
     gap_high, gap_low = structure_band_gaps([high.structure, low.structure])
     assert math.isfinite(gap_low) and gap_high > gap_low + 0.3
     plain = generate_unimdm(elements=["Ti", "O"], n=1, steps=20)[0]
     assert plain.formula == formulas_for_elements(["Ti", "O"], limit=1)[0]
     assert not any(text.startswith("stoichiometry") for text in plain.notes)
+
+
+def test_stoichiometry_choice_weighs_stability(monkeypatch):
+    """Stubbed gaps and hull energies for a 3 eV target: the hypothetical ZnO3 (1.2 eV/atom above the hull)
+    is 0.4 eV nearer the target than ZnO2 but loses to it; ZnO2's poor probe (0.9 eV/atom) is spared by its
+    MP entry (0.13 eV/atom); a probe whose hull energy is unknown is judged by its gap alone."""
+    from types import SimpleNamespace
+
+    import generators.gfn.proxy as proxy
+    import generators.unimdm.sampler as sampler_module
+    import tools.unimdm_generation as unimdm
+    from tools.unimdm_generation import STABILITY_TOLERANCE, STABILITY_WEIGHT, Probe, formula_for_band_gap, probe_cost
+
+    gaps = {"ZnO": 0.7, "ZnO2": 2.2, "ZnO3": 2.6, "Zn2O3": 1.0}
+    probe_hull = {"ZnO": 0.02, "ZnO2": 0.9, "ZnO3": 1.2, "Zn2O3": None}
+    reference = {"ZnO": 0.0, "ZnO2": 0.13}
+    sampler = SimpleNamespace(sample=lambda formula, **_: [SimpleNamespace(structure=formula)])  # the "structure" is its formula
+    monkeypatch.setattr(sampler_module, "formulas_for_elements", lambda elements, limit: list(gaps))
+    monkeypatch.setattr(proxy, "structure_band_gaps", lambda structures: np.array([gaps[s] for s in structures]))
+    monkeypatch.setattr(unimdm, "probe_hull_energies", lambda structures: [probe_hull[s] for s in structures])
+    monkeypatch.setattr(unimdm, "reference_hull_energy", reference.get)
+
+    formula, probes = formula_for_band_gap(sampler, ["Zn", "O"], 3.0)
+    assert formula == "ZnO2"
+    assert probes["ZnO3"] == Probe(2.6, 1.2, None) and probes["ZnO2"].stability == 0.13
+    assert (STABILITY_WEIGHT, STABILITY_TOLERANCE) == (2.0, 0.3)
+    costs = {f: round(probe_cost(p, 3.0), 6) for f, p in probes.items()}
+    assert costs == {"ZnO": 2.3, "ZnO2": 0.8, "ZnO3": 2.2, "Zn2O3": 2.0}
+    assert min(probes, key=lambda f: abs(probes[f].band_gap - 3.0)) == "ZnO3"  # the gap-only rule's pick
+    gaps["Zn2O3"] = 2.9  # unknown hull energy: no penalty, nearest gap wins
+    assert formula_for_band_gap(sampler, ["Zn", "O"], 3.0)[0] == "Zn2O3"
+
+
+def test_probe_hull_energies_of_real_probes():
+    """Real Uni-MDM probes of Zn + O scored by CHGNet against the MP hull: every probe gets an energy above
+    hull; ZnO's (on the hull in MP) lies within the tolerance, the OQMD-only ZnO3's well beyond it (no MP
+    entry); the chosen formula has the lowest cost and is not ZnO3, which the gap alone would pick at 0 eV."""
+    import math
+
+    from pymatgen.core import Lattice, Structure
+
+    from tools.unimdm_generation import (
+        STABILITY_TOLERANCE,
+        formula_for_band_gap,
+        load_sampler,
+        probe_cost,
+        probe_hull_energies,
+    )
+
+    formula, probes = formula_for_band_gap(load_sampler(), ["Zn", "O"], 0.0, steps=20)
+    assert {"ZnO", "ZnO2", "ZnO3"} <= set(probes)
+    assert all(p.e_above_hull is not None and math.isfinite(p.e_above_hull) for p in probes.values())
+    assert probes["ZnO"].e_above_hull < 0.1 and probes["ZnO"].reference_e_above_hull == 0.0
+    assert probes["ZnO3"].e_above_hull > STABILITY_TOLERANCE + 0.3 and probes["ZnO3"].reference_e_above_hull is None
+    assert 0.0 < probes["ZnO2"].reference_e_above_hull < 0.3  # metastable peroxide in MP
+    assert formula == min(probes, key=lambda f: probe_cost(probes[f], 0.0)) and formula != "ZnO3"
+    assert min(probes, key=lambda f: abs(probes[f].band_gap)) == "ZnO3"
+    wurtzite = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"],
+                                         [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
+    on_hull, missing = probe_hull_energies([wurtzite, None])
+    assert abs(on_hull) < 0.1 and missing is None
