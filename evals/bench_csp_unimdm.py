@@ -20,8 +20,9 @@ distribution per target.
 
 Property control through the stoichiometry (``--stoichiometry``): elements only (16 chemistries,
 ``--element-sets``) and each band-gap target through ``tools.unimdm_generation.generate_unimdm``,
-which picks the known formula whose probe structure's proxy gap is nearest the target; the proxy
-gaps per target, the formula chosen per chemistry, and the per-chemistry shift.
+which picks the known formula whose probe structure's proxy gap is nearest the target, stability
+weighed in (``tools.unimdm_generation.probe_cost``); the proxy gaps per target, the formula chosen
+per chemistry, and the per-chemistry shift.
 
 ``--symmetry-check N``: share of the first N samples in which ``SpacegroupAnalyzer``
 (symprec 0.01) finds the requested space group.
