@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight")
     parser.add_argument("--corrector-step-lr", type=non_negative, default=None,
                         help="Langevin corrector step size at sigma_begin (default: the model's, 1e-5; 0: no corrector)")
+    parser.add_argument("--lattice-eta", type=unit_interval, default=None,
+                        help="lattice reverse-step noise, 0 (deterministic DDIM) to 1 (ancestral; the ddpm default)")
     parser.add_argument("--atom-budget", type=int, default=None, help="padded atoms per network call (default 262144 CUDA, 4096 CPU)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--candidates", default=None, help="only rows of these candidate ranks, e.g. 0 or 1,2,3,4 (predicted inputs)")
@@ -59,6 +61,13 @@ def non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must lie in 0..1, got {text}")
     return value
 
 
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.corrector_step_lr is not None:
         settings.corrector_step_lr = args.corrector_step_lr
         settings.corrector = args.corrector_step_lr > 0
+    if args.lattice_eta is not None:
+        settings.lattice_eta = args.lattice_eta
     generator = torch.Generator(device).manual_seed(args.seed)
     budget = args.atom_budget or (262144 if device.type == "cuda" else 4096)
     start = time.perf_counter()
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     info = {"inputs": args.inputs, "candidates": args.candidates, "samples": args.samples, "method": args.method, "steps": settings.steps,
             "guidance": args.guidance,
             "corrector_step_lr": settings.corrector_step_lr if settings.corrector_step_lr is not None else model.schedule.config.corrector_step_lr,
-            "corrector": settings.corrector, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
+            "corrector": settings.corrector, "lattice_eta": settings.lattice_eta, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
             "weights": str(args.weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "seed": args.seed, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
