@@ -270,6 +270,16 @@ def test_train_and_sample_commands(split, tmp_path):
     for bad in ("-1e-5", "nan"):
         with pytest.raises(SystemExit):
             sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--corrector-step-lr", bad])
+    # the lattice's reverse-step noise too: fast sampling is deterministic DDIM (0); 1 is ancestral and changes the cells
+    assert samples["info"]["lattice_eta"] == 0.0
+    sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
+                         "--method", "fast", "--out", str(tmp_path / "s1.pt"), "--threads", "1", "--band-gap", "1.5",
+                         "--lattice-eta", "1"])
+    ancestral = torch.load(tmp_path / "s1.pt", weights_only=True)
+    assert ancestral["info"]["lattice_eta"] == 1.0 and not torch.allclose(ancestral["lattice"], samples["lattice"])
+    for bad in ("-0.1", "1.5", "nan"):
+        with pytest.raises(SystemExit):
+            sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--lattice-eta", bad])
 
 
 def test_pair_distances_are_the_crystals_nearest_image_distances(infos):
