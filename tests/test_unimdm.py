@@ -197,6 +197,11 @@ def test_dit_samples_keep_the_space_group(split):
     schedule = NoiseSchedule(DiffusionConfig(timesteps=50))
     _, coords, lattice = sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=10),
                                 generator=torch.Generator().manual_seed(0))
+    assert_space_groups_kept(batch, coords, lattice)
+
+
+def assert_space_groups_kept(batch, coords, lattice):
+    """Each sampled cell (coordinates [B, N, 3], lattice parameters [B, 6]) has its row's space group (symprec 0.01)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for row in range(batch.size):
@@ -347,13 +352,7 @@ def test_distance_features_extend_a_trained_network_without_changing_it(split, t
     assert float(model.network.blocks[0].attention.pair_bias.weight[:, -8:].detach().abs().sum()) > 0  # they trained
     _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, SamplerSettings(steps=8),
                                 generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for row in range(batch.size):
-            n = int(batch.n_atoms[row])
-            structure = Structure(Lattice.from_parameters(*lattice[row].double().tolist()), batch.atom_z[row, :n].tolist(),
-                                  coords[row, :n].double().numpy())
-            assert SpacegroupAnalyzer(structure, symprec=0.01).get_space_group_number() == int(batch.space_group[row])
+    assert_space_groups_kept(batch, coords, lattice)
     for bad in (["--metric-features", "-1"], ["--metric-features", "64"], ["--low-symmetry-weight", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", *bad])

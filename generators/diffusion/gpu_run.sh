@@ -16,12 +16,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$RUN"
 rm -f "$RUN/DONE"
 
-step() {  # name, command...: run one stage, note its exit status and duration in job.log
-    local name=$1; shift
-    local start=$SECONDS
-    "$@" > "$RUN/$name.log" 2>&1
-    echo "{\"stage\": \"$name\", \"rc\": $?, \"seconds\": $((SECONDS - start))}" >> "$RUN/job.log"
-}
+# shellcheck source=../gpu_steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND...: a stage logged in $RUN/job.log
 
 step train "$PYTHON" -m generators.diffusion.train --data .device_data --out "$RUN" --minutes "$MINUTES" \
     --batch 512 --compile ${TRAIN_ARGS:-}

@@ -38,12 +38,8 @@ PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUN"
 
-step() {  # name, command...: run one stage, note its exit status and duration in job.log
-    local name=$1; shift
-    local start=$SECONDS
-    "$@" > "$RUN/$name.log" 2>&1
-    echo "{\"stage\": \"$name\", \"rc\": $?, \"seconds\": $((SECONDS - start))}" >> "$RUN/job.log"
-}
+# shellcheck source=../gpu_steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND...: a stage logged in $RUN/job.log
 
 names=()
 while IFS= read -r line; do

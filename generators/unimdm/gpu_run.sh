@@ -68,12 +68,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$RUN"
 rm -f "$RUN/DONE" "$RUN/PREDICTOR_DONE" "$RUN/SWEEP_DONE"
 
-step() {  # name, command...: run one stage, note its exit status and duration in job.log
-    local name=$1; shift
-    local start=$SECONDS
-    "$@" > "$RUN/$name.log" 2>&1
-    echo "{\"stage\": \"$name\", \"rc\": $?, \"seconds\": $((SECONDS - start))}" >> "$RUN/job.log"
-}
+# shellcheck source=../gpu_steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND...: a stage logged in $RUN/job.log
 sample() {  # name, inputs, extra arguments... (weights: $WEIGHTS, default $RUN/model.pt)
     local name=$1 inputs=$2; shift 2
     step "$name" "$PYTHON" -m generators.unimdm.sample_tensors --weights "${WEIGHTS:-$RUN/model.pt}" --data "$DATA" \
