@@ -283,8 +283,16 @@ def test_train_and_sample_commands(split, tmp_path):
     ancestral = torch.load(tmp_path / "s1.pt", weights_only=True)
     assert ancestral["info"]["lattice_eta"] == 1.0 and not torch.allclose(ancestral["lattice"], samples["lattice"])
     for bad in ("-0.1", "1.5", "nan"):
-        with pytest.raises(SystemExit):
-            sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--lattice-eta", bad])
+        for option in ("--lattice-eta", "--coordinate-temperature"):
+            with pytest.raises(SystemExit):
+                sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", option, bad])
+    # a cooler coordinate noise changes the coordinates only (the lattice's DDIM steps see the same noise draws)
+    assert samples["info"]["coordinate_temperature"] == 1.0
+    sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
+                         "--method", "fast", "--out", str(tmp_path / "cool.pt"), "--threads", "1", "--band-gap", "1.5",
+                         "--coordinate-temperature", "0.5"])
+    cool = torch.load(tmp_path / "cool.pt", weights_only=True)
+    assert cool["info"]["coordinate_temperature"] == 0.5 and not torch.allclose(cool["frac_coords"], samples["frac_coords"])
 
 
 def test_pair_distances_are_the_crystals_nearest_image_distances(infos):

@@ -200,12 +200,15 @@ class SamplerSettings:
     """``steps``: reverse steps (T for DDPM); ``lattice_eta``: 1 ancestral, 0 deterministic DDIM;
     ``corrector``: a Langevin corrector step on the coordinates before each predictor step;
     ``corrector_step_lr``: its step size at ``sigma_begin`` (None: the model's
-    :class:`DiffusionConfig` value, DiffCSP's 1e-5 for MP-20)."""
+    :class:`DiffusionConfig` value, DiffCSP's 1e-5 for MP-20); ``coordinate_temperature``: the
+    scale of the fresh noise in the coordinates' predictor and corrector steps (1: the sampler
+    as derived; below 1 trades diversity for the most likely structure, as for CSP)."""
 
     steps: int
     lattice_eta: float = 1.0
     corrector: bool = True
     corrector_step_lr: float | None = None
+    coordinate_temperature: float = 1.0
 
     def corrector_step(self, config: DiffusionConfig, sigma: torch.Tensor) -> torch.Tensor:
         """Langevin step size at noise level ``sigma``: the step at ``sigma_begin`` scaled by (sigma / sigma_begin)^2."""
@@ -258,10 +261,10 @@ def sample(
             _, score = predict(coords, lattice, t)
             step = settings.corrector_step(config, sigma_t)
             noise = torch.randn(coords.shape, device=device, generator=generator) if s > 0 else 0.0
-            coords = wrap(coords + step * score + (2 * step).sqrt() * noise)
+            coords = wrap(coords + step * score + (2 * step).sqrt() * settings.coordinate_temperature * noise)
         lattice_noise, score = predict(coords, lattice, t)
         variance_drop = sigma_t**2 - sigma_s**2
-        std = (sigma_s**2 * variance_drop / sigma_t**2).sqrt()
+        std = (sigma_s**2 * variance_drop / sigma_t**2).sqrt() * settings.coordinate_temperature
         coords = wrap(coords + variance_drop * score + std * torch.randn(coords.shape, device=device, generator=generator))
         lattice_noise_sample = torch.randn(lattice.shape, device=device, generator=generator)
         lattice = lattice_reverse_step(

@@ -158,10 +158,10 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
             _, score = predict(u, z, t)
             step = settings.corrector_step(config, sigma_t)
             noise = torch.randn(u.shape, device=device, generator=generator) * free if s > 0 else 0.0
-            u = wrap(u + step * score + (2 * step).sqrt() * noise) * free
+            u = wrap(u + step * score + (2 * step).sqrt() * settings.coordinate_temperature * noise) * free
         lattice_noise, score = predict(u, z, t)
         variance_drop = sigma_t**2 - sigma_s**2
-        std = (sigma_s**2 * variance_drop / sigma_t**2).sqrt()
+        std = (sigma_s**2 * variance_drop / sigma_t**2).sqrt() * settings.coordinate_temperature
         u = wrap(u + variance_drop * score + std * torch.randn(u.shape, device=device, generator=generator) * free) * free
         fresh = torch.randn(z.shape, device=device, generator=generator) * free_k
         z = lattice_reverse_step(z, lattice_noise, schedule.alphas_cumprod[t], schedule.alphas_cumprod[s],

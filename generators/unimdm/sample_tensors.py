@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Langevin corrector step size at sigma_begin (default: the model's, 1e-5; 0: no corrector)")
     parser.add_argument("--lattice-eta", type=unit_interval, default=None,
                         help="lattice reverse-step noise, 0 (deterministic DDIM) to 1 (ancestral; the ddpm default)")
+    parser.add_argument("--coordinate-temperature", type=unit_interval, default=None,
+                        help="scale of the coordinates' fresh noise in each reverse step, 0..1 (default 1)")
     parser.add_argument("--atom-budget", type=int, default=None, help="padded atoms per network call (default 262144 CUDA, 4096 CPU)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--candidates", default=None, help="only rows of these candidate ranks, e.g. 0 or 1,2,3,4 (predicted inputs)")
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         settings.corrector = args.corrector_step_lr > 0
     if args.lattice_eta is not None:
         settings.lattice_eta = args.lattice_eta
+    if args.coordinate_temperature is not None:
+        settings.coordinate_temperature = args.coordinate_temperature
     generator = torch.Generator(device).manual_seed(args.seed)
     budget = args.atom_budget or (262144 if device.type == "cuda" else 4096)
     start = time.perf_counter()
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     info = {"inputs": args.inputs, "candidates": args.candidates, "samples": args.samples, "method": args.method, "steps": settings.steps,
             "guidance": args.guidance,
             "corrector_step_lr": settings.corrector_step_lr if settings.corrector_step_lr is not None else model.schedule.config.corrector_step_lr,
-            "corrector": settings.corrector, "lattice_eta": settings.lattice_eta, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
+            "corrector": settings.corrector, "lattice_eta": settings.lattice_eta,
+            "coordinate_temperature": settings.coordinate_temperature, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
             "weights": str(args.weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "seed": args.seed, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
