@@ -265,11 +265,14 @@ def test_train_and_sample_commands(split, tmp_path):
     assert torch.all(samples["target_band_gap"] == 1.5)
     assert [len(z) for _, z, _ in rows] == split["n_atoms"].tolist()
     assert samples["info"]["corrector"] and samples["info"]["corrector_step_lr"] == 1e-5  # the model's (DiffCSP's) step
+    def sample_with(name: str, *options: str) -> dict:
+        sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
+                             "--method", "fast", "--out", str(tmp_path / name), "--threads", "1", "--band-gap", "1.5",
+                             *options])
+        return torch.load(tmp_path / name, weights_only=True)
+
     # the corrector's step size is a sampling option: 0 switches the corrector off, and changes the samples
-    sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
-                         "--method", "fast", "--out", str(tmp_path / "s0.pt"), "--threads", "1", "--band-gap", "1.5",
-                         "--corrector-step-lr", "0"])
-    plain = torch.load(tmp_path / "s0.pt", weights_only=True)
+    plain = sample_with("s0.pt", "--corrector-step-lr", "0")
     assert plain["info"]["corrector"] is False and plain["info"]["corrector_step_lr"] == 0
     assert not torch.allclose(plain["frac_coords"], samples["frac_coords"])
     for bad in ("-1e-5", "nan"):
@@ -277,21 +280,15 @@ def test_train_and_sample_commands(split, tmp_path):
             sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--corrector-step-lr", bad])
     # the lattice's reverse-step noise too: fast sampling is deterministic DDIM (0); 1 is ancestral and changes the cells
     assert samples["info"]["lattice_eta"] == 0.0
-    sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
-                         "--method", "fast", "--out", str(tmp_path / "s1.pt"), "--threads", "1", "--band-gap", "1.5",
-                         "--lattice-eta", "1"])
-    ancestral = torch.load(tmp_path / "s1.pt", weights_only=True)
+    ancestral = sample_with("s1.pt", "--lattice-eta", "1")
     assert ancestral["info"]["lattice_eta"] == 1.0 and not torch.allclose(ancestral["lattice"], samples["lattice"])
     for bad in ("-0.1", "1.5", "nan"):
         for option in ("--lattice-eta", "--coordinate-temperature"):
             with pytest.raises(SystemExit):
                 sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", option, bad])
-    # a cooler coordinate noise changes the coordinates only (the lattice's DDIM steps see the same noise draws)
+    # a cooler coordinate noise changes the coordinates
     assert samples["info"]["coordinate_temperature"] == 1.0
-    sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
-                         "--method", "fast", "--out", str(tmp_path / "cool.pt"), "--threads", "1", "--band-gap", "1.5",
-                         "--coordinate-temperature", "0.5"])
-    cool = torch.load(tmp_path / "cool.pt", weights_only=True)
+    cool = sample_with("cool.pt", "--coordinate-temperature", "0.5")
     assert cool["info"]["coordinate_temperature"] == 0.5 and not torch.allclose(cool["frac_coords"], samples["frac_coords"])
 
 
