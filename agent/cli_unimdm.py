@@ -15,7 +15,7 @@ from agent.render import fail_as
 
 
 def generate_unimdm_command(
-    elements: Annotated[str | None, typer.Option("--elements", help="Comma-separated elements, e.g. Ba,Ti,O: a known formula of exactly these (with --band-gap, the one whose probe structure's proxy gap is nearest the target).")] = None,
+    elements: Annotated[str | None, typer.Option("--elements", help="Comma-separated elements, e.g. Ba,Ti,O: a known formula of exactly these (with --band-gap, the one whose probe structure's proxy gap is nearest the target, unstable formulas penalised).")] = None,
     formula: Annotated[str | None, typer.Option("--formula", help="Formula of the cell, e.g. BaTiO3 (instead of --elements).")] = None,
     band_gap: Annotated[float | None, typer.Option("--band-gap", help="Target band gap (eV).")] = None,
     formation_energy: Annotated[float | None, typer.Option("--formation-energy", help="Target formation energy (eV/atom).")] = None,

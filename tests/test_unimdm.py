@@ -489,6 +489,7 @@ def test_generate_unimdm_command(tmp_path):
     assert all(any(note.startswith("stoichiometry for the 3 eV target") for note in r["notes"]) for r in rows)
     bad = runner.invoke(app, ["generate", "unimdm", "--elements", "Ba,Qq", "--json"])
     assert bad.exit_code == 1 and "error" in json.loads(bad.stdout)
+    assert "unknown element symbol(s): Qq" in json.loads(bad.stdout)["error"]
     too_many = runner.invoke(app, ["generate", "unimdm", "--formula", "BaTiO3", "--steps", "5000", "--json"])
     assert too_many.exit_code == 1 and "steps must lie in 1-1000, got 5000" in json.loads(too_many.stdout)["error"]
     missing = runner.invoke(app, ["generate", "unimdm", "--band-gap", "1"])

@@ -30,7 +30,7 @@ from tools.generation import MAX_STRUCTURES, GeneratedStructure, GenerationError
 DRAW_ROUNDS = 3
 METHODS = ("fast", "ddpm")
 MAX_STEPS = 1000  # the diffusion's timesteps: more reverse steps than that do not exist
-STOICHIOMETRY_CANDIDATES = 6  # known formulas probed per element set (MP first, fewest atoms first)
+STOICHIOMETRY_CANDIDATES = 6  # known formulas probed per element set (MP first, ICSD next, fewest atoms first)
 # Stability in the choice of formula: each eV/atom above the MP hull beyond the tolerance costs as much as
 # STABILITY_WEIGHT eV of band-gap miss. The tolerance is the spread of unrelaxed probes of phases that lie on
 # the hull (static CHGNet: TiO 0.22, Cu2O 0.25, FeO 0.29 eV/atom), so only clearly unstable formulas pay; at
@@ -164,6 +164,8 @@ def generate_unimdm(formula: str | None = None, elements: list[str] | None = Non
                     formation_energy: float | None = None, space_group: int | None = None, n: int = 4, seed: int = 0,
                     method: str = "fast", steps: int | None = None, family: str | None = None) -> list[GeneratedStructure]:
     """Up to ``n`` valid Uni-MDM structures (conventional cells with the predicted or given space group)."""
+    from pymatgen.core import Element
+
     from tools.diffusion_generation import rejection_reason
 
     if not 1 <= n <= MAX_STRUCTURES:
@@ -174,6 +176,9 @@ def generate_unimdm(formula: str | None = None, elements: list[str] | None = Non
         raise GenerationError(f"steps must lie in 1-{MAX_STEPS}, got {steps}")
     if space_group is not None and not 1 <= int(space_group) <= 230:
         raise GenerationError(f"space group must lie in 1-230, got {space_group}")
+    unknown = [e for e in elements or [] if not Element.is_valid_symbol(str(e).strip())]
+    if unknown:
+        raise GenerationError(f"unknown element symbol(s): {', '.join(map(str, unknown))}")
     sampler = load_sampler()
     choice_note = None
     if formula is None and elements and band_gap is not None:
