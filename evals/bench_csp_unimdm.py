@@ -230,7 +230,7 @@ def paired_shift(low: np.ndarray, high: np.ndarray, changed_group: np.ndarray) -
 def stoichiometry_figures(element_sets: list[list[str]], targets: tuple[float, ...] = CONTROL_TARGETS, n: int = 2) -> dict:
     """Property control through the stoichiometry: ``tools.unimdm_generation.generate_unimdm`` with
     elements only and each band-gap target (it probes the known formulas of the elements and keeps
-    the one whose probe's proxy gap is nearest the target); the proxy gaps of the ``n`` structures
+    the one whose probe's proxy gap is nearest the target, unstable formulas penalised); the proxy gaps of the ``n`` structures
     per set and target, the formulas chosen, and per set the shift from the lowest target to the highest."""
     from rich.progress import Progress
 
