@@ -292,6 +292,28 @@ def test_train_and_sample_commands(split, tmp_path):
     assert cool["info"]["coordinate_temperature"] == 0.5 and not torch.allclose(cool["frac_coords"], samples["frac_coords"])
 
 
+def test_sampling_chunks_bound_padding():
+    """Network calls during sampling: every crystal once, in order, each call under the atom budget,
+    and no call padding small cells to the largest one (one call for a whole split did)."""
+    from generators.unimdm.sample_tensors import SMALL_CHUNK_ATOMS, chunk_sizes
+
+    generator = np.random.default_rng(0)
+    sizes = sorted(generator.integers(1, 81, size=3000).tolist())
+    for budget in (262144, 20000, 4096):
+        chunks = chunk_sizes(sizes, budget)
+        assert sum(chunks) == len(sizes) and min(chunks) >= 1
+        position = 0
+        for count in chunks:
+            members = sizes[position : position + count]
+            position += count
+            width = members[-1]
+            assert count * width <= budget or count == 1
+            if count * width > SMALL_CHUNK_ATOMS:
+                assert count * width**2 <= 2.0 * sum(n * n for n in members)
+    assert chunk_sizes([4] * 100 + [80], 262144) == [100, 1]  # the 80-atom cell gets its own call
+    assert chunk_sizes([8] * 10, 262144) == [10] and chunk_sizes([], 100) == []
+
+
 def test_pair_distances_are_the_crystals_nearest_image_distances(infos):
     """The distance features see what pymatgen measures, in every crystal family (skewed cells included)."""
     from generators.unimdm.lattice import matrix_from_k
@@ -427,6 +449,42 @@ def test_selection_takes_the_lowest_validation_loss(split, tmp_path):
     torch.save({"format": "something else"}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a genms Uni-MDM model"):
         checkpoint_main(["select", str(tmp_path / "x.pt"), str(tmp_path / "a.pt"), str(tmp_path / "foreign.pt")])
+
+
+def test_model_soup_averages_fine_tunings(split, tmp_path):
+    """``checkpoint average``: the mean of the weights (a network without distance features gains them
+    at zero first), loadable as a model; files of different models are refused."""
+    from dataclasses import replace
+
+    from generators.unimdm.checkpoint import load_model, main as checkpoint_main, model_payload
+
+    batch = collate_all(split)
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, Tables(split["polar_axes"]).free[batch.space_group])
+    plain_config = dit_config("tiny")
+    metric_config = replace(plain_config, metric_features=4)
+    torch.manual_seed(0)
+    plain, metric = CrystalDiT(plain_config), CrystalDiT(metric_config)
+    for network, name in ((plain, "a.pt"), (metric, "b.pt")):
+        torch.save(model_payload(network.state_dict(), network.config, DiffusionConfig(), normaliser, split["polar_axes"],
+                                 {"epochs": 1.0}), tmp_path / name)
+    checkpoint_main(["average", str(tmp_path / "soup.pt"), str(tmp_path / "a.pt"), str(tmp_path / "b.pt")])
+    soup = load_model(tmp_path / "soup.pt")
+    assert soup.network.config.metric_features == 4
+    weights = {name: t.float() for name, t in torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"].items()}
+    others = {name: t.float() for name, t in torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"].items()}
+    averaged = soup.network.state_dict()
+    name = "blocks.0.mlp.0.weight"
+    assert torch.allclose(averaged[name], (weights[name] + others[name]) / 2, atol=2e-3)
+    pair = "blocks.0.attention.pair_bias.weight"  # the plain network's distance weights count as zero
+    added = slice(weights[pair].shape[1], None)
+    assert torch.allclose(averaged[pair][:, added], others[pair][:, added] / 2, atol=2e-3)
+    assert torch.load(tmp_path / "soup.pt", weights_only=True)["training"]["averaged"] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    torch.save(model_payload(CrystalDiT(dit_config("base")).state_dict(), dit_config("base"), DiffusionConfig(), normaliser,
+                             split["polar_axes"], {}), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="only"):
+        checkpoint_main(["average", str(tmp_path / "x.pt"), str(tmp_path / "a.pt"), str(tmp_path / "other.pt")])
+    with pytest.raises(ValueError, match="at least two"):
+        checkpoint_main(["average", str(tmp_path / "x.pt"), str(tmp_path / "a.pt")])
 
 
 def test_committed_weights_give_structures_with_the_predicted_symmetry():

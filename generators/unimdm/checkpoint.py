@@ -84,17 +84,61 @@ def lowest_validation_loss(paths: list[str | Path]) -> tuple[Path, list[dict]]:
     return Path(min(scores, key=lambda s: s["val_loss"])["path"]), scores
 
 
+def average_payloads(paths: list[str | Path]) -> dict:
+    """One model file whose weights are the mean of several (a "model soup").
+
+    Meant for fine-tunings of one start: their weights lie in one basin, so the mean averages out
+    each run's noise. Networks may differ only in distance features: those without them gain them
+    with zero weights (:func:`generators.unimdm.network.expand_pair_weights`, the same function)
+    before the mean. Diffusion configs, k normalisers and polar axes must agree."""
+    from generators.unimdm.network import expand_pair_weights
+
+    payloads = []
+    for path in map(Path, paths):
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{path} is not a genms Uni-MDM model file (format {payload.get('format')!r})")
+        payloads.append(payload)
+    if len(payloads) < 2:
+        raise ValueError("averaging needs at least two model files")
+    first = payloads[0]
+    for path, payload in zip(paths[1:], payloads[1:]):
+        for key in ("diffusion", "k_normaliser"):
+            if payload[key] != first[key]:
+                raise ValueError(f"{path}: its {key} differs from {paths[0]}'s; only fine-tunings of one model can be averaged")
+        if not torch.equal(payload["polar_axes"], first["polar_axes"]):
+            raise ValueError(f"{path}: its polar axes differ from {paths[0]}'s")
+    configs = [DiTConfig.from_dict(payload["network"]) for payload in payloads]
+    target = max(configs, key=lambda config: config.metric_features)
+    states = [expand_pair_weights({name: t.float() for name, t in payload["state_dict"].items()}, config, target)
+              for payload, config in zip(payloads, configs)]
+    shapes = {name: tensor.shape for name, tensor in states[0].items()}
+    if any({name: tensor.shape for name, tensor in state.items()} != shapes for state in states):
+        raise ValueError("the networks' parameters differ; only fine-tunings of one model can be averaged")
+    mean = {name: torch.stack([state[name] for state in states]).mean(0) for name in states[0]}
+    training = {"averaged": [str(path) for path in paths],
+                "epochs": [payload.get("training", {}).get("epochs") for payload in payloads]}
+    weight_dtype = next(iter(first["state_dict"].values())).dtype
+    return {**first, "network": target.to_dict(), "training": training,
+            "state_dict": {name: tensor.to(weight_dtype) for name, tensor in mean.items()}}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m generators.unimdm.checkpoint select OUT.pt CANDIDATE.pt...``: copy the lowest-validation-loss model to OUT."""
+    """``python -m generators.unimdm.checkpoint select OUT.pt CANDIDATE.pt...``: copy the lowest-validation-loss model
+    to OUT; ``... average OUT.pt MODEL.pt MODEL.pt...``: write the mean of the models' weights to OUT."""
     import argparse
     import json
     import shutil
 
     parser = argparse.ArgumentParser(prog="python -m generators.unimdm.checkpoint", description=main.__doc__)
-    parser.add_argument("command", choices=["select"])
+    parser.add_argument("command", choices=["select", "average"])
     parser.add_argument("out", type=Path)
     parser.add_argument("candidates", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "average":
+        atomic_save(average_payloads(args.candidates), args.out)
+        print(json.dumps({"averaged": [str(path) for path in args.candidates], "out": str(args.out)}))
+        return
     chosen, scores = lowest_validation_loss(args.candidates)
     shutil.copyfile(chosen, args.out)
     print(json.dumps({"selected": str(chosen), "by": "lowest validation loss", "candidates": scores}))

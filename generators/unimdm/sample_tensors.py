@@ -83,6 +83,32 @@ def override_properties(split: dict, band_gap: float | None, formation_energy: f
     return split
 
 
+SMALL_CHUNK_ATOMS = 4096  # padded atoms below which a chunk always grows: padding costs little there
+
+
+def chunk_sizes(sizes: list[int], atom_budget: int, max_waste: float = 2.0) -> list[int]:
+    """Split ascending atom counts into consecutive network calls: each pads to its largest crystal,
+    holds at most ``atom_budget`` padded atoms, and (above :data:`SMALL_CHUNK_ATOMS`) at most
+    ``max_waste`` times the attention pairs its crystals need (count x width^2 against the sum of
+    n^2). Without the pair cap a large split became one call padded to its largest crystal
+    (every 4-atom cell at 80 atoms: ~40x the pair work)."""
+    chunks, position = [], 0
+    while position < len(sizes):
+        count, pairs = 1, sizes[position] ** 2
+        while position + count < len(sizes):
+            width = sizes[position + count]
+            padded_atoms = (count + 1) * width
+            if padded_atoms > atom_budget:
+                break
+            if padded_atoms > SMALL_CHUNK_ATOMS and (count + 1) * width**2 > max_waste * (pairs + width**2):
+                break
+            pairs += width**2
+            count += 1
+        chunks.append(count)
+        position += count
+    return chunks
+
+
 def sample_rows(model: UniMDMModel, split: dict, samples: int, settings: SamplerSettings, atom_budget: int,
                 generator: torch.Generator, guidance: float = 0.0, log: bool = True):
     """``coords[k][m]`` [n_m, 3], lattices [K, M, 6] for every row m and sample k (conventional cells)."""
@@ -94,12 +120,9 @@ def sample_rows(model: UniMDMModel, split: dict, samples: int, settings: Sampler
     lattices = torch.zeros(samples, rows, 6)
     start_time = time.perf_counter()
     position = 0
-    while position < len(jobs):
-        width = jobs[position][0]
-        count = 1
-        while position + count < len(jobs) and (count + 1) * jobs[position + count][0] <= atom_budget:
-            count += 1
+    for count in chunk_sizes([n for n, _, _ in jobs], atom_budget):
         chunk = jobs[position : position + count]
+        width = chunk[-1][0]
         position += count
         batch = collate(index, [m for _, _, m in chunk]).to(model.device)
         _, atom_coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
