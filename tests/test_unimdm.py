@@ -16,7 +16,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule, SamplerSettings
 from generators.unimdm.data import pack_infos
-from generators.unimdm.diffusion import Tables, sample, training_losses
+from generators.unimdm.diffusion import Tables, property_values, sample, training_losses
 from generators.unimdm.lattice import (
     KNormaliser,
     family,
@@ -248,11 +248,12 @@ def test_train_and_sample_commands(split, tmp_path):
     out = tmp_path / "run"
     last = train.train(train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "0.02", "--preset", "tiny",
                                          "--batch", "4", "--threads", "1", "--log-seconds", "0.5", "--val-seconds", "1",
-                                         "--dropout", "0.2"]))
+                                         "--dropout", "0.2", "--polar-invariant"]))
     assert last["step"] > 5 and np.isfinite(last["val_loss"])
     saved = torch.load(out / "model.pt", weights_only=True)
     best = torch.load(out / "model_best.pt", weights_only=True)
     assert saved["network"]["dropout"] == 0.2 and best["training"]["val_loss"] <= last["val_loss"]
+    assert saved["network"]["polar_invariant"] is True  # and the samplings below run it with the polar axes
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[-1]["event"] == "end"
     with pytest.raises(SystemExit):  # a dropout probability out of range is refused before any work
@@ -290,6 +291,45 @@ def test_train_and_sample_commands(split, tmp_path):
     assert samples["info"]["coordinate_temperature"] == 1.0
     cool = sample_with("cool.pt", "--coordinate-temperature", "0.5")
     assert cool["info"]["coordinate_temperature"] == 0.5 and not torch.allclose(cool["frac_coords"], samples["frac_coords"])
+
+
+def test_polar_invariant_network_ignores_origin_shifts_along_polar_axes(split):
+    """ZnO (P6_3mc) has a free origin along c: a polar-invariant network gives the same outputs for
+    the crystal shifted along c (the pair offsets do not change), the plain network does not; a
+    shift along a non-polar axis still changes the invariant network's outputs."""
+    from dataclasses import replace
+
+    from generators.diffusion.representation import wrap
+
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    polar = tables.polar[batch.space_group]
+    zno = split["material_ids"].index("ZnO")
+    assert polar[zno].tolist() == [False, False, True] and polar.sum() == 1  # only ZnO is polar among the seven
+    coords = batch.expand(batch.orbit_coords)
+    along_c = wrap(coords + torch.tensor([0.0, 0.0, 0.37]) * polar.unsqueeze(1)) * batch.atom_mask.unsqueeze(-1)
+    along_a = wrap(coords + torch.tensor([0.21, 0.0, 0.0])) * batch.atom_mask.unsqueeze(-1)
+    inputs = (batch, torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group], torch.full((batch.size,), 0.3),
+              property_values(batch))
+
+    def outputs(network, atoms):
+        with torch.no_grad():
+            return network(atoms, *inputs, None, polar)
+
+    torch.manual_seed(0)
+    invariant = CrystalDiT(replace(dit_config("tiny"), polar_invariant=True))
+    for p in invariant.parameters():  # zero-initialised gates and heads would hide the inputs
+        if not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.05)
+    plain = CrystalDiT(dit_config("tiny"))
+    plain.load_state_dict(invariant.state_dict())
+    lattice, score = outputs(invariant, coords)
+    lattice_c, score_c = outputs(invariant, along_c)
+    assert torch.allclose(score_c, score, atol=1e-5) and torch.allclose(lattice_c, lattice, atol=1e-5)
+    assert not torch.allclose(outputs(plain, along_c)[1][zno], outputs(plain, coords)[1][zno], atol=1e-4)
+    assert not torch.allclose(outputs(invariant, along_a)[1][zno], score[zno], atol=1e-4)
+    with pytest.raises(ValueError, match="polar"):
+        invariant(coords, *inputs, None, None)
 
 
 def test_sampling_chunks_bound_padding():

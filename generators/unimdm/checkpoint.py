@@ -8,6 +8,7 @@ Files are written atomically (:func:`generators.training.atomic_save`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,8 @@ def average_payloads(paths: list[str | Path]) -> dict:
         if not torch.equal(payload["polar_axes"], first["polar_axes"]):
             raise ValueError(f"{path}: its polar axes differ from {paths[0]}'s")
     configs = [DiTConfig.from_dict(payload["network"]) for payload in payloads]
+    if len({json.dumps({**config.to_dict(), "metric_features": 0, "dropout": 0.0}, sort_keys=True) for config in configs}) > 1:
+        raise ValueError("the networks differ in more than distance features; only fine-tunings of one model can be averaged")
     target = max(configs, key=lambda config: config.metric_features)
     states = [expand_pair_weights({name: t.float() for name, t in payload["state_dict"].items()}, config, target)
               for payload, config in zip(payloads, configs)]
@@ -127,7 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m generators.unimdm.checkpoint select OUT.pt CANDIDATE.pt...``: copy the lowest-validation-loss model
     to OUT; ``... average OUT.pt MODEL.pt MODEL.pt...``: write the mean of the models' weights to OUT."""
     import argparse
-    import json
     import shutil
 
     parser = argparse.ArgumentParser(prog="python -m generators.unimdm.checkpoint", description=main.__doc__)

@@ -109,7 +109,8 @@ def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normal
     time = timesteps.float() / schedule.config.timesteps
     matrices = lattice_matrices(model, noisy_z, batch, normaliser, tables, free_k)
     with _autocast(device):
-        predicted_lattice, atom_score = model(coords, batch, noisy_z, free_k, time, properties, matrices)
+        predicted_lattice, atom_score = model(coords, batch, noisy_z, free_k, time, properties, matrices,
+                                              tables.polar[batch.space_group])
     predicted = batch.project(atom_score.float())
     coords_loss = (((predicted - target) ** 2) * free).sum() / free.sum().clamp_min(1.0)
     lattice_loss = (((predicted_lattice.float() - lattice_noise) ** 2) * free_k).sum() / free_k.sum().clamp_min(1.0)
@@ -134,6 +135,7 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
     free = (batch.orbit_free & batch.orbit_mask.unsqueeze(-1)).float()
     properties = property_values(batch) if properties is None else properties.float().to(device)
     unconditional = torch.full_like(properties, float("nan"))
+    polar = tables.polar[batch.space_group]
     u = torch.rand(batch.orbit_coords.shape, device=device, generator=generator) * free
     z = torch.randn(batch.k.shape, device=device, generator=generator) * free_k
 
@@ -142,9 +144,9 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
         coords = batch.expand(u_now)
         matrices = lattice_matrices(model, z_now, batch, normaliser, tables, free_k)
         with _autocast(device):
-            lattice_noise, atom_score = model(coords, batch, z_now, free_k, time, properties, matrices)
+            lattice_noise, atom_score = model(coords, batch, z_now, free_k, time, properties, matrices, polar)
             if guidance:
-                lattice_u, score_u = model(coords, batch, z_now, free_k, time, unconditional, matrices)
+                lattice_u, score_u = model(coords, batch, z_now, free_k, time, unconditional, matrices, polar)
                 lattice_noise = (1 + guidance) * lattice_noise.float() - guidance * lattice_u.float()
                 atom_score = (1 + guidance) * atom_score.float() - guidance * score_u.float()
         score = batch.project(atom_score.float()) * schedule.sigma_norms[t].sqrt()

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="residual dropout in the DiT blocks, 0 <= p < 1 (default: the preset's or the resumed model's)")
     parser.add_argument("--metric-features", type=int, default=None,
                         help="Gaussian pair-distance features in the attention, 0-32 (default: the preset's or the resumed model's)")
+    parser.add_argument("--polar-invariant", action="store_true",
+                        help="make the network blind to absolute coordinates along polar axes (no new weights; also for a resumed model)")
     parser.add_argument("--low-symmetry-weight", type=int, default=1,
                         help="times each monoclinic or triclinic crystal (space group 1-15) is drawn per pass, 1-8")
     args = parser.parse_args(argv)
@@ -126,6 +128,8 @@ class DiTRun(TrainingRun):
             self.network_config.dropout = args.dropout
         if args.metric_features is not None:
             self.network_config.metric_features = args.metric_features
+        if args.polar_invariant:
+            self.network_config.polar_invariant = True
         self.schedule = NoiseSchedule(self.diffusion_config, self.device)
         self.setup(CrystalDiT(self.network_config), resumed, dynamic_compile=True)
 
