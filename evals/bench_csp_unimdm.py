@@ -162,8 +162,10 @@ ATOM_BINS = ((1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 10**6))
 def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[int]) -> dict:
     """Where the matches are: per lattice family (of the space group asked for) and per atoms in the
     cell, the crystals, the DiffCSP-gated match rate, the valid share and the match rate among the
-    valid ones (what the model controls: SMACT validity is a property of the composition)."""
+    valid ones (what the model controls: SMACT validity is a property of the composition); and per
+    origin: groups whose origin is fixed against groups with polar axes (a free origin along them)."""
     from generators.unimdm.lattice import family
+    from generators.unimdm.symmetry import polar_axes
 
     def bucket(members: list[dict]) -> dict:
         valid = [r for r in members if r["comp_valid"] and r["struct_valid"]]
@@ -174,13 +176,16 @@ def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[in
 
     by_family: dict[str, list[dict]] = {}
     by_atoms: dict[str, list[dict]] = {}
+    by_origin: dict[str, list[dict]] = {}
     for result, group, atoms in zip(results, space_groups, atom_counts):
         by_family.setdefault(family(group), []).append(result)
+        by_origin.setdefault("polar axes" if any(polar_axes(group)) else "fixed origin", []).append(result)
         low, high = next(b for b in ATOM_BINS if b[0] <= atoms <= b[1])
         by_atoms.setdefault(f"{low}-{high}" if high < 10**6 else f">={low}", []).append(result)
     order = {f"{low}-{high}" if high < 10**6 else f">={low}": i for i, (low, high) in enumerate(ATOM_BINS)}
     return {"by_lattice_family": {k: bucket(v) for k, v in sorted(by_family.items(), key=lambda kv: -len(kv[1]))},
-            "by_atoms": {k: bucket(by_atoms[k]) for k in sorted(by_atoms, key=order.get)}}
+            "by_atoms": {k: bucket(by_atoms[k]) for k in sorted(by_atoms, key=order.get)},
+            "by_origin": {k: bucket(by_origin[k]) for k in sorted(by_origin)}}
 
 
 def print_breakdown(parts: dict) -> None:
@@ -193,7 +198,8 @@ def print_breakdown(parts: dict) -> None:
         table.add_column(column, justify="left" if column == "bucket" else "right", no_wrap=True)
     for part, buckets in parts.items():
         for name, bucket in buckets.items():
-            table.add_row(f"{name} atoms" if part == "by_atoms" else name, str(bucket["crystals"]),
+            label = {"by_atoms": f"{name} atoms", "by_origin": f"origin: {name}"}.get(part, name)
+            table.add_row(label, str(bucket["crystals"]),
                           f"{bucket['match_rate']:.1%}", f"{bucket['valid']:.1%}", f"{bucket['match_rate_of_valid']:.1%}")
     Console().print(table)
 

@@ -27,3 +27,7 @@ def test_breakdown_by_lattice_family_and_cell_size():
     assert atoms["1-4"] == {"crystals": 2, "match_rate": 1.0, "valid": 1.0, "match_rate_of_valid": 1.0}
     assert atoms["5-8"]["match_rate"] == 0.0 and atoms[">=21"]["valid"] == 0.0
     assert sum(b["crystals"] for b in atoms.values()) == len(results)
+
+    origin = parts["by_origin"]  # P1 (1) has polar axes; Fm-3m, Pm-3m, Pnma, R-3m fix the origin
+    assert origin["polar axes"] == {"crystals": 1, "match_rate": 0.0, "valid": 0.0, "match_rate_of_valid": 0.0}
+    assert origin["fixed origin"] == {"crystals": 4, "match_rate": 0.5, "valid": 0.75, "match_rate_of_valid": 0.6667}
