@@ -39,16 +39,13 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$RUN"
 
 # shellcheck source=../gpu_steps.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND...: a stage logged in $RUN/job.log
+source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND... (a stage logged in $RUN/job.log), fine_tune NAME ARGS
 
 names=()
 while IFS= read -r line; do
     [ -z "$line" ] && continue
-    name=${line%%=*}
-    names+=("$name")
-    # shellcheck disable=SC2086  # the extra arguments are several words on purpose
-    step "train_$name" "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/$name" --minutes "$MINUTES" \
-        --batch "$BATCH" --lr "$LR" --threads "$THREADS" --val-seconds 1e9 --resume "$START" ${line#*=} ${TRAIN_ARGS:-} &
+    names+=("${line%%=*}")
+    fine_tune "${line%%=*}" "${line#*=}" &
 done <<< "$CONFIGS"
 wait
 if [ -n "${COPY_TO:-}" ]; then

@@ -45,7 +45,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$RUN"
 
 # shellcheck source=../gpu_steps.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND...: a stage logged in $RUN/job.log
+source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND... (a stage logged in $RUN/job.log), fine_tune NAME ARGS
 
 sample_val() {  # name, weights, extra arguments...
     local name=$1 weights=$2; shift 2
@@ -57,11 +57,8 @@ sample_val() {  # name, weights, extra arguments...
 tuned=()
 while IFS= read -r line; do
     [ -z "$line" ] && continue
-    name=${line%%=*}
-    tuned+=("$RUN/$name/model.pt")
-    # shellcheck disable=SC2086  # the extra arguments are several words on purpose
-    step "train_$name" "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN/$name" --minutes "$MINUTES" \
-        --batch "$BATCH" --lr "$LR" --threads "$THREADS" --val-seconds 1e9 --resume "$START" ${line#*=} ${TRAIN_ARGS:-} &
+    tuned+=("$RUN/${line%%=*}/model.pt")
+    fine_tune "${line%%=*}" "${line#*=}" &
 done <<< "$TUNES"
 samplers=()
 while IFS= read -r line; do
