@@ -115,9 +115,6 @@ def average_payloads(paths: list[str | Path]) -> dict:
     target = max(configs, key=lambda config: config.metric_features)
     states = [expand_pair_weights({name: t.float() for name, t in payload["state_dict"].items()}, config, target)
               for payload, config in zip(payloads, configs)]
-    shapes = {name: tensor.shape for name, tensor in states[0].items()}
-    if any({name: tensor.shape for name, tensor in state.items()} != shapes for state in states):
-        raise ValueError("the networks' parameters differ; only fine-tunings of one model can be averaged")
     mean = {name: torch.stack([state[name] for state in states]).mean(0) for name in states[0]}
     training = {"averaged": [str(path) for path in paths],
                 "epochs": [payload.get("training", {}).get("epochs") for payload in payloads]}

@@ -16,7 +16,8 @@ the space group's polar axes, where the origin is free (all three in P1, the c a
 the network is then exactly invariant to those shifts, as the crystal is, instead of learning
 it from the training's random origin shifts. Polar groups are where run 4 lags its own crystal
 family most (test, match rate of the valid: P1 10% against P-1 40%; polar hexagonal and
-trigonal 72% against 95%).
+trigonal 72% against 95%). A fine-tuning of run 4 with it did not close the gap (README); off in
+the committed weights.
 
 Each block (DiT, adaLN-single as PixArt-alpha: one modulation MLP shared by the blocks plus a
 learned per-block offset; zero-initialised gates) is
