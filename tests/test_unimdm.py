@@ -188,12 +188,15 @@ def test_predictor_learns_training_examples(split):
     assert correct >= 6
 
 
-def test_dit_samples_keep_the_space_group(split):
+@pytest.mark.parametrize("edge_features", [0, 16])
+def test_dit_samples_keep_the_space_group(split, edge_features):
+    from dataclasses import replace
+
     torch.manual_seed(0)
     batch = collate_all(split)
     tables = Tables(split["polar_axes"])
     normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
-    model = CrystalDiT(dit_config("tiny")).eval()
+    model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features)).eval()
     schedule = NoiseSchedule(DiffusionConfig(timesteps=50))
     _, coords, lattice = sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=10),
                                 generator=torch.Generator().manual_seed(0))
@@ -212,12 +215,15 @@ def assert_space_groups_kept(batch, coords, lattice):
             assert found == int(batch.space_group[row]), (row, found)
 
 
-def test_training_loss_decreases(split):
+@pytest.mark.parametrize("edge_features", [0, 16])
+def test_training_loss_decreases(split, edge_features):
+    from dataclasses import replace
+
     torch.manual_seed(0)
     batch = collate_all(split)
     tables = Tables(split["polar_axes"])
     normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
-    model = CrystalDiT(dit_config("tiny"))
+    model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features))
     schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
 
     def fixed_loss():
@@ -594,7 +600,7 @@ def test_generate_unimdm_command(tmp_path):
     assert missing.exit_code == 2 and "--elements" in missing.output
 
 
-@pytest.mark.parametrize("preset", ["base", "large"])
+@pytest.mark.parametrize("preset", ["base", "large", "edges"])
 def test_preset_weights_fit_the_repository_file_limit(preset, tmp_path):
     """A trained model of each GPU preset, saved as the trainer saves it, stays under 20 MB."""
     from generators.diffusion.diffusion import DiffusionConfig
@@ -695,3 +701,50 @@ def test_probe_hull_energies_of_real_probes():
                                          [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
     on_hull, missing = probe_hull_energies([wurtzite, None])
     assert abs(on_hull) < 0.1 and missing is None
+
+
+def test_edge_embedding_sees_distances_in_the_cell_and_stays_periodic(infos, split):
+    """The edge inputs measure pymatgen's nearest-image distances (in volume-per-atom units) in every
+    crystal family, skewed cells included; the lattice shape features give the cell's
+    angles; a network with edges is unchanged when an atom moves by a lattice vector, changes when the
+    lattice does, and refuses to run without the lattice."""
+    from dataclasses import replace
+
+    from generators.unimdm.lattice import matrix_from_k
+    from generators.unimdm.network import lattice_shape, scaled_distances
+
+    for name, info in infos.items():
+        structure = info.structure()
+        coords = torch.tensor(structure.frac_coords, dtype=torch.float32)[None]
+        matrix = torch.tensor(structure.lattice.matrix, dtype=torch.float32)[None]
+        metric, shape = lattice_shape(matrix, torch.tensor([len(structure)]))
+        ours = scaled_distances(coords[:, None, :, :] - coords[:, :, None, :], metric)[0].numpy()
+        expected = structure.distance_matrix / (structure.volume / len(structure)) ** (1 / 3)
+        np.testing.assert_allclose(ours, expected, atol=1e-4, err_msg=name)
+        angles = np.radians(structure.lattice.angles)
+        np.testing.assert_allclose(shape[0, 3:].numpy(), np.cos(angles), atol=1e-5, err_msg=name)
+
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    coords = batch.expand(batch.orbit_coords)
+    k = torch.tensor(np.array([info.lattice for info in infos.values()]), dtype=torch.float64)
+    matrices = matrix_from_k(k_from_parameters(k)).float()
+    inputs = (batch, torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group], torch.full((batch.size,), 0.3),
+              property_values(batch))
+    torch.manual_seed(0)
+    network = CrystalDiT(replace(dit_config("tiny"), edge_features=16))
+    for p in network.parameters():  # zero-initialised gates and heads would hide the inputs
+        if not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        _, score = network(coords, *inputs, matrices)
+        moved = coords.clone()
+        moved[:, 0] += torch.tensor([1.0, -2.0, 1.0])
+        _, score_moved = network(moved, *inputs, matrices)
+        _, score_stretched = network(coords, *inputs, matrices * torch.tensor([1.0, 1.0, 1.3])[None, :, None])
+    assert torch.allclose(score_moved, score, atol=1e-4)
+    assert not torch.allclose(score_stretched, score, atol=1e-3)
+    with pytest.raises(ValueError, match="lattice"):
+        network(coords, *inputs, None)
+    with pytest.raises(ValueError, match="edge_features"):
+        CrystalDiT(replace(dit_config("tiny"), edge_features=16, metric_features=4))

@@ -11,6 +11,14 @@ each pair's periodic distance in Å (nearest of the 27 neighbouring images, in t
 decoded from the noisy k vector): fractional offsets alone say little about distances in
 a skewed monoclinic or triclinic cell, where the model misses most.
 
+With ``edge_features`` > 0 the pair features are instead an edge embedding in the manner of
+DiffCSP++'s CSPNet (whose edge features Uni-MDM's DiT follows): an MLP, shared by the blocks, of
+the Fourier features of the fractional offset, the lattice's shape (lengths and angles of the
+cell scaled to the volume per atom) and Gaussians of the pair's distance in those units (the
+shortest of 8 images: a third of the 27-image search's cost, exact but for very skewed cells). The linear pair
+features alone are one separable function of the three fractional offsets for every lattice, so
+the attention cannot tell near from far atoms in a monoclinic or triclinic cell.
+
 With ``polar_invariant`` the atoms' absolute coordinate features ignore the components along
 the space group's polar axes, where the origin is free (all three in P1, the c axis in P6_3mc):
 the network is then exactly invariant to those shifts, as the crystal is, instead of learning
@@ -66,6 +74,17 @@ class DiTConfig:
     metric_features: int = 0  # Gaussian features of pair distances (0: fractional offsets only, as the first runs)
     dropout: float = 0.0  # residual dropout on each branch of a block (training only; regularises MP-20's 21k crystals)
     polar_invariant: bool = False  # absolute coordinate features blind along the space group's polar axes
+    edge_features: int = 0  # width of the CSPNet-style edge embedding (0: linear pair features, as runs 1-4)
+
+    @property
+    def pair_dim(self) -> int:
+        """Pair features each attention block sees."""
+        return self.edge_features or 6 * self.pair_frequencies + self.metric_features
+
+    @property
+    def uses_lattice_matrix(self) -> bool:
+        """Whether the network's forward needs the (noisy) lattice matrix."""
+        return bool(self.metric_features or self.edge_features)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +100,8 @@ DIT_PRESETS = {
     # about 8.4 M parameters, 16.9 MB as float16 (under the 20 MB a weights file may take): more
     # capacity for the low-symmetry crystals, where most coordinates are free
     "large": {"width": 256, "depth": 8},
+    # run 4's network with the CSPNet-style edge embedding (about 5.9 M parameters)
+    "edges": {"edge_features": 64},
     # about 0.1 M parameters: tests and CPU dry runs
     "tiny": {"width": 48, "depth": 2, "head_dim": 16, "mlp_ratio": 2.0, "element_dim": 16, "time_dim": 32,
              "fourier_frequencies": 4, "pair_frequencies": 3},
@@ -110,6 +131,52 @@ def distance_features(distances: torch.Tensor, count: int) -> torch.Tensor:
     centres = torch.linspace(0.0, METRIC_CUTOFF, count, device=distances.device)
     spacing = METRIC_CUTOFF / max(1, count - 1)
     return torch.exp(-(((distances.unsqueeze(-1) - centres) / spacing) ** 2))
+
+
+EDGE_DISTANCE_BINS = 16
+EDGE_DISTANCE_CUTOFF = 3.0  # in units of the cube root of the volume per atom
+
+
+def lattice_shape(lattice_matrix: torch.Tensor, n_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, 3, 3] lattices (rows, Å) -> ([B, 3, 3] metric tensor in units of (volume per atom)^(2/3),
+    [B, 6] shape features: log squared lengths and cosines of the angles), in float32."""
+    rows = lattice_matrix.float()
+    metric = rows @ rows.transpose(-1, -2)
+    volume = torch.linalg.det(rows).abs().clamp_min(1e-3)
+    scale = (volume / n_atoms.float().clamp_min(1)) ** (2.0 / 3.0)
+    metric = metric / scale[:, None, None]
+    lengths = metric.diagonal(dim1=-2, dim2=-1).clamp_min(1e-6)
+    i, j = (1, 0, 0), (2, 2, 1)
+    cosines = metric[:, i, j] / (lengths[:, i] * lengths[:, j]).sqrt()
+    return metric, torch.cat([lengths.log().clamp(-5, 5), cosines.clamp(-1, 1)], dim=-1)
+
+
+_CORNER_CHOICES = torch.tensor([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=torch.float32)
+
+
+def scaled_distances(offsets: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """[B, N, N, 3] fractional offsets and [B, 3, 3] metric tensors -> [B, N, N] pair distances in the
+    metric's units: the shortest of the 8 images around the offset wrapped into [-0.5, 0.5) (each
+    component w or w - sign(w)), which is the nearest image but in very skewed cells and, unlike one
+    image, continuous where a component crosses 0.5. Elementwise in float32: bf16 autocast skips it."""
+    wrapped = (offsets - torch.round(offsets)).float()
+    v = wrapped.unsqueeze(-2) - _CORNER_CHOICES.to(offsets.device) * torch.sign(wrapped).unsqueeze(-2)  # [B, N, N, 8, 3]
+    g = metric.float()[:, None, None, None]
+    x, y, z = v.unbind(-1)
+    squared = (g[..., 0, 0] * x * x + g[..., 1, 1] * y * y + g[..., 2, 2] * z * z
+               + 2 * (g[..., 0, 1] * x * y + g[..., 0, 2] * x * z + g[..., 1, 2] * y * z))
+    return squared.clamp_min(0).amin(-1).sqrt()
+
+
+def edge_inputs(offsets: torch.Tensor, lattice_matrix: torch.Tensor, n_atoms: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """[B, N, N, 3] fractional offsets -> [B, N, N, 6 * frequencies + 6 + EDGE_DISTANCE_BINS]: Fourier
+    features, the lattice's shape, Gaussians of the pair distance (volume-per-atom units)."""
+    metric, shape = lattice_shape(lattice_matrix, n_atoms)
+    centres = torch.linspace(0.0, EDGE_DISTANCE_CUTOFF, EDGE_DISTANCE_BINS, device=offsets.device)
+    spacing = EDGE_DISTANCE_CUTOFF / (EDGE_DISTANCE_BINS - 1)
+    distance = torch.exp(-(((scaled_distances(offsets, metric).unsqueeze(-1) - centres) / spacing) ** 2))
+    b, n = offsets.shape[:2]
+    return torch.cat([fourier_features(offsets, frequencies), shape[:, None, None, :].expand(b, n, n, 6), distance], dim=-1)
 
 
 def expand_pair_weights(state: dict, old_config: DiTConfig, new_config: DiTConfig) -> dict:
@@ -188,7 +255,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         width = config.width
         self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(3))
-        self.attention = SelfAttention(width, config.head_dim, 6 * config.pair_frequencies + config.metric_features)
+        self.attention = SelfAttention(width, config.head_dim, config.pair_dim)
         self.cross = CrossAttention(width, config.head_dim)
         hidden = int(width * config.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
@@ -205,13 +272,15 @@ class DiTBlock(nn.Module):
 
 class CrystalDiT(nn.Module):
     """``forward(coords [B,N,3], batch, lattice_z [B,6], lattice_free [B,6], time [B], properties [B,P],
-    lattice_matrix [B,3,3] in Å (needed when ``metric_features`` > 0), polar [B,3] bool (the space
+    lattice_matrix [B,3,3] in Å (needed when ``metric_features`` or ``edge_features`` > 0), polar [B,3] bool (the space
     group's polar axes; needed when ``polar_invariant``))``
     -> ``(lattice_noise [B,6], atom_score [B,N,3])`` (padded atoms 0)."""
 
     def __init__(self, config: DiTConfig | None = None):
         super().__init__()
         self.config = config = config or DiTConfig()
+        if config.edge_features and config.metric_features:
+            raise ValueError("edge_features replaces metric_features: set one of them")
         width = config.width
         self.element = nn.Embedding(MAX_ATOMIC_NUMBER + 1, config.element_dim, padding_idx=0)
         self.space_group = nn.Embedding(231, width)
@@ -224,6 +293,11 @@ class CrystalDiT(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
         nn.init.zeros_(self.modulation[-1].weight)
         nn.init.zeros_(self.modulation[-1].bias)
+        self.edges = None
+        if config.edge_features:
+            edge_in = 6 * config.pair_frequencies + 6 + EDGE_DISTANCE_BINS
+            self.edges = nn.Sequential(nn.Linear(edge_in, config.edge_features), nn.SiLU(),
+                                       nn.Linear(config.edge_features, config.edge_features))
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.coord_head = OutputHead(width, 3, width)
         self.lattice_head = OutputHead(2 * width, 6, width)
@@ -257,10 +331,13 @@ class CrystalDiT(nn.Module):
         tokens = torch.cat([lattice.unsqueeze(1), atoms], dim=1)
         key_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         offsets = coords.float()[:, None, :, :] - coords.float()[:, :, None, :]
-        pairs = fourier_features(offsets, self.config.pair_frequencies)
-        if self.config.metric_features:
-            if lattice_matrix is None:
-                raise ValueError("this network's attention uses pair distances: pass lattice_matrix")
+        if self.config.uses_lattice_matrix and lattice_matrix is None:
+            raise ValueError("this network's attention uses the lattice: pass lattice_matrix")
+        if self.edges is not None:
+            pairs = self.edges(edge_inputs(offsets, lattice_matrix, batch.n_atoms, self.config.pair_frequencies))
+        else:
+            pairs = fourier_features(offsets, self.config.pair_frequencies)
+        if self.config.metric_features and self.edges is None:
             distances = periodic_distances(offsets, lattice_matrix)
             pairs = torch.cat([pairs, distance_features(distances, self.config.metric_features)], dim=-1)
         pairs = F.pad(pairs, (0, 0, 1, 0, 1, 0))
