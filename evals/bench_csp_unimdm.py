@@ -24,6 +24,12 @@ which picks the known formula whose probe structure's proxy gap is nearest the t
 weighed in (``tools.unimdm_generation.probe_cost``); the proxy gaps per target, the formula chosen
 per chemistry, and the per-chemistry shift.
 
+``--swap-diagnosis SYMMETRY_FILE`` (true-symmetry samples, one per crystal, with the split's symmetry
+tensor file, e.g. ``.device_data_unimdm/test.pt``): where the misses come from. Per lattice family,
+the ungated match rate of the samples, of the sampled coordinates in the true lattice, and of the
+true coordinates in the sampled lattice (both cells in the same conventional setting), with the
+lattice errors of the misses (largest relative length error, largest angle error, volume error).
+
 ``--symmetry-check N``: share of the first N samples in which ``SpacegroupAnalyzer``
 (symprec 0.01) finds the requested space group.
 """
@@ -67,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the MP-20 split the samples were drawn for (val: weight selection without the test split)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--symmetry-check", type=int, default=200, help="samples checked with SpacegroupAnalyzer (0: none)")
+    parser.add_argument("--swap-diagnosis", type=Path, default=None, metavar="SYMMETRY_FILE",
+                        help="with true-symmetry --samples: also match with the true lattice or the true coordinates swapped in")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -186,6 +194,79 @@ def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[in
     return {"by_lattice_family": {k: bucket(v) for k, v in sorted(by_family.items(), key=lambda kv: -len(kv[1]))},
             "by_atoms": {k: bucket(by_atoms[k]) for k in sorted(by_atoms, key=order.get)},
             "by_origin": {k: bucket(by_origin[k]) for k in sorted(by_origin)}}
+
+
+def lattice_errors(sampled: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
+    """[N, 6] lattice parameters (Å, degrees) -> per row: largest relative length error, largest
+    angle error (degrees), relative volume error."""
+    from pymatgen.core import Lattice
+
+    def volumes(parameters: np.ndarray) -> np.ndarray:
+        return np.array([Lattice.from_parameters(*row).volume for row in parameters])
+
+    return {"length": np.abs(sampled[:, :3] / true[:, :3] - 1).max(1), "angle": np.abs(sampled[:, 3:] - true[:, 3:]).max(1),
+            "volume": np.abs(volumes(sampled) / volumes(true) - 1)}
+
+
+def swap_diagnosis(samples: dict, symmetry_file: Path, workers: int, split: str = "test") -> dict:
+    """Ungated match rates per lattice family of the samples, of their coordinates in the true
+    lattice and of the true coordinates in their lattice, and the misses' median lattice errors."""
+    from generators.diffusion.tensor_files import unpack_samples
+    from generators.unimdm.lattice import family
+    from generators.unimdm.tensor_files import collate_all, load_split
+
+    truth = load_split(symmetry_file.parent, symmetry_file.stem)
+    ids = samples["material_ids"]
+    if int(samples.get("candidate", torch.zeros(1)).max()) > 0 or len(set(ids)) != len(ids):
+        raise ValueError("the swap diagnosis takes one true-symmetry sample per crystal")
+    position = {m: i for i, m in enumerate(truth["material_ids"])}
+    if any(m not in position for m in ids):
+        raise ValueError(f"{symmetry_file} lacks some of the samples' crystals: give the split they were sampled from")
+    rows = [position[m] for m in ids]
+    batch = collate_all(truth).select(torch.tensor(rows))
+    true_coords = batch.expand(batch.orbit_coords).double().numpy()
+    true_lattice = truth["lattice"][rows].double().numpy()
+    unpacked = unpack_samples(samples)[0]
+    cifs = truth_cifs(ids, split)
+    n_atoms = batch.n_atoms.tolist()
+    atom_z = batch.atom_z.numpy()
+    jobs = {
+        "sampled": pair_jobs(unpacked, cifs),
+        "sampled coordinates, true lattice": [(c.double().numpy(), z.numpy(), true_lattice[i], cifs[i])
+                                              for i, (c, z, _) in enumerate(unpacked)],
+        "true coordinates, sampled lattice": [(true_coords[i, :n], atom_z[i, :n], unpacked[i][2].double().numpy(), cifs[i])
+                                              for i, n in enumerate(n_atoms)],
+    }
+    matched = {name: np.array([r["rms"] is not None for r in evaluate_pairs(job, workers)]) for name, job in jobs.items()}
+    errors = lattice_errors(np.stack([u[2].double().numpy() for u in unpacked]), true_lattice)
+    families = np.array([family(int(g)) for g in batch.space_group])
+    figures = {}
+    for name in ["all", *sorted(set(families), key=lambda f: -(families == f).sum())]:
+        members = np.ones(len(ids), bool) if name == "all" else families == name
+        misses = members & ~matched["sampled"]
+        figures[name] = {"crystals": int(members.sum()),
+                         **{key: round(float(hit[members].mean()), 4) for key, hit in matched.items()},
+                         **{f"misses: median {key} error": round(float(np.median(err[misses])), 4) if misses.any() else None
+                            for key, err in errors.items()}}
+    return figures
+
+
+def print_swap_diagnosis(figures: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="where the misses come from (ungated match rate; lattice errors of the misses, median)")
+    columns = ("crystals", "sampled", "sampled coordinates, true lattice", "true coordinates, sampled lattice",
+               "misses: median length error", "misses: median angle error", "misses: median volume error")
+    headers = ("family", "crystals", "sampled", "sampled coords in true lattice", "true coords in sampled lattice",
+               "misses: length error", "angle error", "volume error")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "family" else "right")
+    for name, row in figures.items():
+        cells = [str(row["crystals"])] + [f"{row[c]:.1%}" for c in columns[1:4]]
+        cells += ["-" if row[c] is None else (f"{row[c]:.1f}°" if "angle" in c else f"{row[c]:.1%}") for c in columns[4:]]
+        table.add_row(name, *cells)
+    Console(width=max(120, Console().width)).print(table)
 
 
 def print_breakdown(parts: dict) -> None:
@@ -338,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
                    **csp_figures(samples, args.workers, total, args.split),
                    "symmetry_kept": symmetry_kept(samples, args.symmetry_check),
                    "anchors": {name: {"match_rate": m, "rmse": r} for name, (m, r) in ANCHORS.items()}}
+        if args.swap_diagnosis:
+            figures["swap_diagnosis"] = swap_diagnosis(samples, args.swap_diagnosis, args.workers, args.split)
         label = "+".join(Path(p).stem for p in args.samples.split(","))
     else:
         raise SystemExit("give --samples FILE.pt, --control a.pt,b.pt,c.pt or --stoichiometry")
@@ -349,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     print_table(shown, f"Uni-MDM ({label})" if args.stoichiometry else f"Uni-MDM on MP-20 test ({label})")
     if "breakdown" in figures:
         print_breakdown(figures["breakdown"])
+    if "swap_diagnosis" in figures:
+        print_swap_diagnosis(figures["swap_diagnosis"])
     out = args.json or Path("runs") / "bench_csp_unimdm" / f"{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -31,3 +31,60 @@ def test_breakdown_by_lattice_family_and_cell_size():
     origin = parts["by_origin"]  # P1 (1) has polar axes; Fm-3m, Pm-3m, Pnma, R-3m fix the origin
     assert origin["polar axes"] == {"crystals": 1, "match_rate": 0.0, "valid": 0.0, "match_rate_of_valid": 0.0}
     assert origin["fixed origin"] == {"crystals": 4, "match_rate": 0.5, "valid": 0.75, "match_rate_of_valid": 0.6667}
+
+
+def test_swap_diagnosis_tells_lattice_misses_from_coordinate_misses(tmp_path, monkeypatch):
+    """Samples equal to the truth but one with a stretched lattice and one with moved atoms: the lattice
+    miss matches once the true lattice is swapped in, the coordinate miss once the true coordinates are;
+    the misses' lattice errors are the ones made."""
+    import numpy as np
+    import torch
+    from pymatgen.core import Lattice, Structure
+
+    import evals.bench_csp_unimdm as bench
+    from generators.unimdm.data import pack_infos
+    from generators.unimdm.sample_tensors import pack
+    from generators.unimdm.symmetry import symmetry_info
+    from generators.unimdm.tensor_files import collate_all
+
+    structures = {
+        "TiO2": Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]]),
+        "ZrO2": Structure.from_spacegroup("P2_1/c", Lattice.monoclinic(5.15, 5.21, 5.31, 99.2), ["Zr", "O", "O"],
+                                          [[0.276, 0.04, 0.208], [0.07, 0.332, 0.345], [0.449, 0.758, 0.479]]),
+        "NaCl": Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    }
+    names = list(structures)
+    split = pack_infos([symmetry_info(structures[n]) for n in names], names, names, [1.0] * 3, [-1.0] * 3)
+    torch.save(split, tmp_path / "test.pt")
+    batch = collate_all(split)
+    coords = batch.expand(batch.orbit_coords)
+    per_crystal = [coords[i, : int(batch.n_atoms[i])].clone() for i in range(3)]
+    lattices = split["lattice"].clone().float()
+    lattices[0, :2] *= 2.5  # TiO2: a and b stretched 2.5 times (tetragonal: both)
+    per_crystal[1] = torch.rand(per_crystal[1].shape, generator=torch.Generator().manual_seed(0))  # ZrO2: atoms anywhere
+    samples = pack(split, [per_crystal], lattices[None], {})
+    monkeypatch.setattr(bench, "truth_cifs", lambda ids, split: [structures[m].to(fmt="cif") for m in ids])
+
+    figures = bench.swap_diagnosis(samples, tmp_path / "test.pt", workers=1)
+    everything = figures["all"]
+    assert everything["crystals"] == 3
+    assert everything["sampled"] == round(1 / 3, 4)  # only NaCl matches as sampled
+    assert figures["tetragonal"]["sampled coordinates, true lattice"] == 1.0
+    assert figures["tetragonal"]["true coordinates, sampled lattice"] == 0.0
+    assert figures["monoclinic"]["sampled coordinates, true lattice"] == 0.0
+    assert figures["monoclinic"]["true coordinates, sampled lattice"] == 1.0
+    assert figures["cubic"] == {"crystals": 1, "sampled": 1.0, "sampled coordinates, true lattice": 1.0,
+                                "true coordinates, sampled lattice": 1.0, "misses: median length error": None,
+                                "misses: median angle error": None, "misses: median volume error": None}
+    np.testing.assert_allclose(figures["tetragonal"]["misses: median length error"], 1.5, atol=1e-4)
+    np.testing.assert_allclose(figures["tetragonal"]["misses: median volume error"], 5.25, atol=1e-3)
+    assert figures["monoclinic"]["misses: median length error"] < 1e-4
+
+    two_per_crystal = pack(split, [per_crystal, per_crystal], torch.stack([lattices, lattices]), {})
+    two_per_crystal["candidate"] = torch.tensor([0, 1, 0], dtype=torch.int16)
+    try:
+        bench.swap_diagnosis(two_per_crystal, tmp_path / "test.pt", workers=1)
+    except ValueError as error:
+        assert "one true-symmetry sample per crystal" in str(error)
+    else:
+        raise AssertionError("predicted-symmetry candidates were diagnosed")
