@@ -748,3 +748,52 @@ def test_edge_embedding_sees_distances_in_the_cell_and_stays_periodic(infos, spl
         network(coords, *inputs, None)
     with pytest.raises(ValueError, match="edge_features"):
         CrystalDiT(replace(dit_config("tiny"), edge_features=16, metric_features=4))
+
+
+def test_lattice_from_another_network(split, tmp_path):
+    """A split denoiser takes the lattice noise of one network and the coordinate scores of the other;
+    a model split with itself samples exactly as alone; models of other k normalisers refuse to pair."""
+    from dataclasses import replace
+
+    from generators.unimdm.checkpoint import load_model, model_payload, with_lattice_from
+
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
+
+    def saved(name, config, seed, k_normaliser=normaliser):
+        torch.manual_seed(seed)
+        network = CrystalDiT(config)
+        for p in network.parameters():  # zero-initialised heads would make every output 0
+            if not p.abs().sum():
+                torch.nn.init.normal_(p, std=0.05)
+        path = tmp_path / f"{name}.pt"
+        torch.save(model_payload(network.state_dict(), config, DiffusionConfig(timesteps=50), k_normaliser,
+                                 split["polar_axes"], {"name": name}), path)
+        return load_model(path)
+
+    late = saved("late", dit_config("tiny"), 0)
+    early = saved("early", replace(dit_config("tiny"), edge_features=8), 1)
+    split_model = with_lattice_from(late, early)
+    assert split_model.training["lattice_from"] == {"name": "early"}
+    assert split_model.network.config.uses_lattice_matrix  # the early network has edges
+    coords = batch.expand(batch.orbit_coords)
+    matrices = torch.eye(3).expand(batch.size, 3, 3) * 5.0
+    inputs = (coords, batch, torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group],
+              torch.full((batch.size,), 0.3), property_values(batch), matrices, tables.polar[batch.space_group])
+    with torch.no_grad():
+        lattice, score = split_model.network(*inputs)
+        assert torch.equal(lattice, early.network(*inputs)[0]) and torch.equal(score, late.network(*inputs)[1])
+        assert not torch.allclose(lattice, late.network(*inputs)[0])
+
+    settings = SamplerSettings(steps=5)
+
+    def draw(model):
+        return sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
+                      generator=torch.Generator().manual_seed(3))
+
+    alone, paired = draw(late), draw(with_lattice_from(late, late))
+    assert all(torch.equal(a, b) for a, b in zip(alone, paired))
+    other = saved("other", dit_config("tiny"), 2, KNormaliser([m + 0.1 for m in normaliser.mean], normaliser.std))
+    with pytest.raises(ValueError, match="normaliser"):
+        with_lattice_from(late, other)

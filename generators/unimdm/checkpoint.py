@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -66,6 +67,42 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> UniMDMMo
     model = UniMDMModel(network, NoiseSchedule(DiffusionConfig.from_dict(payload["diffusion"])),
                         KNormaliser(**payload["k_normaliser"]), Tables(payload["polar_axes"]), payload.get("training", {}))
     return model.to(device)
+
+
+class SplitDenoiser(torch.nn.Module):
+    """The coordinate scores of one network with the lattice noise of another, e.g. an early
+    checkpoint's lattice (its validation lattice loss is lowest after ~100 epochs and then rises)
+    beside a late one's coordinates (which keep improving). Two network calls per step."""
+
+    def __init__(self, coordinates: CrystalDiT, lattice: CrystalDiT):
+        super().__init__()
+        self.coordinates, self.lattice = coordinates, lattice
+
+    @property
+    def config(self) -> SimpleNamespace:
+        """What the sampler asks of a network's config: whether either needs the lattice matrix."""
+        return SimpleNamespace(uses_lattice_matrix=self.coordinates.config.uses_lattice_matrix
+                               or self.lattice.config.uses_lattice_matrix)
+
+    def forward(self, *inputs):
+        lattice_noise, _ = self.lattice(*inputs)
+        _, atom_score = self.coordinates(*inputs)
+        return lattice_noise, atom_score
+
+
+def with_lattice_from(model: UniMDMModel, lattice_model: UniMDMModel) -> UniMDMModel:
+    """``model`` sampling its lattices with ``lattice_model``'s network; both must share the
+    diffusion, the k normaliser (to 1e-6) and the polar axes, as runs on the same data do."""
+    if model.schedule.config != lattice_model.schedule.config:
+        raise ValueError("the lattice model was trained with another diffusion config")
+    for ours, theirs in ((model.normaliser.mean, lattice_model.normaliser.mean), (model.normaliser.std, lattice_model.normaliser.std)):
+        if max(abs(a - b) for a, b in zip(ours, theirs)) > 1e-6:
+            raise ValueError("the lattice model standardises k otherwise (another k normaliser): train both on the same data")
+    if not torch.equal(model.tables.polar.cpu(), lattice_model.tables.polar.cpu()):
+        raise ValueError("the lattice model's polar axes differ")
+    network = SplitDenoiser(model.network, lattice_model.network.to(model.device)).eval()
+    return UniMDMModel(network, model.schedule, model.normaliser, model.tables,
+                       {**model.training, "lattice_from": lattice_model.training})
 
 
 def lowest_validation_loss(paths: list[str | Path]) -> tuple[Path, list[dict]]:

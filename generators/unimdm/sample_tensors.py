@@ -1,7 +1,10 @@
 """Sample crystals for a whole symmetry file in big batches, pure torch (for the GPU machine).
 
 ``python -m generators.unimdm.sample_tensors --weights DIR/model.pt --data .device_data_unimdm
---inputs test --samples 1 --out FILE.pt [--band-gap 1.5] [--guidance 1.0]``
+--inputs test --samples 1 --out FILE.pt [--band-gap 1.5] [--guidance 1.0] [--lattice-weights EARLY/model.pt]``
+
+``--lattice-weights``: the lattice is denoised by that model's network, the coordinates by
+``--weights``' (:class:`generators.unimdm.checkpoint.SplitDenoiser`; both trained on the same data).
 
 ``--inputs`` names a symmetry file of ``--data`` (``test``: MP-20 test with its true space group
 and Wyckoff assignment; ``test_pred``: the symmetry predictor's top-5 candidates per test
@@ -26,7 +29,7 @@ import torch
 
 from generators.diffusion.diffusion import SamplerSettings
 from generators.diffusion.tensor_files import pack_samples
-from generators.unimdm.checkpoint import UniMDMModel, atomic_save, load_model
+from generators.unimdm.checkpoint import UniMDMModel, atomic_save, load_model, with_lattice_from
 from generators.unimdm.diffusion import sample
 from generators.unimdm.network import PROPERTIES
 from generators.unimdm.tensor_files import SplitIndex, collate, load_split, take_rows
@@ -35,6 +38,8 @@ from generators.unimdm.tensor_files import SplitIndex, collate, load_split, take
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m generators.unimdm.sample_tensors", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--lattice-weights", type=Path, default=None,
+                        help="model.pt whose network denoises the lattice (--weights' network the coordinates)")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--inputs", default="test", help="symmetry file name in --data (test, test_pred, control)")
     parser.add_argument("--samples", type=int, default=1, help="structures per input row")
@@ -165,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     model = load_model(args.weights, device)
+    if args.lattice_weights:
+        model = with_lattice_from(model, load_model(args.lattice_weights, device))
     split = load_split(args.data, args.inputs)
     if args.candidates is not None and "candidate" in split:
         ranks = {int(r) for r in args.candidates.split(",")}
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             "corrector_step_lr": settings.corrector_step_lr if settings.corrector_step_lr is not None else model.schedule.config.corrector_step_lr,
             "corrector": settings.corrector, "lattice_eta": settings.lattice_eta,
             "coordinate_temperature": settings.coordinate_temperature, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
-            "weights": str(args.weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "weights": str(args.weights), "lattice_weights": args.lattice_weights and str(args.lattice_weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "seed": args.seed, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
     atomic_save(pack(split, coords, lattices, info), args.out)
