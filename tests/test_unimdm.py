@@ -188,15 +188,16 @@ def test_predictor_learns_training_examples(split):
     assert correct >= 6
 
 
-@pytest.mark.parametrize("edge_features", [0, 16])
-def test_dit_samples_keep_the_space_group(split, edge_features):
+@pytest.mark.parametrize("edge_features,message_layers", [(0, 0), (16, 0), (0, 2)])
+def test_dit_samples_keep_the_space_group(split, edge_features, message_layers):
     from dataclasses import replace
 
     torch.manual_seed(0)
     batch = collate_all(split)
     tables = Tables(split["polar_axes"])
     normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
-    model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features)).eval()
+    model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features, message_layers=message_layers,
+                               message_width=16)).eval()
     schedule = NoiseSchedule(DiffusionConfig(timesteps=50))
     _, coords, lattice = sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=10),
                                 generator=torch.Generator().manual_seed(0))
@@ -215,15 +216,16 @@ def assert_space_groups_kept(batch, coords, lattice):
             assert found == int(batch.space_group[row]), (row, found)
 
 
-@pytest.mark.parametrize("edge_features", [0, 16])
-def test_training_loss_decreases(split, edge_features):
+@pytest.mark.parametrize("edge_features,message_layers", [(0, 0), (16, 0), (0, 2)])
+def test_training_loss_decreases(split, edge_features, message_layers):
     from dataclasses import replace
 
     torch.manual_seed(0)
     batch = collate_all(split)
     tables = Tables(split["polar_axes"])
     normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
-    model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features))
+    model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features, message_layers=message_layers,
+                               message_width=16))
     schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
 
     def fixed_loss():
@@ -600,7 +602,7 @@ def test_generate_unimdm_command(tmp_path):
     assert missing.exit_code == 2 and "--elements" in missing.output
 
 
-@pytest.mark.parametrize("preset", ["base", "large", "edges"])
+@pytest.mark.parametrize("preset", ["base", "large", "edges", "csp"])
 def test_preset_weights_fit_the_repository_file_limit(preset, tmp_path):
     """A trained model of each GPU preset, saved as the trainer saves it, stays under 20 MB."""
     from generators.diffusion.diffusion import DiffusionConfig
@@ -703,11 +705,11 @@ def test_probe_hull_energies_of_real_probes():
     assert abs(on_hull) < 0.1 and missing is None
 
 
-def test_edge_embedding_sees_distances_in_the_cell_and_stays_periodic(infos, split):
+def test_edge_inputs_see_distances_and_the_networks_using_them_stay_periodic(infos, split):
     """The edge inputs measure pymatgen's nearest-image distances (in volume-per-atom units) in every
-    crystal family, skewed cells included; the lattice shape features give the cell's
-    angles; a network with edges is unchanged when an atom moves by a lattice vector, changes when the
-    lattice does, and refuses to run without the lattice."""
+    crystal family, skewed cells included; the lattice shape features give the cell's angles; a
+    network with the edge embedding or with message layers is unchanged when an atom moves by a
+    lattice vector, changes when the lattice does, and refuses to run without the lattice."""
     from dataclasses import replace
 
     from generators.unimdm.lattice import matrix_from_k
@@ -731,21 +733,22 @@ def test_edge_embedding_sees_distances_in_the_cell_and_stays_periodic(infos, spl
     matrices = matrix_from_k(k_from_parameters(k)).float()
     inputs = (batch, torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group], torch.full((batch.size,), 0.3),
               property_values(batch))
-    torch.manual_seed(0)
-    network = CrystalDiT(replace(dit_config("tiny"), edge_features=16))
-    for p in network.parameters():  # zero-initialised gates and heads would hide the inputs
-        if not p.abs().sum():
-            torch.nn.init.normal_(p, std=0.05)
-    with torch.no_grad():
-        _, score = network(coords, *inputs, matrices)
-        moved = coords.clone()
-        moved[:, 0] += torch.tensor([1.0, -2.0, 1.0])
-        _, score_moved = network(moved, *inputs, matrices)
-        _, score_stretched = network(coords, *inputs, matrices * torch.tensor([1.0, 1.0, 1.3])[None, :, None])
-    assert torch.allclose(score_moved, score, atol=1e-4)
-    assert not torch.allclose(score_stretched, score, atol=1e-3)
-    with pytest.raises(ValueError, match="lattice"):
-        network(coords, *inputs, None)
+    for extra in ({"edge_features": 16}, {"message_layers": 2, "message_width": 16}):
+        torch.manual_seed(0)
+        network = CrystalDiT(replace(dit_config("tiny"), **extra))
+        for p in network.parameters():  # zero-initialised gates and heads would hide the inputs
+            if not p.abs().sum():
+                torch.nn.init.normal_(p, std=0.05)
+        with torch.no_grad():
+            _, score = network(coords, *inputs, matrices)
+            moved = coords.clone()
+            moved[:, 0] += torch.tensor([1.0, -2.0, 1.0])
+            _, score_moved = network(moved, *inputs, matrices)
+            _, score_stretched = network(coords, *inputs, matrices * torch.tensor([1.0, 1.0, 1.3])[None, :, None])
+        assert torch.allclose(score_moved, score, atol=1e-4), extra
+        assert not torch.allclose(score_stretched, score, atol=1e-3), extra
+        with pytest.raises(ValueError, match="lattice"):
+            network(coords, *inputs, None)
     with pytest.raises(ValueError, match="edge_features"):
         CrystalDiT(replace(dit_config("tiny"), edge_features=16, metric_features=4))
 
