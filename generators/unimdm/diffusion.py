@@ -74,7 +74,7 @@ NOISY_Z_CLIP = 5.0  # standard deviations: keeps the lattices decoded from pure 
 def lattice_matrices(model, z: torch.Tensor, batch: SymmetryBatch, normaliser: KNormaliser, tables: Tables,
                      free_k: torch.Tensor) -> torch.Tensor | None:
     """[B, 3, 3] lattices (Å) decoded from the (noisy) standardised k vectors, for a network whose
-    attention sees the lattice (None for one that does not)."""
+    pair features use the lattice (None for one whose do not)."""
     if not getattr(model, "config", None) or not model.config.uses_lattice_matrix:
         return None
     k = normaliser.decode(z.float().clamp(-NOISY_Z_CLIP, NOISY_Z_CLIP), batch.n_atoms, free_k, tables.fixed[batch.space_group])

@@ -127,25 +127,42 @@ METRIC_CUTOFF = 6.0  # Å: the last Gaussian centre of the distance features
 _NEIGHBOUR_IMAGES = torch.tensor([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=torch.float32)
 
 
+def shortest_length(images: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """[B, N, N, K, 3] fractional vectors (K images of each pair's offset) and [B, 3, 3] metric
+    tensors -> [B, N, N] length of the shortest image, sqrt(v G v); elementwise in float32, so bf16
+    autocast does not touch it."""
+    g = metric.float()[:, None, None, None]
+    x, y, z = images.float().unbind(-1)
+    squared = (g[..., 0, 0] * x * x + g[..., 1, 1] * y * y + g[..., 2, 2] * z * z
+               + 2 * (g[..., 0, 1] * x * y + g[..., 0, 2] * x * z + g[..., 1, 2] * y * z))
+    return squared.clamp_min(0).amin(-1).sqrt()
+
+
+def metric_tensor(lattice_matrix: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] lattices (rows: vectors) -> [B, 3, 3] metric tensors G = S S^T, elementwise in float32
+    (a matmul would run in bf16 under autocast)."""
+    rows = lattice_matrix.float()
+    return (rows.unsqueeze(-2) * rows.unsqueeze(-3)).sum(-1)
+
+
 def periodic_distances(offsets: torch.Tensor, lattice_matrix: torch.Tensor) -> torch.Tensor:
     """[B, N, N, 3] fractional offsets and [B, 3, 3] lattices (rows: vectors, Å) -> [B, N, N] distances (Å)
-    to the nearest of the 27 images around the offset wrapped into [-0.5, 0.5); elementwise in float32
-    through the metric tensor, so bf16 autocast does not touch it."""
+    to the nearest of the 27 images around the offset wrapped into [-0.5, 0.5)."""
     wrapped = (offsets - torch.round(offsets)).float()
-    rows = lattice_matrix.float()
-    metric = (rows.unsqueeze(-2) * rows.unsqueeze(-3)).sum(-1)[:, None, None, None]  # G = S S^T, [B, 1, 1, 1, 3, 3]
-    v = wrapped.unsqueeze(-2) + _NEIGHBOUR_IMAGES.to(offsets.device)  # [B, N, N, 27, 3]
-    x, y, z = v.unbind(-1)
-    squared = (metric[..., 0, 0] * x * x + metric[..., 1, 1] * y * y + metric[..., 2, 2] * z * z
-               + 2 * (metric[..., 0, 1] * x * y + metric[..., 0, 2] * x * z + metric[..., 1, 2] * y * z))
-    return squared.clamp_min(0).amin(-1).sqrt()
+    images = wrapped.unsqueeze(-2) + _NEIGHBOUR_IMAGES.to(offsets.device)  # [B, N, N, 27, 3]
+    return shortest_length(images, metric_tensor(lattice_matrix))
+
+
+def gaussian_features(values: torch.Tensor, count: int, cutoff: float) -> torch.Tensor:
+    """[...] -> [..., count] Gaussians centred evenly on 0..``cutoff``, one spacing wide."""
+    centres = torch.linspace(0.0, cutoff, count, device=values.device)
+    spacing = cutoff / max(1, count - 1)
+    return torch.exp(-(((values.unsqueeze(-1) - centres) / spacing) ** 2))
 
 
 def distance_features(distances: torch.Tensor, count: int) -> torch.Tensor:
     """[...] distances (Å) -> [..., count] Gaussians centred 0..:data:`METRIC_CUTOFF` Å, one spacing wide."""
-    centres = torch.linspace(0.0, METRIC_CUTOFF, count, device=distances.device)
-    spacing = METRIC_CUTOFF / max(1, count - 1)
-    return torch.exp(-(((distances.unsqueeze(-1) - centres) / spacing) ** 2))
+    return gaussian_features(distances, count, METRIC_CUTOFF)
 
 
 EDGE_DISTANCE_BINS = 16
@@ -155,9 +172,8 @@ EDGE_DISTANCE_CUTOFF = 3.0  # in units of the cube root of the volume per atom
 def lattice_shape(lattice_matrix: torch.Tensor, n_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 3, 3] lattices (rows, Å) -> ([B, 3, 3] metric tensor in units of (volume per atom)^(2/3),
     [B, 6] shape features: log squared lengths and cosines of the angles), in float32."""
-    rows = lattice_matrix.float()
-    metric = rows @ rows.transpose(-1, -2)
-    volume = torch.linalg.det(rows).abs().clamp_min(1e-3)
+    metric = metric_tensor(lattice_matrix)
+    volume = torch.linalg.det(metric).clamp_min(1e-6).sqrt()
     scale = (volume / n_atoms.float().clamp_min(1)) ** (2.0 / 3.0)
     metric = metric / scale[:, None, None]
     lengths = metric.diagonal(dim1=-2, dim2=-1).clamp_min(1e-6)
@@ -173,14 +189,10 @@ def scaled_distances(offsets: torch.Tensor, metric: torch.Tensor) -> torch.Tenso
     """[B, N, N, 3] fractional offsets and [B, 3, 3] metric tensors -> [B, N, N] pair distances in the
     metric's units: the shortest of the 8 images around the offset wrapped into [-0.5, 0.5) (each
     component w or w - sign(w)), which is the nearest image but in very skewed cells and, unlike one
-    image, continuous where a component crosses 0.5. Elementwise in float32: bf16 autocast skips it."""
+    image, continuous where a component crosses 0.5."""
     wrapped = (offsets - torch.round(offsets)).float()
-    v = wrapped.unsqueeze(-2) - _CORNER_CHOICES.to(offsets.device) * torch.sign(wrapped).unsqueeze(-2)  # [B, N, N, 8, 3]
-    g = metric.float()[:, None, None, None]
-    x, y, z = v.unbind(-1)
-    squared = (g[..., 0, 0] * x * x + g[..., 1, 1] * y * y + g[..., 2, 2] * z * z
-               + 2 * (g[..., 0, 1] * x * y + g[..., 0, 2] * x * z + g[..., 1, 2] * y * z))
-    return squared.clamp_min(0).amin(-1).sqrt()
+    images = wrapped.unsqueeze(-2) - _CORNER_CHOICES.to(offsets.device) * torch.sign(wrapped).unsqueeze(-2)  # [B, N, N, 8, 3]
+    return shortest_length(images, metric)
 
 
 def edge_input_width(frequencies: int) -> int:
@@ -192,9 +204,7 @@ def edge_inputs(offsets: torch.Tensor, lattice_matrix: torch.Tensor, n_atoms: to
     """[B, N, N, 3] fractional offsets -> [B, N, N, edge_input_width(frequencies)]: Fourier
     features, the lattice's shape, Gaussians of the pair distance (volume-per-atom units)."""
     metric, shape = lattice_shape(lattice_matrix, n_atoms)
-    centres = torch.linspace(0.0, EDGE_DISTANCE_CUTOFF, EDGE_DISTANCE_BINS, device=offsets.device)
-    spacing = EDGE_DISTANCE_CUTOFF / (EDGE_DISTANCE_BINS - 1)
-    distance = torch.exp(-(((scaled_distances(offsets, metric).unsqueeze(-1) - centres) / spacing) ** 2))
+    distance = gaussian_features(scaled_distances(offsets, metric), EDGE_DISTANCE_BINS, EDGE_DISTANCE_CUTOFF)
     b, n = offsets.shape[:2]
     return torch.cat([fourier_features(offsets, frequencies), shape[:, None, None, :].expand(b, n, n, 6), distance], dim=-1)
 
@@ -317,7 +327,7 @@ class MessageLayer(nn.Module):
 
 class CrystalDiT(nn.Module):
     """``forward(coords [B,N,3], batch, lattice_z [B,6], lattice_free [B,6], time [B], properties [B,P],
-    lattice_matrix [B,3,3] in Å (needed when ``metric_features`` or ``edge_features`` > 0), polar [B,3] bool (the space
+    lattice_matrix [B,3,3] in Å (needed when ``config.uses_lattice_matrix``), polar [B,3] bool (the space
     group's polar axes; needed when ``polar_invariant``))``
     -> ``(lattice_noise [B,6], atom_score [B,N,3])`` (padded atoms 0)."""
 
@@ -385,11 +395,12 @@ class CrystalDiT(nn.Module):
                     if self.edges is not None or self.messages else None)
         if self.edges is not None:
             pairs = self.edges(geometry)
+        elif self.config.metric_features:
+            distances = periodic_distances(offsets, lattice_matrix)
+            pairs = torch.cat([fourier_features(offsets, self.config.pair_frequencies),
+                               distance_features(distances, self.config.metric_features)], dim=-1)
         else:
             pairs = fourier_features(offsets, self.config.pair_frequencies)
-        if self.config.metric_features and self.edges is None:
-            distances = periodic_distances(offsets, lattice_matrix)
-            pairs = torch.cat([pairs, distance_features(distances, self.config.metric_features)], dim=-1)
         pairs = F.pad(pairs, (0, 0, 1, 0, 1, 0))
         context = self.properties(properties)
         modulation = self.modulation(cond)
