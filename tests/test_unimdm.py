@@ -433,6 +433,33 @@ def test_distance_features_extend_a_trained_network_without_changing_it(split, t
             train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", *bad])
 
 
+def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, tmp_path):
+    from generators.unimdm import train
+    from generators.unimdm.checkpoint import load_model
+    from generators.unimdm.data import STANDARD_TRAIN_ROWS, split_rows
+    from generators.unimdm.tensor_files import take_rows
+
+    # the validation subset and the rows that top the shared train split up never overlap
+    assert split_rows("val") == ("val", slice(0, 2048))
+    assert split_rows("val_rest") == ("val", slice(2048, 2048 + STANDARD_TRAIN_ROWS - 21_226))
+    assert split_rows("val_rest", val_rows=100, val_rest_rows=50, limit=10) == ("val", slice(100, 110))
+    assert split_rows("test", limit=5) == ("test", slice(0, 5)) and split_rows("train") == ("train", slice(0, None))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        torch.save(split, data / f"{name}.pt")
+    torch.save(take_rows(split, [5, 6]), data / "val_rest.pt")  # the two low-symmetry crystals
+    out = tmp_path / "run"
+    last = train.train(train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "0.01", "--preset", "tiny",
+                                         "--batch", "4", "--threads", "1", "--val-seconds", "1e9",
+                                         "--train-sets", "train,val_rest"]))
+    record = load_model(out / "model.pt").training
+    assert record["train_sets"] == ["train", "val_rest"] and record["train_rows"] == 9 and last["step"] > 0
+    for bad in ("train,val", "test", ","):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", "--train-sets", bad])
+
+
 def test_low_symmetry_crystals_are_drawn_more_often():
     from generators.unimdm.train import BucketSampler
 

@@ -6,6 +6,11 @@ space group and Wyckoff orbits (:func:`generators.unimdm.symmetry.symmetry_info`
 one file per split in the format of :mod:`generators.unimdm.tensor_files`, plus ``meta.json``
 (rows, failures, the reconstruction check, sizes). Band gap and formation energy come from
 the MP-20 table (NaN where missing).
+
+Split ``val_rest``: the ``--val-rest-rows`` MP-20 val rows after the validation subset. The
+shared MP-20 train holds 21,226 of the standard 27,136 crystals; these 5,910 val crystals
+(never test, never the validation subset) bring a training set back to the standard size
+(``train.py --train-sets train,val_rest``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 
 from generators.unimdm.symmetry import LETTERS, SymmetryInfo, encode_operations, polar_axes
-from generators.unimdm.tensor_files import split_path
+from generators.unimdm.tensor_files import concatenate, split_path
 
 
 def _symmetry_of_cif_unchecked(cif: str):
@@ -87,15 +92,28 @@ def _float(value) -> float:
     return value
 
 
-def build_split(split: str, workers: int, limit: int | None = None, part: tuple[int, int] = (0, 1),
+STANDARD_TRAIN_ROWS = 27_136  # MP-20 train as CDVAE/DiffCSP split it
+SHARED_TRAIN_ROWS = 21_226  # the rows of it in the shared data (../shared/data/README.md)
+
+
+def split_rows(split: str, val_rows: int = 2048, val_rest_rows: int = STANDARD_TRAIN_ROWS - SHARED_TRAIN_ROWS,
+               limit: int | None = None) -> tuple[str, slice]:
+    """(MP-20 table, row slice) of a split name: ``train``/``test`` whole, ``val`` its first
+    ``val_rows``, ``val_rest`` the next ``val_rest_rows``; ``limit`` caps any of them (tests)."""
+    start, stop = {"val": (0, val_rows), "val_rest": (val_rows, val_rows + val_rest_rows)}.get(split, (0, None))
+    if limit:
+        stop = start + limit if stop is None else min(stop, start + limit)
+    return ("val" if split == "val_rest" else split), slice(start, stop)
+
+
+def build_split(split: str, workers: int, rows: slice = slice(None), part: tuple[int, int] = (0, 1),
                 check: bool = True) -> tuple[dict, dict]:
-    """Tensors of one MP-20 split (or of part i of n contiguous parts) and its statistics
-    (rows, failures, reconstruction matches: the Wyckoff expansion matches the CIF's structure)."""
+    """Tensors of rows ``rows`` of one MP-20 table (or of part i of n contiguous parts of them)
+    and their statistics (rows, failures, reconstruction matches: the Wyckoff expansion matches
+    the CIF's structure)."""
     from generators.datasets import load_mp20
 
-    table = load_mp20(split)
-    if limit:
-        table = table.head(limit)
+    table = load_mp20(split).iloc[rows]
     index, parts = part
     size = len(table)
     table = table.iloc[index * size // parts : (index + 1) * size // parts]
@@ -118,19 +136,6 @@ def build_split(split: str, workers: int, limit: int | None = None, part: tuple[
         "orbits": int(tensors["n_orbits"].long().sum()), "max_orbits": int(tensors["n_orbits"].max()),
     }
     return tensors, stats
-
-
-def concatenate(parts: list[dict]) -> dict:
-    """Packed splits joined in order (per-crystal, per-orbit and per-atom rows appended)."""
-    merged = {}
-    for key, value in parts[0].items():
-        if key in ("format", "polar_axes"):
-            merged[key] = value
-        elif isinstance(value, torch.Tensor):
-            merged[key] = torch.cat([p[key] for p in parts], dim=0)
-        else:
-            merged[key] = [item for p in parts for item in p[key]]
-    return merged
 
 
 def merge_parts(out: Path, split: str, parts: int) -> dict:
@@ -158,7 +163,8 @@ def merge_parts(out: Path, split: str, parts: int) -> dict:
 
 
 def build(out: Path, splits: list[str], workers: int, limit: int | None = None, val_rows: int = 2048,
-          part: tuple[int, int] = (0, 1), check: bool = True) -> dict:
+          part: tuple[int, int] = (0, 1), check: bool = True,
+          val_rest_rows: int = STANDARD_TRAIN_ROWS - SHARED_TRAIN_ROWS) -> dict:
     from generators.datasets import data_dir
 
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +173,8 @@ def build(out: Path, splits: list[str], workers: int, limit: int | None = None, 
     meta.update(source=str(data_dir()), command=" ".join(["python -m generators.unimdm.data", *sys.argv[1:]]))
     for split in splits:
         start = time.perf_counter()
-        tensors, stats = build_split(split, workers, min(limit or val_rows, val_rows) if split == "val" else limit, part, check)
+        table, rows = split_rows(split, val_rows, val_rest_rows, limit)
+        tensors, stats = build_split(table, workers, rows, part, check)
         name = split if part[1] == 1 else f"{split}.part{part[0]}of{part[1]}"
         path = split_path(out, name)
         torch.save(tensors, path)
@@ -184,10 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser = commands.add_parser("build", help="write the symmetry tensor files of MP-20 splits")
     build_parser.add_argument("--out", type=Path, default=Path(".device_data_unimdm"))
-    build_parser.add_argument("--splits", default="test,val,train")
+    build_parser.add_argument("--splits", default="test,val,train", help="comma-separated: train, val, val_rest, test")
     build_parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     build_parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (tests)")
     build_parser.add_argument("--val-rows", type=int, default=2048, help="rows of MP-20 val kept for the validation loss")
+    build_parser.add_argument("--val-rest-rows", type=int, default=STANDARD_TRAIN_ROWS - SHARED_TRAIN_ROWS,
+                              help="rows of MP-20 val after the validation subset in split val_rest (training data)")
     build_parser.add_argument("--part", default="0/1", help="i/n: only the i-th of n contiguous parts (merge them with `merge`)")
     build_parser.add_argument("--no-check", action="store_true", help="skip the StructureMatcher check of the expansion")
     merge_parser = commands.add_parser("merge", help="join the parts of a split built with --part")
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     index, parts = (int(v) for v in args.part.split("/"))
     build(args.out, [s for s in args.splits.split(",") if s], args.workers, args.limit, args.val_rows, (index, parts),
-          not args.no_check)
+          not args.no_check, args.val_rest_rows)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,19 @@ def collate_all(split: dict) -> SymmetryBatch:
     return collate(index, list(range(len(index))))
 
 
+def concatenate(parts: list[dict]) -> dict:
+    """Packed splits joined in order (per-crystal, per-orbit and per-atom rows appended)."""
+    merged = {}
+    for key, value in parts[0].items():
+        if key in ("format", "polar_axes"):
+            merged[key] = value
+        elif isinstance(value, torch.Tensor):
+            merged[key] = torch.cat([p[key] for p in parts], dim=0)
+        else:
+            merged[key] = [item for p in parts for item in p[key]]
+    return merged
+
+
 def take_rows(split: dict, rows: list[int]) -> dict:
     """A packed split of the given crystal rows (same format)."""
     index = SplitIndex(split)

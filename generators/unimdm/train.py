@@ -2,14 +2,16 @@
 
 ``python -m generators.unimdm.train --data .device_data_unimdm --out DIR --minutes M [--batch 256]
 [--preset base] [--resume DIR/checkpoint.pt] [--stop-after MIN] [--compile] [--metric-features 12]
-[--low-symmetry-weight 2]``
+[--low-symmetry-weight 2] [--train-sets train,val_rest]``
 
 The loop is :mod:`generators.training`'s, as for the diffusion model: linear warm-up then a
 cosine over ``--minutes`` of training wall time counted across resumed invocations,
 ``--stop-after`` ends one invocation early, bf16 autocast on CUDA, the whole training set
 resident on the device. ``--metric-features`` gives the attention pair distances (a model.pt
 without them resumes with the new weights at zero, so it starts from the same function);
-``--low-symmetry-weight W`` draws monoclinic and triclinic crystals W times per pass. Batches group crystals
+``--low-symmetry-weight W`` draws monoclinic and triclinic crystals W times per pass;
+``--train-sets train,val_rest`` adds the MP-20 val rows that bring the shared train split back to
+the standard 27,136 crystals (:mod:`generators.unimdm.data`). Batches group crystals
 of similar size (sorted within random pools of 32 batches) and are padded to a multiple of 8
 atoms. Writes ``DIR/train_log.jsonl`` (one JSON object per line), ``DIR/model.pt`` (EMA
 weights, float16) and ``DIR/checkpoint.pt`` (full state), atomically.
@@ -28,7 +30,7 @@ from generators.unimdm.checkpoint import MODEL_FORMAT, model_payload
 from generators.unimdm.diffusion import Tables, training_losses
 from generators.unimdm.lattice import KNormaliser, free_mask_table
 from generators.unimdm.network import DIT_PRESETS, CrystalDiT, DiTConfig, dit_config, expand_pair_weights
-from generators.unimdm.tensor_files import SymmetryBatch, collate_all, load_split, take_rows
+from generators.unimdm.tensor_files import SymmetryBatch, collate_all, concatenate, load_split, take_rows
 
 PAD_MULTIPLE = 8
 
@@ -46,7 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="make the network blind to absolute coordinates along polar axes (no new weights; also for a resumed model)")
     parser.add_argument("--low-symmetry-weight", type=int, default=1,
                         help="times each monoclinic or triclinic crystal (space group 1-15) is drawn per pass, 1-8")
+    parser.add_argument("--train-sets", default="train",
+                        help="comma-separated split files to train on: train, val_rest (val and test are held out)")
     args = parser.parse_args(argv)
+    args.train_sets = [s for s in args.train_sets.split(",") if s]
+    held_out = [s for s in args.train_sets if s in ("val", "test")]
+    if held_out or not args.train_sets:
+        parser.error(f"--train-sets must name training splits, not {', '.join(held_out) or 'nothing'}")
     if args.metric_features is not None and not 0 <= args.metric_features <= 32:
         parser.error(f"--metric-features must be 0..32, got {args.metric_features}")
     if not 1 <= args.low_symmetry_weight <= 8:
@@ -102,7 +110,7 @@ class DiTRun(TrainingRun):
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
-        train_split = load_split(args.data, "train")
+        train_split = concatenate([load_split(args.data, name) for name in args.train_sets])
         if args.train_limit:
             train_split = take_rows(train_split, list(range(min(args.train_limit, len(train_split["material_ids"])))))
         self.polar_axes = train_split["polar_axes"]
@@ -174,7 +182,7 @@ class DiTRun(TrainingRun):
         return {**super().start_record(), "max_atoms": int(self.train_data.atom_mask.shape[1])}
 
     def training_record(self, last: dict) -> dict:
-        return {**super().training_record(last), "property_dropout": self.args.property_dropout,
+        return {**super().training_record(last), "train_sets": self.args.train_sets, "property_dropout": self.args.property_dropout,
                 "low_symmetry_weight": self.args.low_symmetry_weight}
 
     def payload(self, record: dict, weight_dtype: torch.dtype) -> dict:
