@@ -460,6 +460,23 @@ def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, 
             train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", "--train-sets", bad])
 
 
+def test_step_profile_counts_the_training_step(split, tmp_path):
+    from evals import profile_unimdm_step
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        torch.save(split, data / f"{name}.pt")
+    figures = profile_unimdm_step.main(["--data", str(data), "--preset", "tiny", "--batch", "4", "--warmup", "1",
+                                        "--steps", "2", "--profile-steps", "1", "--threads", "1", "--json", str(tmp_path / "p.json")])
+    assert figures["steps_per_second"] > 0 and figures["crystals_per_second"] == pytest.approx(4 * figures["steps_per_second"])
+    names = [row["name"] for row in figures["by_time"]]
+    assert figures["clock"] == "cpu" and any("mm" in name for name in names)  # the network's matmuls were seen
+    assert json.loads((tmp_path / "p.json").read_text())["batch"] == 4
+    with pytest.raises(SystemExit):
+        profile_unimdm_step.parse_args(["--data", str(data), "--steps", "0"])
+
+
 def test_low_symmetry_crystals_are_drawn_more_often():
     from generators.unimdm.train import BucketSampler
 
