@@ -1,7 +1,7 @@
 """Where one Uni-MDM training step spends its time (torch only; runs on the GPU machine).
 
 ``python -m evals.profile_unimdm_step --data .device_data_unimdm [--preset base] [--batch 2048]
-[--steps 20] [--profile-steps 5] [--json OUT]``
+[--steps 20] [--profile-steps 5] [--cuda-graphs] [--json OUT]``
 
 Runs the optimizer steps of :mod:`generators.unimdm.train` (same batches, losses, AdamW, EMA)
 after ``--warmup`` steps and prints: wall seconds per step (synchronised), then from one
@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, default=5, help="steps under torch.profiler")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--train-sets", default="train")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="steps replayed as CUDA graphs (train.py --cuda-graphs); warm up long enough to record every width")
     parser.add_argument("--rows", type=int, default=20, help="operators listed in each top table")
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
     args = parser.parse_args(argv)
@@ -72,7 +74,8 @@ def profile(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as out:
         train_args = train.parse_args(["--data", str(args.data), "--out", out, "--minutes", "1", "--batch", str(args.batch),
                                        "--preset", args.preset, "--train-sets", args.train_sets, "--val-size", "8",
-                                       *(["--threads", str(args.threads)] if args.threads else [])])
+                                       *(["--threads", str(args.threads)] if args.threads else []),
+                                       *(["--cuda-graphs"] if args.cuda_graphs else [])])
         prepare_torch(train_args)
         run = train.DiTRun(train_args)
         batches = train.BucketSampler(run.train_data.n_atoms, args.batch, torch.Generator().manual_seed(0))
@@ -93,7 +96,8 @@ def profile(args: argparse.Namespace) -> dict:
             steps(args.profile_steps)
         figures = {
             "device": torch.cuda.get_device_name(run.device) if cuda else "cpu", "preset": args.preset, "batch": args.batch,
-            "parameters": run.model.parameter_count(), "wall_seconds_per_step": wall, "steps_per_second": 1.0 / wall,
+            "parameters": run.model.parameter_count(), "wall_seconds_per_step": wall,
+            "cuda_graphs": run.graphed is not None, "graphs_recorded": len(run.graphed.graphs) if run.graphed else 0, "steps_per_second": 1.0 / wall,
             "crystals_per_second": args.batch / wall, **kernel_figures(profiler, args.profile_steps),
             **top_operators(profiler, args.profile_steps, args.rows),
         }

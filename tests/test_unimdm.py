@@ -477,6 +477,57 @@ def test_step_profile_counts_the_training_step(split, tmp_path):
         profile_unimdm_step.parse_args(["--data", str(data), "--steps", "0"])
 
 
+def test_graphed_step_body_is_the_eager_step(split, tmp_path):
+    """What --cuda-graphs records (GraphedSteps.body at a fixed padded width, tensor learning rate,
+    capturable AdamW, device-side EMA weight) updates the weights and the EMA as the eager step
+    does; a capture that fails (here: no CUDA) falls back to eager steps and says so."""
+    from generators.training import GraphedSteps, ema_decay
+    from generators.unimdm import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        torch.save(split, data / f"{name}.pt")
+    runs = []
+    for name in ("eager", "graphed"):
+        args = train.parse_args(["--data", str(data), "--out", str(tmp_path / name), "--minutes", "1", "--preset", "tiny",
+                                 "--batch", "7", "--threads", "1", "--cuda-graphs"])
+        torch.manual_seed(0)
+        runs.append(train.DiTRun(args))
+    eager, graphed_run = runs
+    assert eager.graphed is None  # on the CPU the option changes nothing
+    graphed_run.optimizer = torch.optim.AdamW(graphed_run.model.parameters(), lr=torch.tensor(1e-3), weight_decay=0.01,
+                                              betas=(0.9, 0.99), fused=True, capturable=True)
+    graphed = GraphedSteps(graphed_run)
+    index = torch.arange(7)
+    key = graphed_run.batch_key(index)
+    assert key == 12  # 12 atoms at most: a multiple of 8 but never wider than the resident data
+    assert graphed_run.batch_key(torch.tensor([0, 1])) == 8  # SrTiO3 and NaCl: 5 and 8 atoms
+    for step in range(3):
+        lr, decay = 1e-3 * (step + 1), ema_decay(step, 0.999)
+        torch.manual_seed(10 + step)
+        expected = eager.step(index, lr)
+        eager.progress.step += 1
+        torch.manual_seed(10 + step)
+        graphed.learning_rate.fill_(lr)
+        graphed.ema_weight.fill_(1.0 - decay)
+        got = graphed.body(index, key)
+        graphed_run.optimizer.zero_grad(set_to_none=True)
+        assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+    for a, b in zip(list(eager.model.parameters()) + list(eager.ema.parameters()),
+                    list(graphed_run.model.parameters()) + list(graphed_run.ema.parameters())):
+        assert torch.allclose(a, b, atol=1e-5)
+    stats = graphed_run.normaliser._stats(split["k"])
+    assert graphed_run.normaliser._stats(split["k"]) is stats  # made once per device, never copied again per step
+    graphed_run.graphed = graphed
+    before = [p.detach().clone() for p in graphed_run.model.parameters()]
+    values = graphed_run.step(index, 1e-3)  # no CUDA here: the recording fails, the step runs eagerly
+    assert graphed_run.graphed is None and torch.isfinite(values).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, graphed_run.model.parameters()))
+    log = [json.loads(line) for line in (tmp_path / "graphed" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "cuda_graphs_fallback"
+
+
 def test_low_symmetry_crystals_are_drawn_more_often():
     from generators.unimdm.train import BucketSampler
 

@@ -27,7 +27,7 @@ training statistics, fixed components 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -132,6 +132,7 @@ class KNormaliser:
 
     mean: list[float]
     std: list[float]
+    _device_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, k: torch.Tensor, n_atoms: torch.Tensor, free: torch.Tensor) -> KNormaliser:
@@ -144,8 +145,13 @@ class KNormaliser:
         return cls(mean.tolist(), var.sqrt().clamp_min(0.02).tolist())
 
     def _stats(self, like: torch.Tensor):
-        return (torch.tensor(self.mean, dtype=like.dtype, device=like.device),
-                torch.tensor(self.std, dtype=like.dtype, device=like.device))
+        """(mean, std) as tensors like ``like``, made once per device and dtype: a copy from the host
+        at every step would stall the GPU (and cannot be recorded in a CUDA graph)."""
+        key = (like.device, like.dtype)
+        if key not in self._device_stats:
+            self._device_stats[key] = (torch.tensor(self.mean, dtype=like.dtype, device=like.device),
+                                       torch.tensor(self.std, dtype=like.dtype, device=like.device))
+        return self._device_stats[key]
 
     def encode(self, k: torch.Tensor, n_atoms: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(k)

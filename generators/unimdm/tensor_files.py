@@ -75,10 +75,11 @@ class SymmetryBatch:
     def select(self, index: torch.Tensor) -> SymmetryBatch:
         return SymmetryBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
-    def trim(self, atoms: int | None = None) -> SymmetryBatch:
-        """Cut the padding to this batch's largest crystal (orbits; atoms, or ``atoms`` columns)."""
+    def trim(self, atoms: int | None = None, orbits: int | None = None) -> SymmetryBatch:
+        """Cut the padding to this batch's largest crystal, or to ``atoms`` / ``orbits`` columns
+        (given both, no value is read back from the device)."""
         n = atoms or (int(self.atom_mask.sum(1).max()) if self.atom_mask.numel() else 1)
-        r = int(self.orbit_mask.sum(1).max()) if self.orbit_mask.numel() else 1
+        r = orbits or (int(self.orbit_mask.sum(1).max()) if self.orbit_mask.numel() else 1)
         values = {}
         for f in fields(self):
             tensor = getattr(self, f.name)

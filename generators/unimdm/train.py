@@ -10,7 +10,8 @@ cosine over ``--minutes`` of training wall time counted across resumed invocatio
 resident on the device. ``--metric-features`` gives the attention pair distances (a model.pt
 without them resumes with the new weights at zero, so it starts from the same function);
 ``--low-symmetry-weight W`` draws monoclinic and triclinic crystals W times per pass;
-``--train-sets train,val_rest`` adds the MP-20 val rows that bring the shared train split back to
+``--cuda-graphs`` records each padded width's whole step as a CUDA graph and replays it (the
+eager step is launch-bound); ``--train-sets train,val_rest`` adds the MP-20 val rows that bring the shared train split back to
 the standard 27,136 crystals (:mod:`generators.unimdm.data`). Batches group crystals
 of similar size (sorted within random pools of 32 batches) and are padded to a multiple of 8
 atoms. Writes ``DIR/train_log.jsonl`` (one JSON object per line), ``DIR/model.pt`` (EMA
@@ -116,6 +117,7 @@ class DiTRun(TrainingRun):
         self.polar_axes = train_split["polar_axes"]
         self.train_rows = len(train_split["material_ids"])
         self.train_data = collate_all(train_split).to(self.device)
+        self.train_atoms = train_split["n_atoms"].long()  # on the CPU: batch shapes without reading the device
         val_split = load_split(args.data, "val")
         rows = len(val_split["material_ids"])
         order = torch.randperm(rows, generator=torch.Generator().manual_seed(0))[: min(args.val_size, rows)]
@@ -163,6 +165,16 @@ class DiTRun(TrainingRun):
 
     def losses(self, model, index: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.batch_losses(model, padded_batch(self.train_data, index.to(self.device)))
+
+    def batch_key(self, index: torch.Tensor) -> int:
+        """The padded atom width of the training rows ``index``, from the atom counts kept on the CPU."""
+        largest = int(self.train_atoms[index].max())
+        return min(self.train_data.atom_mask.shape[1], -(-largest // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+    def static_losses(self, model, index: torch.Tensor, key: int) -> dict[str, torch.Tensor]:
+        """:meth:`losses` with ``key`` atom columns and at most as many orbits (``--cuda-graphs``)."""
+        orbits = min(key, self.train_data.orbit_mask.shape[1])
+        return self.batch_losses(model, self.train_data.select(index).trim(atoms=key, orbits=orbits))
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
