@@ -31,7 +31,7 @@ from generators.diffusion.diffusion import (
     wrapped_normal_negative_score,
 )
 from generators.diffusion.representation import wrap
-from generators.unimdm.lattice import KNormaliser, fixed_value_table, free_mask_table, matrix_from_k, parameters_from_k
+from generators.unimdm.lattice import KNormaliser, fixed_value_table, free_mask_table, matrix_from_k_fixed_steps, parameters_from_k
 from generators.unimdm.network import PROPERTIES, PROPERTY_SCALE
 from generators.unimdm.tensor_files import SymmetryBatch
 
@@ -78,7 +78,7 @@ def lattice_matrices(model, z: torch.Tensor, batch: SymmetryBatch, normaliser: K
     if not getattr(model, "config", None) or not model.config.uses_lattice_matrix:
         return None
     k = normaliser.decode(z.float().clamp(-NOISY_Z_CLIP, NOISY_Z_CLIP), batch.n_atoms, free_k, tables.fixed[batch.space_group])
-    return matrix_from_k(k)
+    return matrix_from_k_fixed_steps(k)
 
 
 def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, tables: Tables,

@@ -124,6 +124,17 @@ DIT_PRESETS = {
 
 
 METRIC_CUTOFF = 6.0  # Å: the last Gaussian centre of the distance features
+_DEVICE_CONSTANTS: dict = {}
+
+
+def on_device(constant: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A module constant on ``device``, copied there once: a host copy at every call stalls the
+    GPU and cannot be recorded in a CUDA graph (``train.py --cuda-graphs``)."""
+    key = (id(constant), str(device))
+    if key not in _DEVICE_CONSTANTS:
+        _DEVICE_CONSTANTS[key] = constant.to(device)
+    return _DEVICE_CONSTANTS[key]
+
 _NEIGHBOUR_IMAGES = torch.tensor([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=torch.float32)
 
 
@@ -149,7 +160,7 @@ def periodic_distances(offsets: torch.Tensor, lattice_matrix: torch.Tensor) -> t
     """[B, N, N, 3] fractional offsets and [B, 3, 3] lattices (rows: vectors, Å) -> [B, N, N] distances (Å)
     to the nearest of the 27 images around the offset wrapped into [-0.5, 0.5)."""
     wrapped = (offsets - torch.round(offsets)).float()
-    images = wrapped.unsqueeze(-2) + _NEIGHBOUR_IMAGES.to(offsets.device)  # [B, N, N, 27, 3]
+    images = wrapped.unsqueeze(-2) + on_device(_NEIGHBOUR_IMAGES, offsets.device)  # [B, N, N, 27, 3]
     return shortest_length(images, metric_tensor(lattice_matrix))
 
 
@@ -169,11 +180,19 @@ EDGE_DISTANCE_BINS = 16
 EDGE_DISTANCE_CUTOFF = 3.0  # in units of the cube root of the volume per atom
 
 
+def symmetric_determinant(g: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] symmetric matrices -> [B] determinants, elementwise (no LU factorisation: nothing
+    read back, so a CUDA graph can record it)."""
+    return (g[:, 0, 0] * (g[:, 1, 1] * g[:, 2, 2] - g[:, 1, 2] ** 2)
+            - g[:, 0, 1] * (g[:, 0, 1] * g[:, 2, 2] - g[:, 1, 2] * g[:, 0, 2])
+            + g[:, 0, 2] * (g[:, 0, 1] * g[:, 1, 2] - g[:, 1, 1] * g[:, 0, 2]))
+
+
 def lattice_shape(lattice_matrix: torch.Tensor, n_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 3, 3] lattices (rows, Å) -> ([B, 3, 3] metric tensor in units of (volume per atom)^(2/3),
     [B, 6] shape features: log squared lengths and cosines of the angles), in float32."""
     metric = metric_tensor(lattice_matrix)
-    volume = torch.linalg.det(metric).clamp_min(1e-6).sqrt()
+    volume = symmetric_determinant(metric).clamp_min(1e-6).sqrt()
     scale = (volume / n_atoms.float().clamp_min(1)) ** (2.0 / 3.0)
     metric = metric / scale[:, None, None]
     lengths = metric.diagonal(dim1=-2, dim2=-1).clamp_min(1e-6)
@@ -191,7 +210,7 @@ def scaled_distances(offsets: torch.Tensor, metric: torch.Tensor) -> torch.Tenso
     component w or w - sign(w)), which is the nearest image but in very skewed cells and, unlike one
     image, continuous where a component crosses 0.5."""
     wrapped = (offsets - torch.round(offsets)).float()
-    images = wrapped.unsqueeze(-2) - _CORNER_CHOICES.to(offsets.device) * torch.sign(wrapped).unsqueeze(-2)  # [B, N, N, 8, 3]
+    images = wrapped.unsqueeze(-2) - on_device(_CORNER_CHOICES, offsets.device) * torch.sign(wrapped).unsqueeze(-2)  # [B, N, N, 8, 3]
     return shortest_length(images, metric)
 
 
