@@ -268,8 +268,10 @@ def test_train_and_sample_commands(split, tmp_path):
     with pytest.raises(SystemExit):  # a dropout probability out of range is refused before any work
         train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", "--dropout", "1.5"])
     sample_tensors.main(["--weights", str(out / "model.pt"), "--data", str(data), "--inputs", "test", "--steps", "4",
-                         "--method", "fast", "--out", str(tmp_path / "s.pt"), "--threads", "1", "--band-gap", "1.5"])
+                         "--method", "fast", "--out", str(tmp_path / "s.pt"), "--threads", "1", "--band-gap", "1.5",
+                         "--cuda-graphs"])  # no CUDA here: recorded as asked, sampled eagerly
     samples = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert samples["info"]["cuda_graphs"] is True
     rows = unpack_samples(samples)[0]
     assert len(rows) == 7 and samples["space_group"].tolist() == split["space_group"].tolist()
     assert torch.all(samples["target_band_gap"] == 1.5)
@@ -550,6 +552,45 @@ def test_fixed_step_lattice_exponential_and_determinant_match_torch():
     assert matrix_from_k_fixed_steps(k.float()).dtype == torch.float32
     metric = exact @ exact.transpose(-1, -2)
     assert torch.allclose(symmetric_determinant(metric), torch.linalg.det(metric), rtol=1e-9)
+
+
+def test_replayed_sampler_steps_are_the_eager_sampler(split):
+    """sample(cuda_graphs) keeps its state in static tensors updated in place by one recorded
+    step, replayed at each level: with a recorder that replays eagerly (the CPU stands in for the
+    GPU) the samples are the eager sampler's, bit for bit; a recording that fails goes on eagerly."""
+    import warnings as warnings_module
+
+    class EagerRecorder:
+        def record(self, function):
+            self.function, self.replays = function, 0
+
+        def replay(self):
+            self.replays += 1
+            self.function()
+
+    class FailingRecorder:
+        def record(self, function):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    torch.manual_seed(0)
+    network = CrystalDiT(dit_config("tiny")).eval()
+    schedule = NoiseSchedule(DiffusionConfig())
+    batch = collate_all(split)
+    normaliser = KNormaliser.fit(split["k"], split["n_atoms"].long(), free_mask_table()[split["space_group"].long()])
+    tables = Tables(split["polar_axes"])
+    for settings, guidance in ((SamplerSettings(steps=9), 0.0), (SamplerSettings(steps=6, lattice_eta=0.0), 1.0)):
+        run = lambda recorder: sample(network, batch, schedule, normaliser, tables, settings, guidance=guidance,  # noqa: E731
+                                      generator=torch.Generator().manual_seed(1), recorder=recorder)
+        recorder = EagerRecorder()
+        expected, replayed = run(None), run(recorder)
+        assert recorder.replays == settings.steps - 2  # the first step eager (warm-up), the last eager (no noise)
+        assert all(torch.equal(a, b) for a, b in zip(expected, replayed))
+        with warnings_module.catch_warnings(record=True) as caught:
+            warnings_module.simplefilter("always")
+            fallback = run(FailingRecorder())
+        assert all(torch.equal(a, b) for a, b in zip(expected, fallback))
+        assert any("without CUDA graphs" in str(w.message) for w in caught)
+    assert_space_groups_kept(batch, replayed[1], replayed[2])
 
 
 def test_low_symmetry_crystals_are_drawn_more_often():

@@ -20,6 +20,7 @@ structure has the exact space group and Wyckoff assignment.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -120,53 +121,133 @@ def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normal
 @torch.no_grad()
 def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, tables: Tables,
            settings: SamplerSettings, properties: torch.Tensor | None = None, guidance: float = 0.0,
-           generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           generator=None, cuda_graphs: bool = False, recorder=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample crystals for a batch's symmetry (space group, orbits, operations) and properties.
 
     ``properties`` [B, P] scaled values (NaN: unconditional; default: the batch's own values).
     ``guidance`` w > 0: classifier-free guidance, ``(1 + w) conditional - w unconditional``.
+    ``cuda_graphs``: on CUDA, the reverse steps after the first are replayed from one recorded
+    CUDA graph (:class:`ReplayedSteps`; the sampler is launch-bound like the training step);
+    ``recorder`` replaces the CUDA graph recorder (tests: one that replays eagerly).
     Returns (representatives [B, R, 3], atom coordinates [B, N, 3] in [0, 1), lattice
     parameters [B, 6] in Å and degrees).
     """
     device = batch.orbit_coords.device
-    config = schedule.config
     free_k = tables.free[batch.space_group]
-    fixed_k = tables.fixed[batch.space_group]
     free = (batch.orbit_free & batch.orbit_mask.unsqueeze(-1)).float()
-    properties = property_values(batch) if properties is None else properties.float().to(device)
-    unconditional = torch.full_like(properties, float("nan"))
-    polar = tables.polar[batch.space_group]
     u = torch.rand(batch.orbit_coords.shape, device=device, generator=generator) * free
     z = torch.randn(batch.k.shape, device=device, generator=generator) * free_k
+    step = ReverseStep(model, batch, schedule, normaliser, tables, settings, properties, guidance, generator)
+    timesteps = sampling_timesteps(schedule.config.timesteps, settings.steps) + [0]
+    levels = torch.tensor(timesteps, device=device)  # one copy to the device; each step takes views of it
+    first = 0
+    if recorder is None and cuda_graphs and device.type == "cuda":
+        recorder = CudaGraphRecorder(generator)
+    if recorder is not None:
+        u, z, first = ReplayedSteps(step, recorder).run(u, z, levels, timesteps)
+    for i in range(first, len(timesteps) - 1):
+        u, z = step(u, z, levels[i : i + 1], levels[i + 1 : i + 2], noisy=timesteps[i + 1] > 0)
+    k = normaliser.decode(z.double(), batch.n_atoms, free_k, tables.fixed[batch.space_group].double())
+    return u, batch.expand(u), parameters_from_k(k).float()
 
-    def predict(u_now, z_now, t):
-        time = torch.full((batch.size,), t / config.timesteps, device=device)
-        coords = batch.expand(u_now)
-        matrices = lattice_matrices(model, z_now, batch, normaliser, tables, free_k)
-        with _autocast(device):
-            lattice_noise, atom_score = model(coords, batch, z_now, free_k, time, properties, matrices, polar)
-            if guidance:
-                lattice_u, score_u = model(coords, batch, z_now, free_k, time, unconditional, matrices, polar)
-                lattice_noise = (1 + guidance) * lattice_noise.float() - guidance * lattice_u.float()
-                atom_score = (1 + guidance) * atom_score.float() - guidance * score_u.float()
-        score = batch.project(atom_score.float()) * schedule.sigma_norms[t].sqrt()
-        return lattice_noise.float() * free_k, -score
 
-    timesteps = sampling_timesteps(config.timesteps, settings.steps)
-    for index, t in enumerate(timesteps):
-        s = timesteps[index + 1] if index + 1 < len(timesteps) else 0
+class ReverseStep:
+    """One reverse step of :func:`sample` (corrector, coordinate predictor, lattice step) from level
+    ``t`` to ``s``, both [1] device tensors, so a CUDA graph records it once and replays it at
+    every level. ``noisy`` False (the last step, s = 0) skips the corrector's fresh noise."""
+
+    def __init__(self, model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, tables: Tables,
+                 settings: SamplerSettings, properties: torch.Tensor | None, guidance: float, generator):
+        device = batch.orbit_coords.device
+        self.model, self.batch, self.schedule, self.normaliser, self.tables = model, batch, schedule, normaliser, tables
+        self.settings, self.guidance, self.generator = settings, guidance, generator
+        self.properties = property_values(batch) if properties is None else properties.float().to(device)
+        self.unconditional = torch.full_like(self.properties, float("nan"))
+        self.free_k = tables.free[batch.space_group]
+        self.free = (batch.orbit_free & batch.orbit_mask.unsqueeze(-1)).float()
+        self.polar = tables.polar[batch.space_group]
+        total = schedule.config.timesteps
+        self.times = (torch.arange(total + 1, dtype=torch.float64) / total).float().to(device)  # t / T as torch.full gave it
+
+    def predict(self, u, z, t):
+        batch, model = self.batch, self.model
+        time = self.times[t].expand(batch.size)
+        coords = batch.expand(u)
+        matrices = lattice_matrices(model, z, batch, self.normaliser, self.tables, self.free_k)
+        with _autocast(u.device):
+            lattice_noise, atom_score = model(coords, batch, z, self.free_k, time, self.properties, matrices, self.polar)
+            if self.guidance:
+                lattice_u, score_u = model(coords, batch, z, self.free_k, time, self.unconditional, matrices, self.polar)
+                lattice_noise = (1 + self.guidance) * lattice_noise.float() - self.guidance * lattice_u.float()
+                atom_score = (1 + self.guidance) * atom_score.float() - self.guidance * score_u.float()
+        score = batch.project(atom_score.float()) * self.schedule.sigma_norms[t].sqrt()
+        return lattice_noise.float() * self.free_k, -score
+
+    def __call__(self, u, z, t, s, noisy: bool = True):
+        schedule, settings, free, generator = self.schedule, self.settings, self.free, self.generator
         sigma_t, sigma_s = schedule.sigmas[t], schedule.sigmas[s]
         if settings.corrector:
-            _, score = predict(u, z, t)
-            step = settings.corrector_step(config, sigma_t)
-            noise = torch.randn(u.shape, device=device, generator=generator) * free if s > 0 else 0.0
+            _, score = self.predict(u, z, t)
+            step = settings.corrector_step(schedule.config, sigma_t)
+            noise = torch.randn(u.shape, device=u.device, generator=generator) * free if noisy else 0.0
             u = wrap(u + step * score + (2 * step).sqrt() * settings.coordinate_temperature * noise) * free
-        lattice_noise, score = predict(u, z, t)
+        lattice_noise, score = self.predict(u, z, t)
         variance_drop = sigma_t**2 - sigma_s**2
         std = (sigma_s**2 * variance_drop / sigma_t**2).sqrt() * settings.coordinate_temperature
-        u = wrap(u + variance_drop * score + std * torch.randn(u.shape, device=device, generator=generator) * free) * free
-        fresh = torch.randn(z.shape, device=device, generator=generator) * free_k
+        u = wrap(u + variance_drop * score + std * torch.randn(u.shape, device=u.device, generator=generator) * free) * free
+        fresh = torch.randn(z.shape, device=z.device, generator=generator) * self.free_k
         z = lattice_reverse_step(z, lattice_noise, schedule.alphas_cumprod[t], schedule.alphas_cumprod[s],
-                                 settings.lattice_eta, fresh) * free_k
-    k = normaliser.decode(z.double(), batch.n_atoms, free_k, fixed_k.double())
-    return u, batch.expand(u), parameters_from_k(k).float()
+                                 settings.lattice_eta, fresh) * self.free_k
+        return u, z
+
+
+class CudaGraphRecorder:
+    """Records a function as a CUDA graph (the sampler's generator registered, so each replay
+    draws fresh noise from it) and replays it."""
+
+    def __init__(self, generator=None):
+        self.generator, self.graph = generator, None
+
+    def record(self, function) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:
+            self.graph.register_generator_state(self.generator)
+        with torch.cuda.graph(self.graph):
+            function()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class ReplayedSteps:
+    """The reverse steps of :func:`sample` but the last: the first eagerly (the warm-up a
+    recording needs), then one recorded step that updates static state in place, replayed at
+    each later level; the last step (s = 0, no corrector noise) is left to the caller. A failed
+    recording hands back after the first step, so the caller goes on eagerly."""
+
+    def __init__(self, step: ReverseStep, recorder):
+        self.step, self.recorder = step, recorder
+
+    def run(self, u, z, levels: torch.Tensor, timesteps: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(u, z, index of the first step still to take)."""
+        if len(timesteps) < 4:  # fewer than two steps before the last: nothing to replay
+            return u, z, 0
+        u, z = self.step(u, z, levels[0:1], levels[1:2], noisy=True)
+        static_u, static_z = u.clone(), z.clone()
+        static_t, static_s = levels[1:2].clone(), levels[2:3].clone()
+
+        def one_step():
+            new_u, new_z = self.step(static_u, static_z, static_t, static_s, noisy=True)
+            static_u.copy_(new_u)
+            static_z.copy_(new_z)
+
+        try:
+            self.recorder.record(one_step)
+        except Exception as exc:  # a network the recording cannot take: the caller samples eagerly
+            warnings.warn(f"sampling without CUDA graphs: {type(exc).__name__}: {exc}"[:300])
+            return u, z, 1
+        for i in range(1, len(timesteps) - 2):
+            static_t.copy_(levels[i : i + 1])
+            static_s.copy_(levels[i + 1 : i + 2])
+            self.recorder.replay()
+        return static_u, static_z, len(timesteps) - 2

@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--atom-budget", type=int, default=None, help="padded atoms per network call (default 262144 CUDA, 4096 CPU)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--candidates", default=None, help="only rows of these candidate ranks, e.g. 0 or 1,2,3,4 (predicted inputs)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each chunk's reverse steps from one recorded CUDA graph (CUDA only; eager on failure)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -115,7 +117,7 @@ def chunk_sizes(sizes: list[int], atom_budget: int, max_waste: float = 2.0) -> l
 
 
 def sample_rows(model: UniMDMModel, split: dict, samples: int, settings: SamplerSettings, atom_budget: int,
-                generator: torch.Generator, guidance: float = 0.0, log: bool = True):
+                generator: torch.Generator, guidance: float = 0.0, log: bool = True, cuda_graphs: bool = False):
     """``coords[k][m]`` [n_m, 3], lattices [K, M, 6] for every row m and sample k (conventional cells)."""
     index = SplitIndex(split)
     n_atoms = split["n_atoms"].long()
@@ -131,7 +133,7 @@ def sample_rows(model: UniMDMModel, split: dict, samples: int, settings: Sampler
         position += count
         batch = collate(index, [m for _, _, m in chunk]).to(model.device)
         _, atom_coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
-                                         guidance=guidance, generator=generator)
+                                         guidance=guidance, generator=generator, cuda_graphs=cuda_graphs)
         atom_coords, lattice = atom_coords.cpu(), lattice.cpu()
         for i, (n, k, m) in enumerate(chunk):
             coords[k][m] = atom_coords[i, :n]
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator(device).manual_seed(args.seed)
     budget = args.atom_budget or (262144 if device.type == "cuda" else 4096)
     start = time.perf_counter()
-    coords, lattices = sample_rows(model, split, args.samples, settings, budget, generator, args.guidance)
+    coords, lattices = sample_rows(model, split, args.samples, settings, budget, generator, args.guidance,
+                                   cuda_graphs=args.cuda_graphs)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             "corrector": settings.corrector, "lattice_eta": settings.lattice_eta,
             "coordinate_temperature": settings.coordinate_temperature, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
             "weights": str(args.weights), "lattice_weights": args.lattice_weights and str(args.lattice_weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "seed": args.seed, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
+            "seed": args.seed, "cuda_graphs": args.cuda_graphs, "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
     atomic_save(pack(split, coords, lattices, info), args.out)
     print(json.dumps({"event": "done", "out": str(args.out), **info}), flush=True)
