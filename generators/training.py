@@ -132,6 +132,7 @@ class GraphedSteps:
         self.learning_rate = run.optimizer.param_groups[0]["lr"]
         self.ema_weight = torch.zeros((), device=run.device)  # 1 - decay
         self.pool = None
+        self.failure: str | None = None  # why a recording failed (the step itself was taken eagerly)
 
     def body(self, index: torch.Tensor, key) -> torch.Tensor:
         """One step on rows ``index`` (device) at shape ``key``: what a graph records."""
@@ -170,12 +171,16 @@ class GraphedSteps:
         torch.cuda.current_stream(run.device).wait_stream(side)
         static_index = index.clone()
         run.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes its own gradients
-        self.pool = self.pool or torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self.body(static_index, key)
+        try:
+            self.pool = self.pool or torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                output = self.body(static_index, key)
+        except Exception as exc:  # the warm-up step has updated the weights: keep it, say why no graph
+            self.failure = f"{type(exc).__name__}: {exc}"[:500]
+        else:
+            self.graphs[key] = (graph, static_index, output)
         run.optimizer.zero_grad(set_to_none=True)
-        self.graphs[key] = (graph, static_index, output)
         return values
 
 
@@ -323,10 +328,15 @@ class TrainingRun:
         decay = ema_decay(self.progress.step, self.args.ema)
         if self.graphed is not None:
             try:
-                return self.graphed.step(index, lr, decay)
-            except Exception as exc:  # a capture that fails: train eagerly rather than not at all
+                values = self.graphed.step(index, lr, decay)
+            except Exception as exc:  # failed before any update (no CUDA stream, ...): this step runs eagerly
                 self.log({"event": "cuda_graphs_fallback", "error": f"{type(exc).__name__}: {exc}"[:500]})
                 self.graphed = None
+            else:
+                if self.graphed.failure:  # recorded nothing, but its warm-up took this step: eager from the next
+                    self.log({"event": "cuda_graphs_fallback", "error": self.graphed.failure})
+                    self.graphed = None
+                return values
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         try:

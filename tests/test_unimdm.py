@@ -534,6 +534,53 @@ def test_graphed_step_body_is_the_eager_step(split, tmp_path, preset):
     assert log[-1]["event"] == "cuda_graphs_fallback"
 
 
+def test_failed_recording_keeps_its_warm_up_step_once(split, tmp_path, monkeypatch):
+    """A recording that fails after the eager warm-up step (e.g. an operation CUDA graphs refuse)
+    counts that step once: the weights equal one eager step's, and training goes on eagerly."""
+    import contextlib
+
+    from generators.training import GraphedSteps
+    from generators.unimdm import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        torch.save(split, data / f"{name}.pt")
+    runs = []
+    for name in ("eager", "graphed"):
+        args = train.parse_args(["--data", str(data), "--out", str(tmp_path / name), "--minutes", "1", "--preset", "tiny",
+                                 "--batch", "7", "--threads", "1"])
+        torch.manual_seed(0)
+        runs.append(train.DiTRun(args))
+    eager, graphed_run = runs
+    graphed_run.optimizer = torch.optim.AdamW(graphed_run.model.parameters(), lr=torch.tensor(1e-3), weight_decay=0.01,
+                                              betas=(0.9, 0.99), fused=True, capturable=True)
+    graphed_run.graphed = GraphedSteps(graphed_run)
+
+    class Stream:  # the CPU stands in for the GPU's streams; the recording itself fails
+        def wait_stream(self, other):
+            pass
+
+    def no_recording():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", no_recording)
+    index = torch.arange(7)
+    torch.manual_seed(3)
+    expected = eager.step(index, 1e-3)
+    torch.manual_seed(3)
+    got = graphed_run.step(index, 1e-3)
+    assert torch.allclose(got, expected, atol=1e-5)
+    for a, b in zip(eager.model.parameters(), graphed_run.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)  # one step, not the warm-up and an eager retry
+    assert graphed_run.graphed is None
+    log = [json.loads(line) for line in (tmp_path / "graphed" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "cuda_graphs_fallback" and "capturing" in log[-1]["error"]
+
+
 def test_fixed_step_lattice_exponential_and_determinant_match_torch():
     """The network's lattice decoding without value-dependent steps (what a CUDA graph can record)
     equals torch's matrix exponential over the whole clipped range of the committed normaliser."""
