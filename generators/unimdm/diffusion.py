@@ -133,11 +133,9 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
     parameters [B, 6] in Å and degrees).
     """
     device = batch.orbit_coords.device
-    free_k = tables.free[batch.space_group]
-    free = (batch.orbit_free & batch.orbit_mask.unsqueeze(-1)).float()
-    u = torch.rand(batch.orbit_coords.shape, device=device, generator=generator) * free
-    z = torch.randn(batch.k.shape, device=device, generator=generator) * free_k
     step = ReverseStep(model, batch, schedule, normaliser, tables, settings, properties, guidance, generator)
+    u = torch.rand(batch.orbit_coords.shape, device=device, generator=generator) * step.free
+    z = torch.randn(batch.k.shape, device=device, generator=generator) * step.free_k
     timesteps = sampling_timesteps(schedule.config.timesteps, settings.steps) + [0]
     levels = torch.tensor(timesteps, device=device)  # one copy to the device; each step takes views of it
     first = 0
@@ -147,7 +145,7 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
         u, z, first = ReplayedSteps(step, recorder).run(u, z, levels, timesteps)
     for i in range(first, len(timesteps) - 1):
         u, z = step(u, z, levels[i : i + 1], levels[i + 1 : i + 2], noisy=timesteps[i + 1] > 0)
-    k = normaliser.decode(z.double(), batch.n_atoms, free_k, tables.fixed[batch.space_group].double())
+    k = normaliser.decode(z.double(), batch.n_atoms, step.free_k, tables.fixed[batch.space_group].double())
     return u, batch.expand(u), parameters_from_k(k).float()
 
 

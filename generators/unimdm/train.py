@@ -65,11 +65,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def padded_width(largest: int, limit: int) -> int:
+    """Atom columns of a batch whose largest crystal has ``largest`` atoms: the next multiple of
+    :data:`PAD_MULTIPLE`, at most ``limit`` (the resident data's width)."""
+    return min(limit, -(-largest // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
 def padded_batch(data: SymmetryBatch, index: torch.Tensor) -> SymmetryBatch:
     """Rows ``index`` of a resident batch, padding cut to a multiple of :data:`PAD_MULTIPLE` atoms."""
     batch = data.select(index)
-    n = int(batch.atom_mask.sum(1).max())
-    return batch.trim(atoms=min(data.atom_mask.shape[1], -(-n // PAD_MULTIPLE) * PAD_MULTIPLE))
+    return batch.trim(atoms=padded_width(int(batch.atom_mask.sum(1).max()), data.atom_mask.shape[1]))
 
 
 class BucketSampler:
@@ -168,8 +173,7 @@ class DiTRun(TrainingRun):
 
     def batch_key(self, index: torch.Tensor) -> int:
         """The padded atom width of the training rows ``index``, from the atom counts kept on the CPU."""
-        largest = int(self.train_atoms[index].max())
-        return min(self.train_data.atom_mask.shape[1], -(-largest // PAD_MULTIPLE) * PAD_MULTIPLE)
+        return padded_width(int(self.train_atoms[index].max()), self.train_data.atom_mask.shape[1])
 
     def static_losses(self, model, index: torch.Tensor, key: int) -> dict[str, torch.Tensor]:
         """:meth:`losses` with ``key`` atom columns and at most as many orbits (``--cuda-graphs``)."""
