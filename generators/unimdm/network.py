@@ -19,7 +19,8 @@ shortest of 8 images: a third of the 27-image search's cost, exact but for very 
 features alone are one separable function of the three fractional offsets for every lattice, so
 the attention cannot tell near from far atoms in a monoclinic or triclinic cell. Trained from
 scratch for ~851 epochs (session 12) it matched 76.0% of MP-20 test against run 4's 77.2% (~979
-epochs, twice the optimizer steps): no gain that shows; off in the committed weights.
+epochs, twice the optimizer steps); resumed on 27,136 crystals (session 13) 77.9% against the
+base network's 78.0% the same way: no gain that shows; off in the committed weights.
 
 With ``message_layers`` = M > 0 the first M blocks are each preceded by a message-passing layer of
 DiffCSP's CSPNet over the atoms (Uni-MDM's DiT is DiffCSP++'s network with transformer blocks
