@@ -480,12 +480,9 @@ def test_step_profile_counts_the_training_step(split, tmp_path):
         profile_unimdm_step.parse_args(["--data", str(data), "--steps", "0"])
 
 
-@pytest.mark.parametrize("preset", ["tiny", "csp"])
-def test_graphed_step_body_is_the_eager_step(split, tmp_path, preset):
-    """What --cuda-graphs records (GraphedSteps.body at a fixed padded width, tensor learning rate,
-    capturable AdamW, device-side EMA weight) updates the weights and the EMA as the eager step
-    does; a capture that fails (here: no CUDA) falls back to eager steps and says so."""
-    from generators.training import GraphedSteps, ema_decay
+def twin_runs(split, tmp_path, preset: str, *options: str):
+    """Two identical Uni-MDM training runs on ``split`` (batch 7: all of it), the second with the
+    optimizer --cuda-graphs gives on a GPU (capturable fused AdamW, learning rate as a tensor)."""
     from generators.unimdm import train
 
     data = tmp_path / "data"
@@ -495,13 +492,23 @@ def test_graphed_step_body_is_the_eager_step(split, tmp_path, preset):
     runs = []
     for name in ("eager", "graphed"):
         args = train.parse_args(["--data", str(data), "--out", str(tmp_path / name), "--minutes", "1", "--preset", preset,
-                                 "--batch", "7", "--threads", "1", "--cuda-graphs"])
+                                 "--batch", "7", "--threads", "1", *options])
         torch.manual_seed(0)
         runs.append(train.DiTRun(args))
-    eager, graphed_run = runs
+    runs[1].optimizer = torch.optim.AdamW(runs[1].model.parameters(), lr=torch.tensor(1e-3), weight_decay=0.01,
+                                          betas=(0.9, 0.99), fused=True, capturable=True)
+    return runs
+
+
+@pytest.mark.parametrize("preset", ["tiny", "csp"])
+def test_graphed_step_body_is_the_eager_step(split, tmp_path, preset):
+    """What --cuda-graphs records (GraphedSteps.body at a fixed padded width, tensor learning rate,
+    capturable AdamW, device-side EMA weight) updates the weights and the EMA as the eager step
+    does; a capture that fails (here: no CUDA) falls back to eager steps and says so."""
+    from generators.training import GraphedSteps, ema_decay
+
+    eager, graphed_run = twin_runs(split, tmp_path, preset, "--cuda-graphs")
     assert eager.graphed is None  # on the CPU the option changes nothing
-    graphed_run.optimizer = torch.optim.AdamW(graphed_run.model.parameters(), lr=torch.tensor(1e-3), weight_decay=0.01,
-                                              betas=(0.9, 0.99), fused=True, capturable=True)
     graphed = GraphedSteps(graphed_run)
     index = torch.arange(7)
     key = graphed_run.batch_key(index)
@@ -540,21 +547,8 @@ def test_failed_recording_keeps_its_warm_up_step_once(split, tmp_path, monkeypat
     import contextlib
 
     from generators.training import GraphedSteps
-    from generators.unimdm import train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "val"):
-        torch.save(split, data / f"{name}.pt")
-    runs = []
-    for name in ("eager", "graphed"):
-        args = train.parse_args(["--data", str(data), "--out", str(tmp_path / name), "--minutes", "1", "--preset", "tiny",
-                                 "--batch", "7", "--threads", "1"])
-        torch.manual_seed(0)
-        runs.append(train.DiTRun(args))
-    eager, graphed_run = runs
-    graphed_run.optimizer = torch.optim.AdamW(graphed_run.model.parameters(), lr=torch.tensor(1e-3), weight_decay=0.01,
-                                              betas=(0.9, 0.99), fused=True, capturable=True)
+    eager, graphed_run = twin_runs(split, tmp_path, "tiny")
     graphed_run.graphed = GraphedSteps(graphed_run)
 
     class Stream:  # the CPU stands in for the GPU's streams; the recording itself fails
