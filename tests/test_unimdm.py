@@ -16,7 +16,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule, SamplerSettings
 from generators.unimdm.data import pack_infos
-from generators.unimdm.diffusion import Tables, property_values, sample, training_losses
+from generators.unimdm.diffusion import CudaGraphRecorder, Tables, property_values, sample, training_losses
 from generators.unimdm.lattice import (
     KNormaliser,
     family,
@@ -271,7 +271,7 @@ def test_train_and_sample_commands(split, tmp_path):
                          "--method", "fast", "--out", str(tmp_path / "s.pt"), "--threads", "1", "--band-gap", "1.5",
                          "--cuda-graphs"])  # no CUDA here: recorded as asked, sampled eagerly
     samples = torch.load(tmp_path / "s.pt", weights_only=True)
-    assert samples["info"]["cuda_graphs"] is True
+    assert samples["info"]["cuda_graphs"] is True and samples["info"]["graph_chunks"] == 0  # asked, none replayed
     rows = unpack_samples(samples)[0]
     assert len(rows) == 7 and samples["space_group"].tolist() == split["space_group"].tolist()
     assert torch.all(samples["target_band_gap"] == 1.5)
@@ -632,6 +632,10 @@ def test_replayed_sampler_steps_are_the_eager_sampler(split):
         assert all(torch.equal(a, b) for a, b in zip(expected, fallback))
         assert any("without CUDA graphs" in str(w.message) for w in caught)
     assert_space_groups_kept(batch, replayed[1], replayed[2])
+    counting = CudaGraphRecorder()  # the real recorder counts a recording that fails (no CUDA here) and re-raises
+    with pytest.raises(Exception):
+        counting.record(lambda: None)
+    assert (counting.recorded, counting.failed, counting.graph) == (0, 1, None)
 
 
 def test_low_symmetry_crystals_are_drawn_more_often():

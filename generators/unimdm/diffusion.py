@@ -128,7 +128,8 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
     ``guidance`` w > 0: classifier-free guidance, ``(1 + w) conditional - w unconditional``.
     ``cuda_graphs``: on CUDA, the reverse steps after the first are replayed from one recorded
     CUDA graph (:class:`ReplayedSteps`; the sampler is launch-bound like the training step);
-    ``recorder`` replaces the CUDA graph recorder (tests: one that replays eagerly).
+    ``recorder``: the recorder to use instead of a new :class:`CudaGraphRecorder` (one shared by
+    many calls counts their recordings; tests pass one that replays eagerly).
     Returns (representatives [B, R, 3], atom coordinates [B, N, 3] in [0, 1), lattice
     parameters [B, 6] in Å and degrees).
     """
@@ -201,17 +202,27 @@ class ReverseStep:
 
 class CudaGraphRecorder:
     """Records a function as a CUDA graph (the sampler's generator registered, so each replay
-    draws fresh noise from it) and replays it."""
+    draws fresh noise from it) and replays it. One recorder may serve many :func:`sample` calls
+    (each records anew); ``recorded`` and ``failed`` count its recordings, so a caller can say
+    how many calls were replayed and how many fell back to eager steps."""
 
     def __init__(self, generator=None):
         self.generator, self.graph = generator, None
+        self.recorded = self.failed = 0
 
     def record(self, function) -> None:
-        self.graph = torch.cuda.CUDAGraph()
-        if self.generator is not None:
-            self.graph.register_generator_state(self.generator)
-        with torch.cuda.graph(self.graph):
-            function()
+        self.graph = None  # the previous call's graph and its memory go first
+        try:
+            graph = torch.cuda.CUDAGraph()
+            if self.generator is not None:
+                graph.register_generator_state(self.generator)
+            with torch.cuda.graph(graph):
+                function()
+        except Exception:
+            self.failed += 1
+            raise
+        self.graph = graph
+        self.recorded += 1
 
     def replay(self) -> None:
         self.graph.replay()
