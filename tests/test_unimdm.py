@@ -386,7 +386,7 @@ def test_distance_features_extend_a_trained_network_without_changing_it(split, t
     and the saved network (metric features on) samples structures that keep their space groups."""
     from generators.unimdm import train
     from generators.unimdm.checkpoint import load_model, model_payload
-    from generators.unimdm.network import expand_pair_weights
+    from generators.unimdm.network import grow_network
 
     network = CrystalDiT(dit_config("tiny"))
     with torch.no_grad():  # random weights: the zero-initialised gates and heads would hide every branch
@@ -399,7 +399,7 @@ def test_distance_features_extend_a_trained_network_without_changing_it(split, t
     wider_config = dit_config("tiny")
     wider_config.metric_features = 8
     wider = CrystalDiT(wider_config)
-    wider.load_state_dict(expand_pair_weights(network.state_dict(), network.config, wider_config))
+    wider.load_state_dict(grow_network(network.state_dict(), network.config, wider_config))
 
     @torch.no_grad()
     def loss(model):
@@ -411,7 +411,7 @@ def test_distance_features_extend_a_trained_network_without_changing_it(split, t
         wider.blocks[0].attention.pair_bias.weight[:, -8:].normal_(0.0, 1.0)
     assert loss(wider) != pytest.approx(loss(network), rel=1e-3)  # the distances do reach the attention
     with pytest.raises(ValueError, match="distance features"):
-        expand_pair_weights(wider.state_dict(), wider_config, dit_config("base"))
+        grow_network(wider.state_dict(), wider_config, dit_config("base"))
 
     data = tmp_path / "data"
     data.mkdir()
@@ -434,6 +434,67 @@ def test_distance_features_extend_a_trained_network_without_changing_it(split, t
     for bad in (["--metric-features", "-1"], ["--metric-features", "64"], ["--low-symmetry-weight", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", *bad])
+
+
+def test_message_layers_grow_a_trained_network_without_changing_it(split, tmp_path):
+    """A trained network gains CSPNet message layers as identities (their update starts at zero):
+    the same losses at first, the new layers do reach the output once they train, and train.py
+    --message-layers resumes a model.pt that way (a training checkpoint is refused)."""
+    from dataclasses import replace
+
+    from generators.unimdm import train
+    from generators.unimdm.checkpoint import load_model, model_payload
+    from generators.unimdm.network import grow_network
+
+    network = CrystalDiT(dit_config("tiny"))
+    with torch.no_grad():  # random weights: the zero-initialised gates and heads would hide every branch
+        for parameter in network.parameters():
+            parameter.normal_(0.0, 0.1)
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
+    grown_config = replace(network.config, message_layers=2)
+    random_state = torch.random.get_rng_state()
+    grown_state = grow_network(network.state_dict(), network.config, grown_config, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), random_state)  # the caller's random stream is untouched
+    grown = CrystalDiT(grown_config)
+    grown.load_state_dict(grown_state)
+
+    @torch.no_grad()
+    def loss(model):
+        return float(training_losses(model.eval(), batch, schedule, normaliser, tables, torch.Generator().manual_seed(0),
+                                     augment=False, property_dropout=0.0)["loss"])
+
+    assert len(grown.messages) == 2 and loss(grown) == pytest.approx(loss(network), rel=1e-5)
+    with torch.no_grad():
+        grown.messages[1].update[-1].weight.normal_(0.0, 0.1)
+    assert loss(grown) != pytest.approx(loss(network), rel=1e-3)  # the messages do reach the atoms
+    with pytest.raises(ValueError, match="message layers"):
+        grow_network(grown.state_dict(), grown_config, network.config)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        torch.save(split, data / f"{name}.pt")
+    start = tmp_path / "start.pt"
+    torch.save(model_payload(network.state_dict(), network.config, schedule.config, normaliser, split["polar_axes"], {}), start)
+    out = tmp_path / "run"
+    arguments = ["--data", str(data), "--out", str(out), "--minutes", "0.02", "--batch", "4", "--threads", "1",
+                 "--val-seconds", "1e9", "--message-layers", "2"]
+    last = train.train(train.parse_args([*arguments, "--resume", str(start)]))
+    assert last["step"] > 3
+    model = load_model(out / "model.pt")
+    assert model.network.config.message_layers == 2
+    assert float(model.network.messages[0].update[-1].weight.detach().abs().sum()) > 0  # they trained
+    _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, SamplerSettings(steps=8),
+                                generator=torch.Generator().manual_seed(0))
+    assert_space_groups_kept(batch, coords, lattice)
+    with pytest.raises(ValueError, match="training checkpoint"):  # its optimizer state belongs to the old network
+        train.train(train.parse_args([*arguments[:-1], "1", "--resume", str(out / "checkpoint.pt")]))
+    for bad in (["--message-layers", "-1"], ["--message-layers", "17"]):
+        with pytest.raises(SystemExit):
+            train.parse_args([*arguments[:-2], *bad])
 
 
 def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, tmp_path):

@@ -127,9 +127,9 @@ def average_payloads(paths: list[str | Path]) -> dict:
 
     Meant for fine-tunings of one start: their weights lie in one basin, so the mean averages out
     each run's noise. Networks may differ only in distance features: those without them gain them
-    with zero weights (:func:`generators.unimdm.network.expand_pair_weights`, the same function)
+    with zero weights (:func:`generators.unimdm.network.grow_network`, the same function)
     before the mean. Diffusion configs, k normalisers and polar axes must agree."""
-    from generators.unimdm.network import expand_pair_weights
+    from generators.unimdm.network import grow_network
 
     payloads = []
     for path in map(Path, paths):
@@ -150,7 +150,7 @@ def average_payloads(paths: list[str | Path]) -> dict:
     if len({json.dumps({**config.to_dict(), "metric_features": 0, "dropout": 0.0}, sort_keys=True) for config in configs}) > 1:
         raise ValueError("the networks differ in more than distance features; only fine-tunings of one model can be averaged")
     target = max(configs, key=lambda config: config.metric_features)
-    states = [expand_pair_weights({name: t.float() for name, t in payload["state_dict"].items()}, config, target)
+    states = [grow_network({name: t.float() for name, t in payload["state_dict"].items()}, config, target)
               for payload, config in zip(payloads, configs)]
     mean = {name: torch.stack([state[name] for state in states]).mean(0) for name in states[0]}
     training = {"averaged": [str(path) for path in paths],

@@ -229,23 +229,32 @@ def edge_inputs(offsets: torch.Tensor, lattice_matrix: torch.Tensor, n_atoms: to
     return torch.cat([fourier_features(offsets, frequencies), shape[:, None, None, :].expand(b, n, n, 6), distance], dim=-1)
 
 
-def expand_pair_weights(state: dict, old_config: DiTConfig, new_config: DiTConfig) -> dict:
-    """A state dict of ``old_config``'s network for ``new_config``'s, which only adds distance features:
-    the new pair-feature weights are zero, so the expanded network computes exactly the same function."""
+def grow_network(state: dict, old_config: DiTConfig, new_config: DiTConfig, seed: int = 0) -> dict:
+    """A state dict of ``old_config``'s network for ``new_config``'s, which may only add distance
+    features (when it has none: the new pair-feature weights are zero) and message layers (fresh
+    layers, drawn with ``seed``, whose update starts at zero). The grown network computes exactly
+    the same function, so a fine-tuning starts where the trained network stopped."""
     def rest(config: DiTConfig) -> dict:
-        return {**config.to_dict(), "metric_features": 0, "dropout": 0.0}
+        return {**config.to_dict(), "metric_features": 0, "message_layers": 0, "dropout": 0.0}
 
     added = new_config.metric_features - old_config.metric_features
-    if not added:
-        return dict(state)
-    if (old_config.metric_features or added < 0 or rest(old_config) != rest(new_config)):
-        raise ValueError("only a network without distance features can gain them, all else equal")
-    expanded = dict(state)
-    for name, tensor in state.items():
-        if name.endswith("attention.pair_bias.weight") or name.endswith("attention.pair_value"):
-            pad = torch.zeros(*tensor.shape[:1], added, *tensor.shape[2:], dtype=tensor.dtype)
-            expanded[name] = torch.cat([tensor, pad], dim=1)
-    return expanded
+    new_layers = new_config.message_layers - old_config.message_layers
+    if rest(old_config) != rest(new_config) or added < 0 or new_layers < 0 or (added and old_config.metric_features):
+        raise ValueError("a network can only gain distance features (when it has none) and message layers, all else equal")
+    grown = dict(state)
+    if added:
+        for name, tensor in state.items():
+            if name.endswith("attention.pair_bias.weight") or name.endswith("attention.pair_value"):
+                pad = torch.zeros(*tensor.shape[:1], added, *tensor.shape[2:], dtype=tensor.dtype)
+                grown[name] = torch.cat([tensor, pad], dim=1)
+    if new_layers:
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+            torch.manual_seed(seed)
+            fresh = CrystalDiT(new_config).state_dict()
+        for name, tensor in fresh.items():
+            if name.startswith("messages.") and int(name.split(".")[1]) >= old_config.message_layers:
+                grown[name] = tensor
+    return grown
 
 
 def dit_config(preset: str) -> DiTConfig:

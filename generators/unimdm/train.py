@@ -30,7 +30,7 @@ from generators.training import TrainingRun, add_training_arguments, prepare_tor
 from generators.unimdm.checkpoint import MODEL_FORMAT, model_payload
 from generators.unimdm.diffusion import Tables, training_losses
 from generators.unimdm.lattice import KNormaliser, free_mask_table
-from generators.unimdm.network import DIT_PRESETS, CrystalDiT, DiTConfig, dit_config, expand_pair_weights
+from generators.unimdm.network import DIT_PRESETS, CrystalDiT, DiTConfig, dit_config, grow_network
 from generators.unimdm.tensor_files import SymmetryBatch, collate_all, concatenate, load_split, take_rows
 
 PAD_MULTIPLE = 8
@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="residual dropout in the DiT blocks, 0 <= p < 1 (default: the preset's or the resumed model's)")
     parser.add_argument("--metric-features", type=int, default=None,
                         help="Gaussian pair-distance features in the attention, 0-32 (default: the preset's or the resumed model's)")
+    parser.add_argument("--message-layers", type=int, default=None,
+                        help="CSPNet message-passing layers before the first blocks, 0 to the depth (default: the preset's "
+                             "or the resumed model's; a resumed model.pt gains new ones as identities)")
     parser.add_argument("--polar-invariant", action="store_true",
                         help="make the network blind to absolute coordinates along polar axes (no new weights; also for a resumed model)")
     parser.add_argument("--low-symmetry-weight", type=int, default=1,
@@ -58,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--train-sets must name training splits, not {', '.join(held_out) or 'nothing'}")
     if args.metric_features is not None and not 0 <= args.metric_features <= 32:
         parser.error(f"--metric-features must be 0..32, got {args.metric_features}")
+    if args.message_layers is not None and not 0 <= args.message_layers <= 16:
+        parser.error(f"--message-layers must be 0..16 (at most the network's depth), got {args.message_layers}")
     if not 1 <= args.low_symmetry_weight <= 8:
         parser.error(f"--low-symmetry-weight must be 1..8, got {args.low_symmetry_weight}")
     if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
@@ -130,8 +135,8 @@ class DiTRun(TrainingRun):
         self.tables = Tables(self.polar_axes, self.device)
         resumed = self.load_resumed()
         if resumed is not None:
+            resumed = self.grown(resumed)
             self.network_config = DiTConfig.from_dict(resumed["network"])
-            resumed = self.with_metric_features(resumed)
             self.diffusion_config = DiffusionConfig.from_dict(resumed["diffusion"])
             self.normaliser = KNormaliser(**resumed["k_normaliser"])
         else:
@@ -143,20 +148,26 @@ class DiTRun(TrainingRun):
             self.network_config.dropout = args.dropout
         if args.metric_features is not None:
             self.network_config.metric_features = args.metric_features
+        if args.message_layers is not None:
+            self.network_config.message_layers = args.message_layers
         if args.polar_invariant:
             self.network_config.polar_invariant = True
         self.schedule = NoiseSchedule(self.diffusion_config, self.device)
         self.setup(CrystalDiT(self.network_config), resumed, dynamic_compile=True)
 
-    def with_metric_features(self, resumed: dict) -> dict:
-        """``resumed`` with its weights expanded (zero) for ``--metric-features`` when its network has none."""
-        wanted = self.args.metric_features
-        if wanted is None or wanted == self.network_config.metric_features:
+    def grown(self, resumed: dict) -> dict:
+        """``resumed`` with its network grown (the same function) for ``--metric-features`` /
+        ``--message-layers`` beyond its own (:func:`grow_network`)."""
+        config = DiTConfig.from_dict(resumed["network"])
+        wanted = {"metric_features": self.args.metric_features, "message_layers": self.args.message_layers}
+        changes = {name: value for name, value in wanted.items() if value is not None and value != getattr(config, name)}
+        if not changes:
             return resumed
         if "optimizer" in resumed:
-            raise ValueError("a training checkpoint continues its own network: give its model.pt to add distance features")
-        new_config = DiTConfig.from_dict({**self.network_config.to_dict(), "metric_features": wanted})
-        state = expand_pair_weights(resumed["state_dict"], self.network_config, new_config)
+            raise ValueError("a training checkpoint continues its own network: give its model.pt to add "
+                             "distance features or message layers")
+        new_config = DiTConfig.from_dict({**config.to_dict(), **changes})
+        state = grow_network(resumed["state_dict"], config, new_config, seed=self.args.seed)
         return {**resumed, "state_dict": state, "network": new_config.to_dict()}
 
     def sampling_repeats(self) -> torch.Tensor:
