@@ -381,30 +381,54 @@ def test_pair_distances_are_the_crystals_nearest_image_distances(infos):
     assert float(features[2].max()) < 1e-6  # far beyond the cutoff: no signal
 
 
+class TrainedTinyNetwork:
+    """A ``tiny`` network with random weights (the zero-initialised gates and heads would hide every
+    branch), its batch, tables, k normaliser and schedule: the start that the growing tests extend."""
+
+    def __init__(self, split: dict):
+        self.split = split
+        self.network = CrystalDiT(dit_config("tiny"))
+        with torch.no_grad():
+            for parameter in self.network.parameters():
+                parameter.normal_(0.0, 0.1)
+        self.batch = collate_all(split)
+        self.tables = Tables(split["polar_axes"])
+        self.normaliser = KNormaliser.fit(self.batch.k, self.batch.n_atoms, self.tables.free[self.batch.space_group])
+        self.schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
+
+    @torch.no_grad()
+    def loss(self, model) -> float:
+        """The batch's denoising loss under fixed noise (no augmentation, no property dropout)."""
+        return float(training_losses(model.eval(), self.batch, self.schedule, self.normaliser, self.tables,
+                                     torch.Generator().manual_seed(0), augment=False, property_dropout=0.0)["loss"])
+
+    def saved(self, tmp_path) -> tuple:
+        """(data folder with the split as train and val, model.pt of the network) for train.py --resume."""
+        from generators.unimdm.checkpoint import model_payload
+
+        data = tmp_path / "data"
+        data.mkdir()
+        for name in ("train", "val"):
+            torch.save(self.split, data / f"{name}.pt")
+        start = tmp_path / "start.pt"
+        torch.save(model_payload(self.network.state_dict(), self.network.config, self.schedule.config, self.normaliser,
+                                 self.split["polar_axes"], {}), start)
+        return data, start
+
+
 def test_distance_features_extend_a_trained_network_without_changing_it(split, tmp_path):
     """A model without distance features resumes with them at zero weight: the same losses at first, then it trains,
     and the saved network (metric features on) samples structures that keep their space groups."""
     from generators.unimdm import train
-    from generators.unimdm.checkpoint import load_model, model_payload
+    from generators.unimdm.checkpoint import load_model
     from generators.unimdm.network import grow_network
 
-    network = CrystalDiT(dit_config("tiny"))
-    with torch.no_grad():  # random weights: the zero-initialised gates and heads would hide every branch
-        for parameter in network.parameters():
-            parameter.normal_(0.0, 0.1)
-    batch = collate_all(split)
-    tables = Tables(split["polar_axes"])
-    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
-    schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
+    start_network = TrainedTinyNetwork(split)
+    network, batch, loss = start_network.network, start_network.batch, start_network.loss
     wider_config = dit_config("tiny")
     wider_config.metric_features = 8
     wider = CrystalDiT(wider_config)
     wider.load_state_dict(grow_network(network.state_dict(), network.config, wider_config))
-
-    @torch.no_grad()
-    def loss(model):
-        return float(training_losses(model.eval(), batch, schedule, normaliser, tables, torch.Generator().manual_seed(0),
-                                     augment=False, property_dropout=0.0)["loss"])
 
     assert loss(wider) == pytest.approx(loss(network), rel=1e-5)
     with torch.no_grad():
@@ -413,12 +437,7 @@ def test_distance_features_extend_a_trained_network_without_changing_it(split, t
     with pytest.raises(ValueError, match="distance features"):
         grow_network(wider.state_dict(), wider_config, dit_config("base"))
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "val"):
-        torch.save(split, data / f"{name}.pt")
-    start = tmp_path / "start.pt"
-    torch.save(model_payload(network.state_dict(), network.config, schedule.config, normaliser, split["polar_axes"], {}), start)
+    data, start = start_network.saved(tmp_path)
     out = tmp_path / "run"
     last = train.train(train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "0.02", "--batch", "4",
                                          "--threads", "1", "--val-seconds", "1e9", "--resume", str(start),
@@ -443,28 +462,17 @@ def test_message_layers_grow_a_trained_network_without_changing_it(split, tmp_pa
     from dataclasses import replace
 
     from generators.unimdm import train
-    from generators.unimdm.checkpoint import load_model, model_payload
+    from generators.unimdm.checkpoint import load_model
     from generators.unimdm.network import grow_network
 
-    network = CrystalDiT(dit_config("tiny"))
-    with torch.no_grad():  # random weights: the zero-initialised gates and heads would hide every branch
-        for parameter in network.parameters():
-            parameter.normal_(0.0, 0.1)
-    batch = collate_all(split)
-    tables = Tables(split["polar_axes"])
-    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
-    schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
+    start_network = TrainedTinyNetwork(split)
+    network, batch, loss = start_network.network, start_network.batch, start_network.loss
     grown_config = replace(network.config, message_layers=2)
     random_state = torch.random.get_rng_state()
     grown_state = grow_network(network.state_dict(), network.config, grown_config, seed=3)
     assert torch.equal(torch.random.get_rng_state(), random_state)  # the caller's random stream is untouched
     grown = CrystalDiT(grown_config)
     grown.load_state_dict(grown_state)
-
-    @torch.no_grad()
-    def loss(model):
-        return float(training_losses(model.eval(), batch, schedule, normaliser, tables, torch.Generator().manual_seed(0),
-                                     augment=False, property_dropout=0.0)["loss"])
 
     assert len(grown.messages) == 2 and loss(grown) == pytest.approx(loss(network), rel=1e-5)
     with torch.no_grad():
@@ -473,12 +481,7 @@ def test_message_layers_grow_a_trained_network_without_changing_it(split, tmp_pa
     with pytest.raises(ValueError, match="message layers"):
         grow_network(grown.state_dict(), grown_config, network.config)
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "val"):
-        torch.save(split, data / f"{name}.pt")
-    start = tmp_path / "start.pt"
-    torch.save(model_payload(network.state_dict(), network.config, schedule.config, normaliser, split["polar_axes"], {}), start)
+    data, start = start_network.saved(tmp_path)
     out = tmp_path / "run"
     arguments = ["--data", str(data), "--out", str(out), "--minutes", "0.02", "--batch", "4", "--threads", "1",
                  "--val-seconds", "1e9", "--message-layers", "2"]
