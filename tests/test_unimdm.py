@@ -660,7 +660,7 @@ def test_fixed_step_lattice_exponential_and_determinant_match_torch():
 
 
 def test_replayed_sampler_steps_are_the_eager_sampler(split):
-    """sample(cuda_graphs) keeps its state in static tensors updated in place by one recorded
+    """sample(recorder=...) keeps its state in static tensors updated in place by one recorded
     step, replayed at each level: with a recorder that replays eagerly (the CPU stands in for the
     GPU) the samples are the eager sampler's, bit for bit; a recording that fails goes on eagerly."""
     import warnings as warnings_module

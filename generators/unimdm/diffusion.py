@@ -121,15 +121,15 @@ def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normal
 @torch.no_grad()
 def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, tables: Tables,
            settings: SamplerSettings, properties: torch.Tensor | None = None, guidance: float = 0.0,
-           generator=None, cuda_graphs: bool = False, recorder=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           generator=None, recorder=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample crystals for a batch's symmetry (space group, orbits, operations) and properties.
 
     ``properties`` [B, P] scaled values (NaN: unconditional; default: the batch's own values).
     ``guidance`` w > 0: classifier-free guidance, ``(1 + w) conditional - w unconditional``.
-    ``cuda_graphs``: on CUDA, the reverse steps after the first are replayed from one recorded
-    CUDA graph (:class:`ReplayedSteps`; the sampler is launch-bound like the training step);
-    ``recorder``: the recorder to use instead of a new :class:`CudaGraphRecorder` (one shared by
-    many calls counts their recordings; tests pass one that replays eagerly).
+    ``recorder`` (a :class:`CudaGraphRecorder`, on CUDA): the reverse steps after the first are
+    replayed from one recorded CUDA graph (:class:`ReplayedSteps`; the sampler is launch-bound
+    like the training step); one recorder shared by many calls counts their recordings; tests
+    pass one that replays eagerly.
     Returns (representatives [B, R, 3], atom coordinates [B, N, 3] in [0, 1), lattice
     parameters [B, 6] in Å and degrees).
     """
@@ -140,8 +140,6 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
     timesteps = sampling_timesteps(schedule.config.timesteps, settings.steps) + [0]
     levels = torch.tensor(timesteps, device=device)  # one copy to the device; each step takes views of it
     first = 0
-    if recorder is None and cuda_graphs and device.type == "cuda":
-        recorder = CudaGraphRecorder(generator)
     if recorder is not None:
         u, z, first = ReplayedSteps(step, recorder).run(u, z, levels, timesteps)
     for i in range(first, len(timesteps) - 1):

@@ -2,13 +2,14 @@
 
 ``python -m generators.unimdm.train --data .device_data_unimdm --out DIR --minutes M [--batch 256]
 [--preset base] [--resume DIR/checkpoint.pt] [--stop-after MIN] [--compile] [--metric-features 12]
-[--low-symmetry-weight 2] [--train-sets train,val_rest]``
+[--low-symmetry-weight 2] [--train-sets train,val_rest] [--cuda-graphs] [--message-layers 4]``
 
 The loop is :mod:`generators.training`'s, as for the diffusion model: linear warm-up then a
 cosine over ``--minutes`` of training wall time counted across resumed invocations,
 ``--stop-after`` ends one invocation early, bf16 autocast on CUDA, the whole training set
 resident on the device. ``--metric-features`` gives the attention pair distances (a model.pt
 without them resumes with the new weights at zero, so it starts from the same function);
+``--message-layers M`` adds CSPNet message layers, to a resumed model.pt as identities;
 ``--low-symmetry-weight W`` draws monoclinic and triclinic crystals W times per pass;
 ``--cuda-graphs`` records each padded width's whole step as a CUDA graph and replays it (the
 eager step is launch-bound); ``--train-sets train,val_rest`` adds the MP-20 val rows that bring the shared train split back to
