@@ -1022,6 +1022,65 @@ def test_edge_inputs_see_distances_and_the_networks_using_them_stay_periodic(inf
         CrystalDiT(replace(dit_config("tiny"), edge_features=16, metric_features=4))
 
 
+def test_networks_copy_nothing_from_the_host(infos, split):
+    """Every network variant runs with its inputs and weights on one device and never reads a
+    host tensor in its forward pass: a host-to-GPU copy (e.g. a tuple index) cannot be recorded in
+    a CUDA graph and sent the message layers back to eager steps (session 15). The device here is
+    ``meta``, so the check runs without a GPU; a dispatch mode sees every operator's arguments and a
+    function mode every index, from the second call on (the first, eager on the GPU too, copies
+    module constants over once)."""
+    from dataclasses import replace
+
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from generators.unimdm.lattice import matrix_from_k
+
+    class HostArguments(TorchDispatchMode):
+        """Operators given a host tensor (a constant never moved, a tensor made without a device)."""
+
+        def __init__(self):
+            super().__init__()
+            self.operators = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in tree_leaves((args, kwargs or {}))):
+                self.operators.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    class SequenceIndexes(TorchFunctionMode):
+        """Indexing with Python lists or tuples of ints: torch makes a host index tensor and copies it
+        over below the dispatcher (so HostArguments misses it), at every call."""
+
+        def __init__(self):
+            super().__init__()
+            self.indexes = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.__getitem__:
+                index = args[1] if isinstance(args[1], tuple) else (args[1],)
+                if any(isinstance(part, (list, tuple)) for part in index):
+                    self.indexes.append(args[1])
+            return func(*args, **(kwargs or {}))
+
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    k = torch.tensor(np.array([info.lattice for info in infos.values()]), dtype=torch.float64)
+    on_meta = lambda t: t.to("meta")  # noqa: E731
+    inputs = (batch.to("meta"), *map(on_meta, (torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group],
+                                               torch.full((batch.size,), 0.3), property_values(batch))))
+    coords, matrices = on_meta(batch.expand(batch.orbit_coords)), on_meta(matrix_from_k(k_from_parameters(k)).float())
+    for extra in ({}, {"metric_features": 4}, {"edge_features": 16}, {"message_layers": 2, "message_width": 16}):
+        network = CrystalDiT(replace(dit_config("tiny"), **extra)).to("meta")
+        network(coords, *inputs, matrices)  # the first call may copy module constants over once (on_device)
+        with HostArguments() as host, SequenceIndexes() as sequences:
+            lattice_noise, score = network(coords, *inputs, matrices)
+        assert not host.operators, (extra, sorted(host.operators))
+        assert not sequences.indexes, (extra, sequences.indexes)
+        assert score.shape == coords.shape and lattice_noise.shape == (batch.size, 6)
+
+
 def test_lattice_from_another_network(split, tmp_path):
     """A split denoiser takes the lattice noise of one network and the coordinate scores of the other;
     a model split with itself samples exactly as alone; models of other k normalisers refuse to pair."""

@@ -197,8 +197,9 @@ def lattice_shape(lattice_matrix: torch.Tensor, n_atoms: torch.Tensor) -> tuple[
     scale = (volume / n_atoms.float().clamp_min(1)) ** (2.0 / 3.0)
     metric = metric / scale[:, None, None]
     lengths = metric.diagonal(dim1=-2, dim2=-1).clamp_min(1e-6)
-    i, j = (1, 0, 0), (2, 2, 1)
-    cosines = metric[:, i, j] / (lengths[:, i] * lengths[:, j]).sqrt()
+    # basic indexing only: a tuple index is a host tensor, copied to the GPU at every call, which a
+    # CUDA graph cannot record (the message layers fell back to eager in session 15)
+    cosines = torch.stack([metric[:, i, j] / (lengths[:, i] * lengths[:, j]).sqrt() for i, j in ((1, 2), (0, 2), (0, 1))], dim=-1)
     return metric, torch.cat([lengths.log().clamp(-5, 5), cosines.clamp(-1, 1)], dim=-1)
 
 
