@@ -16,7 +16,14 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule, SamplerSettings
 from generators.unimdm.data import pack_infos
-from generators.unimdm.diffusion import CudaGraphRecorder, Tables, property_values, sample, training_losses
+from generators.unimdm.diffusion import (
+    CudaGraphRecorder,
+    ReverseStep,
+    Tables,
+    property_values,
+    sample,
+    training_losses,
+)
 from generators.unimdm.lattice import (
     KNormaliser,
     family,
@@ -1028,7 +1035,7 @@ def test_networks_copy_nothing_from_the_host(infos, split):
     a CUDA graph and sent the message layers back to eager steps (session 15). The device here is
     ``meta``, so the check runs without a GPU; a dispatch mode sees every operator's arguments and a
     function mode every index, from the second call on (the first, eager on the GPU too, copies
-    module constants over once)."""
+    module constants over once). The same for a whole training step and a sampler step of the message-layer network."""
     from dataclasses import replace
 
     from torch.overrides import TorchFunctionMode
@@ -1079,6 +1086,26 @@ def test_networks_copy_nothing_from_the_host(infos, split):
         assert not host.operators, (extra, sorted(host.operators))
         assert not sequences.indexes, (extra, sequences.indexes)
         assert score.shape == coords.shape and lattice_noise.shape == (batch.size, 6)
+    # the whole training step of that last network (noise, lattice decoding, losses), as train.py records it
+    schedule = NoiseSchedule(DiffusionConfig(), "meta")
+    normaliser = KNormaliser.fit(split["k"], split["n_atoms"].long(), free_mask_table()[split["space_group"].long()])
+    meta_tables = Tables(split["polar_axes"], "meta")
+    step = lambda: training_losses(network, inputs[0], schedule, normaliser, meta_tables)  # noqa: E731
+    step()
+    with HostArguments() as host, SequenceIndexes() as sequences:
+        losses = step()
+    assert not host.operators and not sequences.indexes, (sorted(host.operators), sequences.indexes)
+    assert losses["loss"].device.type == "meta" and losses["loss"].shape == ()
+    # and one reverse step of the sampler (what sample_tensors --cuda-graphs records), with the corrector
+    reverse = ReverseStep(network, inputs[0], schedule, normaliser, meta_tables, SamplerSettings(steps=9), None, 0.0, None)
+    u, z = torch.zeros(batch.orbit_coords.shape, device="meta"), torch.zeros(batch.k.shape, device="meta")
+    t, s = torch.full((1,), 500, device="meta"), torch.full((1,), 400, device="meta")
+    with torch.no_grad():
+        reverse(u, z, t, s)
+        with HostArguments() as host, SequenceIndexes() as sequences:
+            new_u, new_z = reverse(u, z, t, s)
+    assert not host.operators and not sequences.indexes, (sorted(host.operators), sequences.indexes)
+    assert new_u.shape == u.shape and new_z.shape == z.shape
 
 
 def test_lattice_from_another_network(split, tmp_path):
