@@ -159,7 +159,11 @@ class GraphedSteps:
             static_index.copy_(index, non_blocking=True)
             graph.replay()
             return output.clone()
-        return self._first(index.to(self.run.device), key)
+        with warnings.catch_warnings():
+            # the weights' AccumulateGrad nodes come from steps on another stream than the side stream's
+            # warm-up and the capture's; harmless, the recording works (H100, session 14)
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+            return self._first(index.to(self.run.device), key)
 
     def _first(self, index: torch.Tensor, key) -> torch.Tensor:
         """The first batch of a shape: an eager step on a side stream, then the recording."""
@@ -175,9 +179,7 @@ class GraphedSteps:
         try:
             self.pool = self.pool or torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with warnings.catch_warnings(), torch.cuda.graph(graph, pool=self.pool):
-                # the weights' AccumulateGrad nodes predate the capture stream; the recording works (H100, session 14)
-                warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+            with torch.cuda.graph(graph, pool=self.pool):
                 output = self.body(static_index, key)
         except Exception as exc:  # the warm-up step has updated the weights: keep it, say why no graph
             self.failure = f"{type(exc).__name__}: {exc}"[:500]
