@@ -1035,7 +1035,8 @@ def test_networks_copy_nothing_from_the_host(infos, split):
     a CUDA graph and sent the message layers back to eager steps (session 15). The device here is
     ``meta``, so the check runs without a GPU; a dispatch mode sees every operator's arguments and a
     function mode every index, from the second call on (the first, eager on the GPU too, copies
-    module constants over once). The same for a whole training step and a sampler step of the message-layer network."""
+    module constants over once). The same for a whole training step and a sampler step of the
+    message-layer network."""
     from dataclasses import replace
 
     from torch.overrides import TorchFunctionMode
