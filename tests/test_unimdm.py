@@ -507,6 +507,43 @@ def test_message_layers_grow_a_trained_network_without_changing_it(split, tmp_pa
             train.parse_args([*arguments[:-2], *bad])
 
 
+def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path):
+    """generators/unimdm/gpu_continue.sh (one device call: continue a model, then sample the test
+    split), dry on the CPU: the network grows as asked and its samples cover the split; a preflight
+    that records no CUDA graph (none on the CPU) drops the growth rather than train 3x slower."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from generators.unimdm.checkpoint import load_model
+
+    data, start = TrainedTinyNetwork(split).saved(tmp_path)
+    for name in ("val_rest", "test"):
+        torch.save(split, data / f"{name}.pt")
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                   "START": str(start), "DATA": str(data), "MINUTES": "0.02", "BATCH": "4", "THREADS": "1",
+                   "GROW_ARGS": "--message-layers 1", "TRAIN_ARGS": "--device cpu", "SAMPLE_ARGS": "--steps 3 --device cpu"}
+
+    def run(name: str, **settings: str) -> tuple:
+        copy = tmp_path / name / "copy"
+        subprocess.run(["bash", "generators/unimdm/gpu_continue.sh"], cwd=Path(__file__).resolve().parents[1],
+                       env={**environment, "RUN": str(tmp_path / name / "run"), "COPY_TO": str(copy), **settings},
+                       check=True, capture_output=True, timeout=600)
+        return copy, [json.loads(line) for line in (copy / "job.log").read_text().splitlines()]
+
+    grown, stages = run("grown")
+    assert [stage["stage"] for stage in stages] == ["train", "sample"] and all(stage["status"] == 0 for stage in stages)
+    assert load_model(grown / "model.pt").network.config.message_layers == 1
+    assert json.loads((grown / "train_log.jsonl").read_text().splitlines()[-1])["event"] == "end"
+    samples = torch.load(grown / "test.pt", weights_only=True)
+    assert samples["space_group"].tolist() == split["space_group"].tolist() and samples["info"]["steps"] == 3
+
+    plain, stages = run("plain", PREFLIGHT="tiny")
+    assert stages[0]["stage"] == "preflight" and stages[1] == {"stage": "preflight", "dropped": "--message-layers 1"}
+    assert load_model(plain / "model.pt").network.config.message_layers == 0 and (plain / "test.pt").exists()
+
+
 def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, tmp_path):
     from generators.unimdm import train
     from generators.unimdm.checkpoint import load_model

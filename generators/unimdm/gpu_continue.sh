@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Continue one Crystal DiT on one GPU (every step replayed as a CUDA graph), then sample the
+# complete MP-20 test split with its true symmetry (1 DDPM sample of 1000 steps each) in the same
+# device call, so that a machine started once gives both the weights and their test samples (runs
+# 10 and 11 of the model card). The CPU machine then scores the samples:
+# `python -m evals.bench_csp_unimdm --samples COPY_TO/test.pt`.
+#   START        model.pt (new AdamW and cosine) or checkpoint.pt (continues its cosine) to resume
+#                (default generators/weights/unimdm/model.pt)
+#   RUN          output folder of the trainer (default runs/continue)
+#   DATA         symmetry tensor files (default .device_data_unimdm)
+#   MINUTES      length of the cosine in minutes of training (default 5: 16,600 steps, ~314 epochs
+#                of the 27,136 at batch 512 on an H100)
+#   STOP_AFTER   end the trainer this many minutes after it starts (default MINUTES + 0.5: the
+#                cosine ends; less to split one cosine over two calls of one warm machine, the
+#                second with START=RUN/checkpoint.pt and the same GROW_ARGS)
+#   BATCH, LR    crystals per step and peak learning rate (default 512, 3e-4)
+#   GROW_ARGS    training arguments that change the network, e.g. "--message-layers 4" (it grows
+#                CSPNet message layers, identities at first)
+#   PREFLIGHT    a preset of `evals.profile_unimdm_step` with the grown network's shape (csp for
+#                "--message-layers 4"): profile its step first and, when no CUDA graph could be
+#                recorded (the step would run eagerly, 3x slower), drop GROW_ARGS and continue the
+#                network as it is
+#   TRAIN_ARGS   other training arguments, always passed
+#   SAMPLE_SECONDS  stop the test sampling after this many seconds (default 280; the split takes
+#                ~200 s replayed on an H100)
+#   THREADS      CPU threads (default 8); SAMPLE_ARGS extra sampling arguments
+#   COPY_TO      where the results go as each phase ends (the device's $OUT; default RUN):
+#                model.pt, train_log.jsonl, test.pt, job.log
+# CPU dry run (40 s): `DATA=.device_data_unimdm RUN=/tmp/dryc MINUTES=0.2 BATCH=8 THREADS=2
+#   GROW_ARGS="--message-layers 4" TRAIN_ARGS="--train-limit 64 --device cpu"
+#   SAMPLE_ARGS="--limit 3 --steps 3 --device cpu" COPY_TO=/tmp/dryc/out bash generators/unimdm/gpu_continue.sh`
+#   (with PREFLIGHT=csp it drops GROW_ARGS: no CUDA graphs on the CPU).
+set -u
+START=${START:-generators/weights/unimdm/model.pt}
+RUN=${RUN:-runs/continue}
+DATA=${DATA:-.device_data_unimdm}
+MINUTES=${MINUTES:-5}
+STOP_AFTER=${STOP_AFTER:-$(python -c "print($MINUTES + 0.5)")}
+BATCH=${BATCH:-512}
+LR=${LR:-3e-4}
+GROW_ARGS=${GROW_ARGS:-}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+PREFLIGHT=${PREFLIGHT:-}
+SAMPLE_SECONDS=${SAMPLE_SECONDS:-280}
+THREADS=${THREADS:-8}
+SAMPLE_ARGS=${SAMPLE_ARGS:-}
+COPY_TO=${COPY_TO:-$RUN}
+mkdir -p "$RUN" "$COPY_TO"
+JOB_LOG="$COPY_TO/job.log"
+
+stage() {  # stage NAME COMMAND...: run it, one JSON line with its exit status and seconds
+    local name=$1 start=$SECONDS
+    shift
+    "$@"
+    local status=$?
+    echo "{\"stage\": \"$name\", \"status\": $status, \"seconds\": $((SECONDS - start))}" | tee -a "$JOB_LOG"
+    return $status
+}
+
+if [ -n "$PREFLIGHT" ]; then
+    stage preflight python -m evals.profile_unimdm_step --data "$DATA" --preset "$PREFLIGHT" --batch "$BATCH" \
+        --warmup 20 --steps 10 --profile-steps 1 --cuda-graphs --threads "$THREADS" --json "$RUN/preflight.json" \
+        > "$RUN/preflight.txt" 2>&1
+    if ! python -c "import json, sys; sys.exit(json.load(open('$RUN/preflight.json'))['graphs_recorded'] == 0)"; then
+        echo "{\"stage\": \"preflight\", \"dropped\": \"$GROW_ARGS\"}" | tee -a "$JOB_LOG"
+        GROW_ARGS=""
+    fi
+fi
+# shellcheck disable=SC2086  # GROW_ARGS, TRAIN_ARGS and SAMPLE_ARGS are word lists
+stage train python -m generators.unimdm.train --data "$DATA" --out "$RUN" --minutes "$MINUTES" \
+    --stop-after "$STOP_AFTER" --batch "$BATCH" --lr "$LR" --threads "$THREADS" --val-seconds 1e9 \
+    --log-seconds 60 --train-sets train,val_rest --cuda-graphs --resume "$START" $GROW_ARGS $TRAIN_ARGS \
+    > "$RUN/train.txt" 2>&1
+cp "$RUN/model.pt" "$RUN/train_log.jsonl" "$COPY_TO/" 2>/dev/null
+# shellcheck disable=SC2086
+stage sample timeout "$SAMPLE_SECONDS" python -m generators.unimdm.sample_tensors --weights "$RUN/model.pt" \
+    --data "$DATA" --inputs test --cuda-graphs --threads "$THREADS" --out "$COPY_TO/test.pt" $SAMPLE_ARGS \
+    > "$RUN/sample.txt" 2>&1
+grep -v Warn "$RUN/sample.txt" | tail -n 2
