@@ -539,9 +539,10 @@ def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path)
     samples = torch.load(grown / "test.pt", weights_only=True)
     assert samples["space_group"].tolist() == split["space_group"].tolist() and samples["info"]["steps"] == 3
 
-    plain, stages = run("plain", PREFLIGHT="tiny")
+    plain, stages = run("plain", PREFLIGHT="tiny", SAMPLE_SECONDS="0")
     assert stages[0]["stage"] == "preflight" and stages[1] == {"stage": "preflight", "dropped": "--message-layers 1"}
-    assert load_model(plain / "model.pt").network.config.message_layers == 0 and (plain / "test.pt").exists()
+    assert stages[2]["stage"] == "train" and len(stages) == 3 and not (plain / "test.pt").exists()  # no sampling asked
+    assert load_model(plain / "model.pt").network.config.message_layers == 0
 
 
 def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, tmp_path):
