@@ -544,6 +544,14 @@ def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path)
     assert stages[2]["stage"] == "train" and len(stages) == 3 and not (plain / "test.pt").exists()  # no sampling asked
     assert load_model(plain / "model.pt").network.config.message_layers == 0
 
+    # a trainer that fails ends the call with its status, before any sampling of an older model.pt
+    failed = subprocess.run(["bash", "generators/unimdm/gpu_continue.sh"], cwd=Path(__file__).resolve().parents[1],
+                            env={**environment, "DATA": str(tmp_path / "missing"), "RUN": str(tmp_path / "grown" / "run"),
+                                 "COPY_TO": str(tmp_path / "failed")}, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1 and "missing" in failed.stdout and not (tmp_path / "failed" / "test.pt").exists()
+    stages = [json.loads(line) for line in (tmp_path / "failed" / "job.log").read_text().splitlines()]
+    assert [(stage["stage"], stage["status"]) for stage in stages] == [("train", 1)]
+
 
 def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, tmp_path):
     from generators.unimdm import train

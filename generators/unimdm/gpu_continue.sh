@@ -72,7 +72,10 @@ stage train python -m generators.unimdm.train --data "$DATA" --out "$RUN" --minu
     --stop-after "$STOP_AFTER" --batch "$BATCH" --lr "$LR" --threads "$THREADS" --val-seconds 1e9 \
     --log-seconds 60 --train-sets train,val_rest --cuda-graphs --resume "$START" $GROW_ARGS $TRAIN_ARGS \
     > "$RUN/train.txt" 2>&1
+trained=$?
 cp "$RUN/model.pt" "$RUN/train_log.jsonl" "$COPY_TO/" 2>/dev/null
+# a failed trainer may leave an older model.pt in RUN: never sample that as if it were new
+[ "$trained" != 0 ] && { grep -v Warn "$RUN/train.txt" | tail -n 5; exit "$trained"; }
 [ "$SAMPLE_SECONDS" = 0 ] && exit 0
 # shellcheck disable=SC2086
 stage sample timeout "$SAMPLE_SECONDS" python -m generators.unimdm.sample_tensors --weights "$RUN/model.pt" \
