@@ -521,8 +521,7 @@ def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path)
     data, start = TrainedTinyNetwork(split).saved(tmp_path)
     for name in ("val_rest", "test"):
         torch.save(split, data / f"{name}.pt")
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                   "START": str(start), "DATA": str(data), "MINUTES": "0.02", "BATCH": "4", "THREADS": "1",
+    environment = {**os.environ, "PYTHON": sys.executable, "START": str(start), "DATA": str(data), "MINUTES": "0.02", "BATCH": "4", "THREADS": "1",
                    "GROW_ARGS": "--message-layers 1", "TRAIN_ARGS": "--device cpu", "SAMPLE_ARGS": "--steps 3 --device cpu"}
 
     def run(name: str, **settings: str) -> tuple:
@@ -533,7 +532,7 @@ def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path)
         return copy, [json.loads(line) for line in (copy / "job.log").read_text().splitlines()]
 
     grown, stages = run("grown")
-    assert [stage["stage"] for stage in stages] == ["train", "sample"] and all(stage["status"] == 0 for stage in stages)
+    assert [stage["stage"] for stage in stages] == ["train", "sample"] and all(stage["rc"] == 0 for stage in stages)
     assert load_model(grown / "model.pt").network.config.message_layers == 1
     assert json.loads((grown / "train_log.jsonl").read_text().splitlines()[-1])["event"] == "end"
     samples = torch.load(grown / "test.pt", weights_only=True)
@@ -549,8 +548,9 @@ def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path)
                             env={**environment, "DATA": str(tmp_path / "missing"), "RUN": str(tmp_path / "grown" / "run"),
                                  "COPY_TO": str(tmp_path / "failed")}, capture_output=True, text=True, timeout=600)
     assert failed.returncode == 1 and "missing" in failed.stdout and not (tmp_path / "failed" / "test.pt").exists()
+    assert not (tmp_path / "failed" / "model.pt").exists()  # the older model.pt in RUN is not passed on
     stages = [json.loads(line) for line in (tmp_path / "failed" / "job.log").read_text().splitlines()]
-    assert [(stage["stage"], stage["status"]) for stage in stages] == [("train", 1)]
+    assert [(stage["stage"], stage["rc"]) for stage in stages] == [("train", 1)]
 
 
 def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, tmp_path):

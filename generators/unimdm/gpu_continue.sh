@@ -24,19 +24,21 @@
 #   SAMPLE_SECONDS  stop the test sampling after this many seconds (default 280; the split takes
 #                ~200 s replayed on an H100, ~1.6x that with 4 message layers); 0: no sampling
 #                (a cosine split over calls samples after the last)
-#   THREADS      CPU threads (default 8); SAMPLE_ARGS extra sampling arguments
+#   THREADS      CPU threads (default 8); SAMPLE_ARGS extra sampling arguments; PYTHON (python3)
 #   COPY_TO      where the results go as each phase ends (the device's $OUT; default RUN):
-#                model.pt, train_log.jsonl, test.pt, job.log
-# CPU dry run (40 s): `DATA=.device_data_unimdm RUN=/tmp/dryc MINUTES=0.2 BATCH=8 THREADS=2
+#                model.pt, train_log.jsonl, test.pt, job.log (one JSON line per stage, gpu_steps.sh's
+#                step: name, rc, seconds; the stages' output is in RUN/NAME.log)
+# CPU dry run (40 s): `DATA=.device_data_unimdm RUN=/tmp/dryc MINUTES=0.2 BATCH=8 THREADS=2 PYTHON=python
 #   GROW_ARGS="--message-layers 4" TRAIN_ARGS="--train-limit 64 --device cpu"
 #   SAMPLE_ARGS="--limit 3 --steps 3 --device cpu" COPY_TO=/tmp/dryc/out bash generators/unimdm/gpu_continue.sh`
 #   (with PREFLIGHT=csp it drops GROW_ARGS: no CUDA graphs on the CPU).
 set -u
+PYTHON=${PYTHON:-python3}
 START=${START:-generators/weights/unimdm/model.pt}
 RUN=${RUN:-runs/continue}
 DATA=${DATA:-.device_data_unimdm}
 MINUTES=${MINUTES:-5}
-STOP_AFTER=${STOP_AFTER:-$(python -c "print($MINUTES + 0.5)")}
+STOP_AFTER=${STOP_AFTER:-$("$PYTHON" -c "print($MINUTES + 0.5)")}
 BATCH=${BATCH:-512}
 LR=${LR:-3e-4}
 GROW_ARGS=${GROW_ARGS:-}
@@ -47,38 +49,33 @@ THREADS=${THREADS:-8}
 SAMPLE_ARGS=${SAMPLE_ARGS:-}
 COPY_TO=${COPY_TO:-$RUN}
 mkdir -p "$RUN" "$COPY_TO"
-JOB_LOG="$COPY_TO/job.log"
-
-stage() {  # stage NAME COMMAND...: run it, one JSON line with its exit status and seconds
-    local name=$1 start=$SECONDS
-    shift
-    "$@"
-    local status=$?
-    echo "{\"stage\": \"$name\", \"status\": $status, \"seconds\": $((SECONDS - start))}" | tee -a "$JOB_LOG"
-    return $status
-}
+rm -f "$RUN/job.log"  # this call's stages only
+# shellcheck source=../gpu_steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND...: a stage logged in $RUN/job.log
+report() { [ "$COPY_TO" -ef "$RUN" ] || cp "$@" "$RUN/job.log" "$COPY_TO/" 2>/dev/null; }
 
 if [ -n "$PREFLIGHT" ]; then
-    stage preflight python -m evals.profile_unimdm_step --data "$DATA" --preset "$PREFLIGHT" --batch "$BATCH" \
-        --warmup 20 --steps 10 --profile-steps 1 --cuda-graphs --threads "$THREADS" --json "$RUN/preflight.json" \
-        > "$RUN/preflight.txt" 2>&1
-    if ! python -c "import json, sys; sys.exit(json.load(open('$RUN/preflight.json'))['graphs_recorded'] == 0)"; then
-        echo "{\"stage\": \"preflight\", \"dropped\": \"$GROW_ARGS\"}" | tee -a "$JOB_LOG"
+    step preflight "$PYTHON" -m evals.profile_unimdm_step --data "$DATA" --preset "$PREFLIGHT" --batch "$BATCH" \
+        --warmup 20 --steps 10 --profile-steps 1 --cuda-graphs --threads "$THREADS" --json "$RUN/preflight.json"
+    if ! "$PYTHON" -c "import json, sys; sys.exit(json.load(open('$RUN/preflight.json'))['graphs_recorded'] == 0)"; then
+        echo "{\"stage\": \"preflight\", \"dropped\": \"$GROW_ARGS\"}" >> "$RUN/job.log"
         GROW_ARGS=""
     fi
 fi
 # shellcheck disable=SC2086  # GROW_ARGS, TRAIN_ARGS and SAMPLE_ARGS are word lists
-stage train python -m generators.unimdm.train --data "$DATA" --out "$RUN" --minutes "$MINUTES" \
+step train "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN" --minutes "$MINUTES" \
     --stop-after "$STOP_AFTER" --batch "$BATCH" --lr "$LR" --threads "$THREADS" --val-seconds 1e9 \
-    --log-seconds 60 --train-sets train,val_rest --cuda-graphs --resume "$START" $GROW_ARGS $TRAIN_ARGS \
-    > "$RUN/train.txt" 2>&1
+    --log-seconds 60 --train-sets train,val_rest --cuda-graphs --resume "$START" $GROW_ARGS $TRAIN_ARGS
 trained=$?
-cp "$RUN/model.pt" "$RUN/train_log.jsonl" "$COPY_TO/" 2>/dev/null
-# a failed trainer may leave an older model.pt in RUN: never sample that as if it were new
-[ "$trained" != 0 ] && { grep -v Warn "$RUN/train.txt" | tail -n 5; exit "$trained"; }
+if [ "$trained" != 0 ]; then  # a failed trainer may leave an older model.pt in RUN: never pass that on as new
+    report
+    grep -v Warn "$RUN/train.log" | tail -n 5
+    exit "$trained"
+fi
+report "$RUN/model.pt" "$RUN/train_log.jsonl"
 [ "$SAMPLE_SECONDS" = 0 ] && exit 0
 # shellcheck disable=SC2086
-stage sample timeout "$SAMPLE_SECONDS" python -m generators.unimdm.sample_tensors --weights "$RUN/model.pt" \
-    --data "$DATA" --inputs test --cuda-graphs --threads "$THREADS" --out "$COPY_TO/test.pt" $SAMPLE_ARGS \
-    > "$RUN/sample.txt" 2>&1
-grep -v Warn "$RUN/sample.txt" | tail -n 2
+step sample timeout "$SAMPLE_SECONDS" "$PYTHON" -m generators.unimdm.sample_tensors --weights "$RUN/model.pt" \
+    --data "$DATA" --inputs test --cuda-graphs --threads "$THREADS" --out "$RUN/test.pt" $SAMPLE_ARGS
+report "$RUN/test.pt"
+grep -v Warn "$RUN/sample.log" | tail -n 2
