@@ -22,7 +22,9 @@ Writes the figures as JSON (``--json``, default ``runs/bench_csp_diffusion/<labe
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -63,13 +65,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @lru_cache(maxsize=16384)
 def composition_valid(formula_key: tuple[tuple[str, int], ...]) -> bool:
-    """Legacy SMACT validity (CDVAE/DiffCSP: smact14 oxidation states, Pauling test, alloys valid)."""
+    """Legacy SMACT validity (CDVAE/DiffCSP: smact14 oxidation states, Pauling test, alloys valid).
+
+    SMACT >= 3 fails the Pauling test when an element has no Pauling electronegativity (Pm in
+    MP-20); under the SMACT 2 of CDVAE/DiffCSP that comparison raised a TypeError, which their
+    metric counted as a pass, so such compositions are checked again with the old rule.
+    """
     from pymatgen.core import Composition
     from smact.screening import smact_validity
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return bool(smact_validity(Composition(dict(formula_key)), oxidation_states_set="smact14"))
+        if smact_validity(Composition(dict(formula_key)), oxidation_states_set="smact14"):
+            return True
+    return _legacy_unknown_electronegativity_valid(formula_key)
+
+
+def _legacy_unknown_electronegativity_valid(formula_key: tuple[tuple[str, int], ...]) -> bool:
+    """SMACT 2's verdict for a composition with an element of unknown electronegativity (else False)."""
+    import smact
+
+    elements = [smact.Element(symbol) for symbol, _ in formula_key]
+    electronegativities = [e.pauling_eneg for e in elements]
+    if all(x is not None for x in electronegativities):
+        return False  # SMACT >= 3 and SMACT 2 agree here
+    divisor = math.gcd(*(count for _, count in formula_key))
+    stoichiometry = [(count // divisor,) for _, count in formula_key]
+    threshold = max(s[0] for s in stoichiometry)
+    for states in itertools.product(*(e.oxidation_states_smact14 or [] for e in elements)):
+        if smact.neutral_ratios(states, stoichs=stoichiometry, threshold=threshold) and _legacy_pauling_ok(
+                states, electronegativities):
+            return True
+    return False
+
+
+def _legacy_pauling_ok(states: tuple[int, ...], electronegativities: list[float | None]) -> bool:
+    """SMACT 2's ``eneg_states_test``, pair by pair in order: the first comparison with an unknown
+    electronegativity raised a TypeError, counted as a pass by the CDVAE/DiffCSP metric."""
+    try:
+        for (q1, x1), (q2, x2) in itertools.combinations(zip(states, electronegativities), 2):
+            if (q1 > 0 and q2 < 0 and x1 >= x2) or (q1 < 0 and q2 > 0 and x1 <= x2):
+                return False
+    except TypeError:
+        return True
+    return True
 
 
 def diffcsp_structure_valid(structure) -> bool:

@@ -91,6 +91,20 @@ def test_csp_pair_uses_the_benchmark_checks(rocksalt_nacl, srtio3, perturb):
     assert not missing["constructed"] and not m.csp_matched(missing)
 
 
+def test_csp_composition_gate_follows_the_diffcsp_metric():
+    from pymatgen.core import Composition
+    from smact.screening import smact_validity
+
+    from evals.bench_csp_diffusion import composition_valid
+
+    assert composition_valid((("O", 3), ("Sr", 1), ("Ti", 1))) and composition_valid((("Al", 1), ("Cu", 2), ("Mn", 1)))
+    assert not composition_valid((("Cl", 2), ("Na", 1)))
+    # Pm has no Pauling electronegativity: SMACT >= 3 fails it, the SMACT 2 metric of DiffCSP passed it.
+    assert not smact_validity(Composition("PmBr3"), oxidation_states_set="smact14")
+    assert composition_valid((("Br", 3), ("Pm", 1))) and composition_valid((("Br", 6), ("Pm", 2)))
+    assert not composition_valid((("Br", 5), ("Pm", 1)))  # still charge-balanced or nothing
+
+
 def test_metric_catalogue_values_and_pooling(srtio3):
     case = {"family": "perovskite", "expect": {"element": "Mn", "metal": True, "unique_against": ["SrTiO3"]}}
     samples = [{"formula": "SrTiO3", "cif": _cif(srtio3), "formation_energy_per_atom": -3.0, "e_above_hull": 0.0},
