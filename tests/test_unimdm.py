@@ -309,6 +309,12 @@ def test_train_and_sample_commands(split, tmp_path):
     assert samples["info"]["coordinate_temperature"] == 1.0
     cool = sample_with("cool.pt", "--coordinate-temperature", "0.5")
     assert cool["info"]["coordinate_temperature"] == 0.5 and not torch.allclose(cool["frac_coords"], samples["frac_coords"])
+    # autoguidance by another checkpoint of the run (its lowest-validation-loss weights) is recorded in the info
+    guided = sample_with("guided.pt", "--guide-weights", str(out / "model_best.pt"), "--autoguidance", "2")
+    assert guided["info"]["autoguidance"] == 2.0 and guided["info"]["guide_weights"].endswith("model_best.pt")
+    assert sample_with("self.pt", "--guide-weights", str(out / "model.pt"))["info"]["autoguidance"] == 1.0  # the default
+    with pytest.raises(SystemExit):  # a weight without a guide is refused
+        sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--autoguidance", "1"])
 
 
 def test_polar_invariant_network_ignores_origin_shifts_along_polar_axes(split):
@@ -1155,37 +1161,45 @@ def test_networks_copy_nothing_from_the_host(infos, split):
     assert new_u.shape == u.shape and new_z.shape == z.shape
 
 
+def saved_model(tmp_path, split, name, config, seed, k_normaliser):
+    """A random network of ``config`` (no zero heads) written as model.pt and loaded back."""
+    from generators.unimdm.checkpoint import load_model, model_payload
+
+    torch.manual_seed(seed)
+    network = CrystalDiT(config)
+    for p in network.parameters():  # zero-initialised heads would make every output 0
+        if not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.05)
+    path = tmp_path / f"{name}.pt"
+    torch.save(model_payload(network.state_dict(), config, DiffusionConfig(timesteps=50), k_normaliser,
+                             split["polar_axes"], {"name": name}), path)
+    return load_model(path)
+
+
+def denoiser_inputs(batch, tables):
+    """One network call's inputs for a batch (noisy lattice, time 0.3, its own properties)."""
+    coords = batch.expand(batch.orbit_coords)
+    matrices = torch.eye(3).expand(batch.size, 3, 3) * 5.0
+    return (coords, batch, torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group],
+            torch.full((batch.size,), 0.3), property_values(batch), matrices, tables.polar[batch.space_group])
+
+
 def test_lattice_from_another_network(split, tmp_path):
     """A split denoiser takes the lattice noise of one network and the coordinate scores of the other;
     a model split with itself samples exactly as alone; models of other k normalisers refuse to pair."""
     from dataclasses import replace
 
-    from generators.unimdm.checkpoint import load_model, model_payload, with_lattice_from
+    from generators.unimdm.checkpoint import with_lattice_from
 
     batch = collate_all(split)
     tables = Tables(split["polar_axes"])
     normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
-
-    def saved(name, config, seed, k_normaliser=normaliser):
-        torch.manual_seed(seed)
-        network = CrystalDiT(config)
-        for p in network.parameters():  # zero-initialised heads would make every output 0
-            if not p.abs().sum():
-                torch.nn.init.normal_(p, std=0.05)
-        path = tmp_path / f"{name}.pt"
-        torch.save(model_payload(network.state_dict(), config, DiffusionConfig(timesteps=50), k_normaliser,
-                                 split["polar_axes"], {"name": name}), path)
-        return load_model(path)
-
-    late = saved("late", dit_config("tiny"), 0)
-    early = saved("early", replace(dit_config("tiny"), edge_features=8), 1)
+    late = saved_model(tmp_path, split, "late", dit_config("tiny"), 0, normaliser)
+    early = saved_model(tmp_path, split, "early", replace(dit_config("tiny"), edge_features=8), 1, normaliser)
     split_model = with_lattice_from(late, early)
     assert split_model.training["lattice_from"] == {"name": "early"}
     assert split_model.network.config.uses_lattice_matrix  # the early network has edges
-    coords = batch.expand(batch.orbit_coords)
-    matrices = torch.eye(3).expand(batch.size, 3, 3) * 5.0
-    inputs = (coords, batch, torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group],
-              torch.full((batch.size,), 0.3), property_values(batch), matrices, tables.polar[batch.space_group])
+    inputs = denoiser_inputs(batch, tables)
     with torch.no_grad():
         lattice, score = split_model.network(*inputs)
         assert torch.equal(lattice, early.network(*inputs)[0]) and torch.equal(score, late.network(*inputs)[1])
@@ -1199,6 +1213,45 @@ def test_lattice_from_another_network(split, tmp_path):
 
     alone, paired = draw(late), draw(with_lattice_from(late, late))
     assert all(torch.equal(a, b) for a, b in zip(alone, paired))
-    other = saved("other", dit_config("tiny"), 2, KNormaliser([m + 0.1 for m in normaliser.mean], normaliser.std))
+    other = saved_model(tmp_path, split, "other", dit_config("tiny"), 2,
+                        KNormaliser([m + 0.1 for m in normaliser.mean], normaliser.std))
     with pytest.raises(ValueError, match="normaliser"):
         with_lattice_from(late, other)
+
+
+def test_autoguidance_extrapolates_from_the_guide(split, tmp_path):
+    """Autoguidance returns (1 + w) main - w guide for both outputs; weight 0 samples exactly as
+    the main model alone, a positive weight otherwise; bad weights and other normalisers refuse."""
+    from generators.unimdm.checkpoint import with_guide
+
+    batch = collate_all(split)
+    tables = Tables(split["polar_axes"])
+    normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
+    main = saved_model(tmp_path, split, "main", dit_config("tiny"), 0, normaliser)
+    guide = saved_model(tmp_path, split, "guide", dit_config("tiny"), 1, normaliser)
+    guided = with_guide(main, guide, 1.5)
+    assert guided.training["guided_by"] == {"name": "guide"} and guided.training["autoguidance"] == 1.5
+    inputs = denoiser_inputs(batch, tables)
+    with torch.no_grad():
+        (main_noise, main_score), (guide_noise, guide_score) = main.network(*inputs), guide.network(*inputs)
+        noise, score = guided.network(*inputs)
+    torch.testing.assert_close(noise, 2.5 * main_noise - 1.5 * guide_noise)
+    torch.testing.assert_close(score, 2.5 * main_score - 1.5 * guide_score)
+    assert not torch.allclose(score, main_score, atol=1e-3)
+
+    settings = SamplerSettings(steps=5)
+
+    def draw(model):
+        return sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
+                      generator=torch.Generator().manual_seed(3))
+
+    alone = draw(main)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(alone, draw(with_guide(main, guide, 0.0))))
+    assert not torch.allclose(alone[2], draw(guided)[2], atol=1e-3)  # the lattices move
+    for weight in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="autoguidance weight"):
+            with_guide(main, guide, weight)
+    other = saved_model(tmp_path, split, "other", dit_config("tiny"), 2,
+                        KNormaliser([m + 0.1 for m in normaliser.mean], normaliser.std))
+    with pytest.raises(ValueError, match="guide model standardises k otherwise"):
+        with_guide(main, other, 1.0)

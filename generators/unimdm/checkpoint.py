@@ -9,6 +9,7 @@ Files are written atomically (:func:`generators.training.atomic_save`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ from generators.unimdm.lattice import KNormaliser
 from generators.unimdm.network import CrystalDiT, DiTConfig
 
 MODEL_FORMAT = "genms-unimdm-dit/1"
-__all__ = ["MODEL_FORMAT", "UniMDMModel", "atomic_save", "load_model", "model_payload"]
+__all__ = ["MODEL_FORMAT", "UniMDMModel", "atomic_save", "load_model", "model_payload", "with_guide", "with_lattice_from"]
 
 
 @dataclass
@@ -69,40 +70,84 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> UniMDMMo
     return model.to(device)
 
 
-class SplitDenoiser(torch.nn.Module):
+class TwoNetworkDenoiser(torch.nn.Module):
+    """Two networks called at every network call of one sampling (the split and guided denoisers)."""
+
+    def __init__(self, first: torch.nn.Module, second: torch.nn.Module):
+        super().__init__()
+        self.first, self.second = first, second
+
+    @property
+    def config(self) -> SimpleNamespace:
+        """What the sampler asks of a network's config: whether either needs the lattice matrix."""
+        return SimpleNamespace(uses_lattice_matrix=self.first.config.uses_lattice_matrix
+                               or self.second.config.uses_lattice_matrix)
+
+
+class SplitDenoiser(TwoNetworkDenoiser):
     """The coordinate scores of one network with the lattice noise of another, e.g. an early
     checkpoint's lattice (its validation lattice loss is lowest after ~100 epochs and then rises)
     beside a late one's coordinates (which keep improving). Two network calls per step."""
 
     def __init__(self, coordinates: CrystalDiT, lattice: CrystalDiT):
-        super().__init__()
-        self.coordinates, self.lattice = coordinates, lattice
-
-    @property
-    def config(self) -> SimpleNamespace:
-        """What the sampler asks of a network's config: whether either needs the lattice matrix."""
-        return SimpleNamespace(uses_lattice_matrix=self.coordinates.config.uses_lattice_matrix
-                               or self.lattice.config.uses_lattice_matrix)
+        super().__init__(coordinates, lattice)
 
     def forward(self, *inputs):
-        lattice_noise, _ = self.lattice(*inputs)
-        _, atom_score = self.coordinates(*inputs)
+        lattice_noise, _ = self.second(*inputs)  # the lattice network
+        _, atom_score = self.first(*inputs)  # the coordinate network
         return lattice_noise, atom_score
+
+
+def _check_compatible(model: UniMDMModel, other: UniMDMModel, role: str) -> None:
+    """Two models whose networks share one sampling: the same diffusion, k normaliser (to 1e-6)
+    and polar axes, as runs on the same data have."""
+    if model.schedule.config != other.schedule.config:
+        raise ValueError(f"the {role} model was trained with another diffusion config")
+    for ours, theirs in ((model.normaliser.mean, other.normaliser.mean), (model.normaliser.std, other.normaliser.std)):
+        if max(abs(a - b) for a, b in zip(ours, theirs)) > 1e-6:
+            raise ValueError(f"the {role} model standardises k otherwise (another k normaliser): train both on the same data")
+    if not torch.equal(model.tables.polar.cpu(), other.tables.polar.cpu()):
+        raise ValueError(f"the {role} model's polar axes differ")
 
 
 def with_lattice_from(model: UniMDMModel, lattice_model: UniMDMModel) -> UniMDMModel:
     """``model`` sampling its lattices with ``lattice_model``'s network; both must share the
     diffusion, the k normaliser (to 1e-6) and the polar axes, as runs on the same data do."""
-    if model.schedule.config != lattice_model.schedule.config:
-        raise ValueError("the lattice model was trained with another diffusion config")
-    for ours, theirs in ((model.normaliser.mean, lattice_model.normaliser.mean), (model.normaliser.std, lattice_model.normaliser.std)):
-        if max(abs(a - b) for a, b in zip(ours, theirs)) > 1e-6:
-            raise ValueError("the lattice model standardises k otherwise (another k normaliser): train both on the same data")
-    if not torch.equal(model.tables.polar.cpu(), lattice_model.tables.polar.cpu()):
-        raise ValueError("the lattice model's polar axes differ")
+    _check_compatible(model, lattice_model, "lattice")
     network = SplitDenoiser(model.network, lattice_model.network.to(model.device)).eval()
     return UniMDMModel(network, model.schedule, model.normaliser, model.tables,
                        {**model.training, "lattice_from": lattice_model.training})
+
+
+class AutoGuidedDenoiser(TwoNetworkDenoiser):
+    """Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
+    itself"): ``(1 + w) main - w guide`` for the lattice noise and the coordinate scores, where
+    the guide is a weaker model of the same task (here an earlier, shorter-trained checkpoint).
+    It moves samples away from what only the weaker model believes, towards the main model's
+    confident modes, without the uniform sharpening of a lower temperature. Two network calls
+    per step."""
+
+    def __init__(self, main: torch.nn.Module, guide: torch.nn.Module, weight: float):
+        super().__init__(main, guide)
+        self.weight = float(weight)
+
+    def forward(self, *inputs):
+        main_noise, main_score = self.first(*inputs)
+        guide_noise, guide_score = self.second(*inputs)
+        w = self.weight
+        return ((1 + w) * main_noise.float() - w * guide_noise.float(),
+                (1 + w) * main_score.float() - w * guide_score.float())
+
+
+def with_guide(model: UniMDMModel, guide_model: UniMDMModel, weight: float) -> UniMDMModel:
+    """``model`` sampling with autoguidance by ``guide_model`` of weight ``weight`` >= 0 (0: the
+    main model alone; the guide must share the diffusion, k normaliser and polar axes)."""
+    if not (weight >= 0 and math.isfinite(weight)):
+        raise ValueError(f"the autoguidance weight must be a finite number >= 0, got {weight}")
+    _check_compatible(model, guide_model, "guide")
+    network = AutoGuidedDenoiser(model.network, guide_model.network.to(model.device), weight).eval()
+    return UniMDMModel(network, model.schedule, model.normaliser, model.tables,
+                       {**model.training, "guided_by": guide_model.training, "autoguidance": weight})
 
 
 def lowest_validation_loss(paths: list[str | Path]) -> tuple[Path, list[dict]]:

@@ -5,6 +5,9 @@
 
 ``--lattice-weights``: the lattice is denoised by that model's network, the coordinates by
 ``--weights``' (:class:`generators.unimdm.checkpoint.SplitDenoiser`; both trained on the same data).
+``--guide-weights EARLY/model.pt --autoguidance W``: autoguidance, ``(1 + W) main - W guide`` at
+every network call, the guide a weaker checkpoint of the same data
+(:class:`generators.unimdm.checkpoint.AutoGuidedDenoiser`; two network calls per step).
 
 ``--inputs`` names a symmetry file of ``--data`` (``test``: MP-20 test with its true space group
 and Wyckoff assignment; ``test_pred``: the symmetry predictor's top-5 candidates per test
@@ -29,7 +32,7 @@ import torch
 
 from generators.diffusion.diffusion import SamplerSettings
 from generators.diffusion.tensor_files import pack_samples
-from generators.unimdm.checkpoint import UniMDMModel, atomic_save, load_model, with_lattice_from
+from generators.unimdm.checkpoint import UniMDMModel, atomic_save, load_model, with_guide, with_lattice_from
 from generators.unimdm.diffusion import CudaGraphRecorder, sample
 from generators.unimdm.network import PROPERTIES
 from generators.unimdm.tensor_files import SplitIndex, collate, load_split, take_rows
@@ -40,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("--lattice-weights", type=Path, default=None,
                         help="model.pt whose network denoises the lattice (--weights' network the coordinates)")
+    parser.add_argument("--guide-weights", type=Path, default=None,
+                        help="model.pt of a weaker checkpoint (same data) that guides --weights' network (autoguidance)")
+    parser.add_argument("--autoguidance", type=non_negative, default=None,
+                        help="autoguidance weight W: (1 + W) main - W guide (default 1 with --guide-weights)")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--inputs", default="test", help="symmetry file name in --data (test, test_pred, control)")
     parser.add_argument("--samples", type=int, default=1, help="structures per input row")
@@ -63,7 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.autoguidance is not None and args.guide_weights is None:
+        parser.error("--autoguidance needs --guide-weights (the weaker model that guides)")
+    return args
 
 
 def non_negative(text: str) -> float:
@@ -175,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.weights, device)
     if args.lattice_weights:
         model = with_lattice_from(model, load_model(args.lattice_weights, device))
+    autoguidance = None
+    if args.guide_weights:
+        autoguidance = 1.0 if args.autoguidance is None else args.autoguidance
+        model = with_guide(model, load_model(args.guide_weights, device), autoguidance)
     split = load_split(args.data, args.inputs)
     if args.candidates is not None and "candidate" in split:
         ranks = {int(r) for r in args.candidates.split(",")}
@@ -206,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
             "corrector_step_lr": settings.corrector_step_lr if settings.corrector_step_lr is not None else model.schedule.config.corrector_step_lr,
             "corrector": settings.corrector, "lattice_eta": settings.lattice_eta,
             "coordinate_temperature": settings.coordinate_temperature, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
-            "weights": str(args.weights), "lattice_weights": args.lattice_weights and str(args.lattice_weights), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "weights": str(args.weights), "lattice_weights": args.lattice_weights and str(args.lattice_weights),
+            "guide_weights": args.guide_weights and str(args.guide_weights), "autoguidance": autoguidance, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "seed": args.seed, "cuda_graphs": args.cuda_graphs,
             "graph_chunks": recorder.recorded if recorder else 0, "graph_fallbacks": recorder.failed if recorder else 0,
             "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
