@@ -315,6 +315,10 @@ def test_train_and_sample_commands(split, tmp_path):
     assert sample_with("self.pt", "--guide-weights", str(out / "model.pt"))["info"]["autoguidance"] == 1.0  # the default
     with pytest.raises(SystemExit):  # a weight without a guide is refused
         sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--autoguidance", "1"])
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            sample_tensors.parse_args(["--weights", "w.pt", "--data", str(data), "--out", "x.pt", "--guide-weights", "g.pt",
+                                       "--autoguidance", bad])
 
 
 def test_polar_invariant_network_ignores_origin_shifts_along_polar_axes(split):

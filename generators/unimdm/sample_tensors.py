@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.autoguidance is not None and args.guide_weights is None:
         parser.error("--autoguidance needs --guide-weights (the weaker model that guides)")
+    if args.autoguidance is not None and not math.isfinite(args.autoguidance):
+        parser.error(f"--autoguidance must be finite, got {args.autoguidance}")
     return args
 
 
