@@ -22,8 +22,9 @@
 #                network as it is
 #   TRAIN_ARGS   other training arguments, always passed
 #   SAMPLE_SECONDS  stop the test sampling after this many seconds (default 280; the split takes
-#                ~200 s replayed on an H100, ~1.6x that with 4 message layers); 0: no sampling
-#                (a cosine split over calls samples after the last)
+#                ~200 s replayed on an H100, 381 s with 4 message layers, so a grown network
+#                samples in a call of its own); 0: no sampling (a cosine split over calls samples
+#                after the last)
 #   THREADS      CPU threads (default 8); SAMPLE_ARGS extra sampling arguments; PYTHON (python3)
 #   COPY_TO      where the results go as each phase ends (the device's $OUT; default RUN):
 #                model.pt, train_log.jsonl, test.pt, job.log (one JSON line per stage, gpu_steps.sh's
