@@ -30,6 +30,11 @@ the ungated match rate of the samples, of the sampled coordinates in the true la
 true coordinates in the sampled lattice (both cells in the same conventional setting), with the
 lattice errors of the misses (largest relative length error, largest angle error, volume error).
 
+``--agreement A.pt,B.pt,...`` (one true-symmetry sample per crystal each, e.g. two weights or two
+seeds): per crystal, which sets match; the shares matched by every set, by at least one and by
+none, and each set's gains and losses against the first with the paired standard error of the
+difference: two samplings of one model differ by about 0.21 points on the complete test split.
+
 ``--symmetry-check N``: share of the first N samples in which ``SpacegroupAnalyzer``
 (symprec 0.01) finds the requested space group.
 """
@@ -75,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--symmetry-check", type=int, default=200, help="samples checked with SpacegroupAnalyzer (0: none)")
     parser.add_argument("--swap-diagnosis", type=Path, default=None, metavar="SYMMETRY_FILE",
                         help="with true-symmetry --samples: also match with the true lattice or the true coordinates swapped in")
+    parser.add_argument("--agreement", default=None, metavar="A.pt,B.pt,...",
+                        help="per-crystal agreement of several one-sample sets of --split: matched by all / any / none, "
+                             "gains and losses against the first")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -208,6 +216,42 @@ def lattice_errors(sampled: np.ndarray, true: np.ndarray) -> dict[str, np.ndarra
             "volume": np.abs(volumes(sampled) / volumes(true) - 1)}
 
 
+def require_one_sample_per_crystal(samples: dict, what: str) -> None:
+    ids = samples["material_ids"]
+    if int(samples.get("candidate", torch.zeros(1)).max()) > 0 or len(set(ids)) != len(ids):
+        raise ValueError(f"{what} takes one true-symmetry sample per crystal")
+
+
+def agreement_figures(paths: list[Path], workers: int, total: int, split: str = "test") -> dict:
+    """Per crystal, the gated matches of several one-sample sets of one split (other weights,
+    samplers or seeds): each set's match rate, the shares of the ``total`` crystals matched by
+    every set, by at least one and by none, and each set against the first: crystals gained and
+    lost, and the standard error of the paired difference of match rates (sqrt(gained + lost) /
+    total), the noise to judge a change of weights or sampler by."""
+    from evals.metrics import csp_matched
+    from generators.diffusion.tensor_files import unpack_samples
+
+    matched = []
+    for path in paths:
+        samples = load_samples(path, None)
+        require_one_sample_per_crystal(samples, "the agreement of sample sets")
+        results = evaluate_pairs(pair_jobs(unpack_samples(samples)[0], truth_cifs(samples["material_ids"], split)), workers)
+        matched.append({m: csp_matched(r) for m, r in zip(samples["material_ids"], results)})
+    crystals = sorted(set().union(*matched))
+    table = np.array([[sample_set.get(m, False) for m in crystals] for sample_set in matched])  # [sets, crystals]
+    sets_matching = table.sum(0)
+    any_set = float((sets_matching > 0).sum()) / total  # crystals missing from every set count as unmatched
+    figures = {"sets": len(paths), "crystals": total,
+               **{f"match rate: {path}": round(float(row.sum()) / total, 4) for path, row in zip(paths, table)},
+               "matched by every set": round(float((sets_matching == len(paths)).sum()) / total, 4),
+               "matched by at least one set": round(any_set, 4), "matched by no set": round(1 - any_set, 4)}
+    for path, row in zip(paths[1:], table[1:]):
+        gained, lost = int((row & ~table[0]).sum()), int((table[0] & ~row).sum())
+        figures[f"against the first: {path}"] = {"gained": gained, "lost": lost,
+                                                 "paired standard error": round(float(np.sqrt(gained + lost)) / total, 4)}
+    return figures
+
+
 def swap_diagnosis(samples: dict, symmetry_file: Path, workers: int, split: str = "test") -> dict:
     """Ungated match rates per lattice family of the samples, of their coordinates in the true
     lattice and of the true coordinates in their lattice, and the misses' median lattice errors."""
@@ -217,8 +261,7 @@ def swap_diagnosis(samples: dict, symmetry_file: Path, workers: int, split: str 
 
     truth = load_split(symmetry_file.parent, symmetry_file.stem)
     ids = samples["material_ids"]
-    if int(samples.get("candidate", torch.zeros(1)).max()) > 0 or len(set(ids)) != len(ids):
-        raise ValueError("the swap diagnosis takes one true-symmetry sample per crystal")
+    require_one_sample_per_crystal(samples, "the swap diagnosis")
     position = {m: i for i, m in enumerate(truth["material_ids"])}
     if any(m not in position for m in ids):
         raise ValueError(f"{symmetry_file} lacks some of the samples' crystals: give the split they were sampled from")
@@ -412,6 +455,15 @@ def main(argv: list[str] | None = None) -> None:
         figures = {"control": control_figures([Path(p) for p in args.control.split(",")], args.limit),
                    "property_model": "generators.gfn.proxy band gap (held-out MAE 0.375 eV)"}
         label = "control"
+    elif args.agreement:
+        paths = [Path(p) for p in args.agreement.split(",") if p]
+        if len(paths) < 2:
+            raise SystemExit("--agreement compares two or more samples files (comma-separated)")
+        total = args.crystals or (MP20_TEST_SIZE if args.split == "test" else None)
+        if total is None:
+            raise SystemExit("--agreement on val needs --crystals (the crystals the rates are over)")
+        figures = {"split": args.split, "agreement": agreement_figures(paths, args.workers, total, args.split)}
+        label = "agreement"
     elif args.samples:
         samples = load_samples(args.samples, args.limit)
         total = args.crystals or args.limit or (MP20_TEST_SIZE if args.split == "test" else len(set(samples["material_ids"])))
@@ -423,9 +475,10 @@ def main(argv: list[str] | None = None) -> None:
             figures["swap_diagnosis"] = swap_diagnosis(samples, args.swap_diagnosis, args.workers, args.split)
         label = "+".join(Path(p).stem for p in args.samples.split(","))
     else:
-        raise SystemExit("give --samples FILE.pt, --control a.pt,b.pt,c.pt or --stoichiometry")
+        raise SystemExit("give --samples FILE.pt, --agreement a.pt,b.pt, --control a.pt,b.pt,c.pt or --stoichiometry")
     figures["evaluation_seconds"] = round(time.perf_counter() - start, 1)
-    shown = {k: v for k, v in figures.items() if k not in ("breakdown", "stoichiometry_control")}
+    shown = {k: v for k, v in figures.items() if k not in ("breakdown", "stoichiometry_control", "agreement")}
+    shown.update(figures.get("agreement", {}))
     if "stoichiometry_control" in figures:
         shown.update({k: v for k, v in figures["stoichiometry_control"].items() if k not in ("per_set", "chosen formulas")})
         print_per_set(figures["stoichiometry_control"]["per_set"])

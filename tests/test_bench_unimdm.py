@@ -88,3 +88,52 @@ def test_swap_diagnosis_tells_lattice_misses_from_coordinate_misses(tmp_path, mo
         assert "one true-symmetry sample per crystal" in str(error)
     else:
         raise AssertionError("predicted-symmetry candidates were diagnosed")
+
+
+def test_agreement_of_sample_sets_counts_gains_losses_and_their_noise(tmp_path, monkeypatch):
+    """Three one-sample sets of two crystals (the rates over four: two crystals never sampled): TiO2's
+    cell stretched, the truth, TiO2's atoms drawn together; the agreement counts the crystals matched by every,
+    some and no set, and the gains and losses against the first."""
+    import pytest
+    import torch
+    from pymatgen.core import Lattice, Structure
+
+    import evals.bench_csp_unimdm as bench
+    from generators.unimdm.data import pack_infos
+    from generators.unimdm.sample_tensors import pack
+    from generators.unimdm.symmetry import symmetry_info
+    from generators.unimdm.tensor_files import collate_all
+
+    structures = {
+        "TiO2": Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]]),
+        "NaCl": Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    }
+    names = list(structures)
+    split = pack_infos([symmetry_info(structures[n]) for n in names], names, names, [1.0] * 2, [-1.0] * 2)
+    batch = collate_all(split)
+    coords = batch.expand(batch.orbit_coords)
+    truth = [coords[i, : int(batch.n_atoms[i])].clone() for i in range(2)]
+    moved = [truth[0] * 0.3, truth[1]]  # TiO2's atoms drawn together (random ones can match at stol 0.5)
+    stretched = split["lattice"].clone().float()
+    stretched[0, :2] *= 2.5
+    paths = []
+    for name, per_crystal, lattices in (("stretched", truth, stretched), ("truth", truth, split["lattice"].float()),
+                                        ("moved", moved, split["lattice"].float())):
+        paths.append(tmp_path / f"{name}.pt")
+        torch.save(pack(split, [per_crystal], lattices[None], {}), paths[-1])
+    monkeypatch.setattr(bench, "truth_cifs", lambda ids, split: [structures[m].to(fmt="cif") for m in ids])
+
+    figures = bench.agreement_figures(paths, workers=1, total=4)
+    assert [figures[f"match rate: {p}"] for p in paths] == [0.25, 0.5, 0.25]
+    assert figures["matched by every set"] == 0.25 and figures["matched by at least one set"] == 0.5  # NaCl; and TiO2
+    assert figures["matched by no set"] == 0.5  # the unsampled crystals and none else
+    assert figures[f"against the first: {paths[1]}"] == {"gained": 1, "lost": 0, "paired standard error": 0.25}
+    assert figures[f"against the first: {paths[2]}"] == {"gained": 0, "lost": 0, "paired standard error": 0.0}
+
+    two_per_crystal = pack(split, [truth, truth], torch.stack([split["lattice"].float()] * 2), {})
+    two_per_crystal["candidate"] = torch.tensor([0, 1], dtype=torch.int16)
+    torch.save(two_per_crystal, tmp_path / "candidates.pt")
+    with pytest.raises(ValueError, match="one true-symmetry sample per crystal"):
+        bench.agreement_figures([paths[0], tmp_path / "candidates.pt"], workers=1, total=4)
+    with pytest.raises(SystemExit, match="two or more"):
+        bench.main(["--agreement", str(paths[0])])
