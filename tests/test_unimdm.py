@@ -196,8 +196,11 @@ def test_predictor_learns_training_examples(split):
     assert correct >= 6
 
 
-@pytest.mark.parametrize("edge_features,message_layers", [(0, 0), (16, 0), (0, 2)])
-def test_dit_samples_keep_the_space_group(split, edge_features, message_layers):
+NETWORK_VARIANTS = [(0, 0, False), (16, 0, False), (0, 2, False), (0, 0, True)]
+
+
+@pytest.mark.parametrize("edge_features,message_layers,self_conditioning", NETWORK_VARIANTS)
+def test_dit_samples_keep_the_space_group(split, edge_features, message_layers, self_conditioning):
     from dataclasses import replace
 
     torch.manual_seed(0)
@@ -205,7 +208,9 @@ def test_dit_samples_keep_the_space_group(split, edge_features, message_layers):
     tables = Tables(split["polar_axes"])
     normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
     model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features, message_layers=message_layers,
-                               message_width=16)).eval()
+                               message_width=16, self_conditioning=self_conditioning)).eval()
+    if self_conditioning:
+        randomise_self_conditioning(model)
     schedule = NoiseSchedule(DiffusionConfig(timesteps=50))
     _, coords, lattice = sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=10),
                                 generator=torch.Generator().manual_seed(0))
@@ -224,8 +229,16 @@ def assert_space_groups_kept(batch, coords, lattice):
             assert found == int(batch.space_group[row]), (row, found)
 
 
-@pytest.mark.parametrize("edge_features,message_layers", [(0, 0), (16, 0), (0, 2)])
-def test_training_loss_decreases(split, edge_features, message_layers):
+def randomise_self_conditioning(network: CrystalDiT, std: float = 0.05) -> None:
+    """Draw a self-conditioning network's zero-initialised maps of the clean estimate, so that it uses it."""
+    with torch.no_grad():
+        for layer in (network.clean_atoms, network.clean_lattice):
+            torch.nn.init.normal_(layer.weight, std=std)
+            torch.nn.init.normal_(layer.bias, std=std)
+
+
+@pytest.mark.parametrize("edge_features,message_layers,self_conditioning", NETWORK_VARIANTS)
+def test_training_loss_decreases(split, edge_features, message_layers, self_conditioning):
     from dataclasses import replace
 
     torch.manual_seed(0)
@@ -233,7 +246,7 @@ def test_training_loss_decreases(split, edge_features, message_layers):
     tables = Tables(split["polar_axes"])
     normaliser = KNormaliser.fit(batch.k, batch.n_atoms, tables.free[batch.space_group])
     model = CrystalDiT(replace(dit_config("tiny"), edge_features=edge_features, message_layers=message_layers,
-                               message_width=16))
+                               message_width=16, self_conditioning=self_conditioning))
     schedule = NoiseSchedule(DiffusionConfig(timesteps=100))
 
     def fixed_loss():
@@ -517,6 +530,75 @@ def test_message_layers_grow_a_trained_network_without_changing_it(split, tmp_pa
             train.parse_args([*arguments[:-2], *bad])
 
 
+def test_self_conditioning_grows_a_trained_network_and_feeds_back_its_estimate(split, tmp_path):
+    """A trained network gains self-conditioning as zero maps (the same losses and, bit for bit,
+    the same samples at first); the maps do reach the outputs once drawn; the sampler hands each
+    network call the clean estimate of the call before (flag 1, coordinates in the cell, the
+    standardised k clipped) and train.py --self-conditioning resumes a model.pt that way, training
+    the new maps."""
+    from dataclasses import replace
+
+    from generators.unimdm import train
+    from generators.unimdm.checkpoint import load_model
+    from generators.unimdm.diffusion import NOISY_Z_CLIP, clean_estimate
+    from generators.unimdm.network import grow_network
+
+    start_network = TrainedTinyNetwork(split)
+    network, batch, loss = start_network.network, start_network.batch, start_network.loss
+    grown_config = replace(network.config, self_conditioning=True)
+    grown = CrystalDiT(grown_config)
+    grown.load_state_dict(grow_network(network.state_dict(), network.config, grown_config))
+    grown.eval()
+    assert loss(grown) == pytest.approx(loss(network), rel=1e-6)
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=50))
+    tables = start_network.tables
+    normaliser = start_network.normaliser
+    run = lambda net: sample(net, batch, schedule, normaliser, tables, SamplerSettings(steps=8),  # noqa: E731
+                             generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(run(network.eval()), run(grown)))
+    with pytest.raises(ValueError, match="self-conditioning"):
+        grow_network(grown.state_dict(), grown_config, network.config)
+
+    randomise_self_conditioning(grown)
+    inputs = denoiser_inputs(batch, tables)
+    estimate = (inputs[0].roll(1, dims=1), torch.randn(batch.size, 6), torch.ones(batch.size))
+    with torch.no_grad():
+        without, with_estimate = grown(*inputs), grown(*inputs, estimate=estimate)
+        absent = grown(*inputs, estimate=(estimate[0] * 0, estimate[1] * 0, torch.zeros(batch.size)))
+    assert not torch.allclose(without[1], with_estimate[1]) and not torch.allclose(without[0], with_estimate[0])
+    assert all(torch.equal(a, b) for a, b in zip(without, absent))  # None is the absent estimate
+    assert loss(grown) != pytest.approx(loss(network), rel=1e-3)  # training passes feed it too
+
+    step = ReverseStep(grown, batch, schedule, normaliser, tables, SamplerSettings(steps=8), None, 0.0, None)
+    assert float(step.estimate[2].sum()) == 0  # nothing estimated before the first call
+    u = batch.orbit_coords.clone()
+    z = torch.randn(batch.k.shape) * tables.free[batch.space_group]
+    t = torch.full((1,), 30)
+    with torch.no_grad():
+        lattice_noise, _ = step.predict(u, z, t)
+        coords, clean_z = step.estimate[0].clone(), step.estimate[1].clone()
+        assert step.estimate[2].tolist() == [1.0] * batch.size
+        _, atom_score = grown(batch.expand(u), batch, z, step.free_k, step.times[t].expand(batch.size), step.properties,
+                              None, step.polar, estimate=(coords * 0, clean_z * 0, torch.zeros(batch.size)))
+        step.predict(u, z, t)  # the second call sees the first one's estimate
+    assert not torch.equal(step.estimate[0], coords)
+    assert float(coords.min()) >= 0 and float(coords.max()) < 1 and float(clean_z.abs().max()) <= NOISY_Z_CLIP
+    expected_coords, expected_z = clean_estimate(batch, u, z, lattice_noise, atom_score, schedule, t, step.free, step.free_k)
+    assert torch.allclose(coords, expected_coords, atol=1e-5) and torch.allclose(clean_z, expected_z, atol=1e-5)
+
+    data, start = start_network.saved(tmp_path)
+    out = tmp_path / "run"
+    arguments = ["--data", str(data), "--out", str(out), "--minutes", "0.02", "--batch", "4", "--threads", "1",
+                 "--val-seconds", "1e9", "--self-conditioning"]
+    assert train.train(train.parse_args([*arguments, "--resume", str(start)]))["step"] > 3
+    model = load_model(out / "model.pt")
+    assert model.network.config.self_conditioning
+    assert float(model.network.clean_atoms.weight.detach().abs().sum()) > 0  # the new maps trained
+    _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables,
+                                SamplerSettings(steps=8), generator=torch.Generator().manual_seed(0))
+    assert_space_groups_kept(batch, coords, lattice)
+
+
 def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path):
     """generators/unimdm/gpu_continue.sh (one device call: continue a model, then sample the test
     split), dry on the CPU: the network grows as asked and its samples cover the split; a preflight
@@ -740,13 +822,19 @@ def test_replayed_sampler_steps_are_the_eager_sampler(split):
         def record(self, function):
             raise RuntimeError("operation not permitted when stream is capturing")
 
+    from dataclasses import replace
+
     torch.manual_seed(0)
-    network = CrystalDiT(dit_config("tiny")).eval()
+    plain = CrystalDiT(dit_config("tiny")).eval()
+    self_conditioned = CrystalDiT(replace(dit_config("tiny"), self_conditioning=True)).eval()
+    randomise_self_conditioning(self_conditioned)  # its estimate buffers then change the samples
     schedule = NoiseSchedule(DiffusionConfig())
     batch = collate_all(split)
     normaliser = KNormaliser.fit(split["k"], split["n_atoms"].long(), free_mask_table()[split["space_group"].long()])
     tables = Tables(split["polar_axes"])
-    for settings, guidance in ((SamplerSettings(steps=9), 0.0), (SamplerSettings(steps=6, lattice_eta=0.0), 1.0)):
+    for network, settings, guidance in ((plain, SamplerSettings(steps=9), 0.0),
+                                        (plain, SamplerSettings(steps=6, lattice_eta=0.0), 1.0),
+                                        (self_conditioned, SamplerSettings(steps=9), 0.0)):
         run = lambda recorder: sample(network, batch, schedule, normaliser, tables, settings, guidance=guidance,  # noqa: E731
                                       generator=torch.Generator().manual_seed(1), recorder=recorder)
         recorder = EagerRecorder()
@@ -1135,7 +1223,8 @@ def test_networks_copy_nothing_from_the_host(infos, split):
     inputs = (batch.to("meta"), *map(on_meta, (torch.randn(batch.size, 6) * 0.1, tables.free[batch.space_group],
                                                torch.full((batch.size,), 0.3), property_values(batch))))
     coords, matrices = on_meta(batch.expand(batch.orbit_coords)), on_meta(matrix_from_k(k_from_parameters(k)).float())
-    for extra in ({}, {"metric_features": 4}, {"edge_features": 16}, {"message_layers": 2, "message_width": 16}):
+    for extra in ({}, {"metric_features": 4}, {"edge_features": 16},
+                  {"message_layers": 2, "message_width": 16, "self_conditioning": True}):
         network = CrystalDiT(replace(dit_config("tiny"), **extra)).to("meta")
         network(coords, *inputs, matrices)  # the first call may copy module constants over once (on_device)
         with HostArguments() as host, SequenceIndexes() as sequences:

@@ -79,9 +79,11 @@ class TwoNetworkDenoiser(torch.nn.Module):
 
     @property
     def config(self) -> SimpleNamespace:
-        """What the sampler asks of a network's config: whether either needs the lattice matrix."""
-        return SimpleNamespace(uses_lattice_matrix=self.first.config.uses_lattice_matrix
-                               or self.second.config.uses_lattice_matrix)
+        """What the sampler asks of a network's config: whether either needs the lattice matrix or
+        self-conditions (both then get the estimate; a network without self-conditioning ignores it)."""
+        return SimpleNamespace(
+            uses_lattice_matrix=self.first.config.uses_lattice_matrix or self.second.config.uses_lattice_matrix,
+            self_conditioning=self.first.config.self_conditioning or self.second.config.self_conditioning)
 
 
 class SplitDenoiser(TwoNetworkDenoiser):
@@ -92,9 +94,9 @@ class SplitDenoiser(TwoNetworkDenoiser):
     def __init__(self, coordinates: CrystalDiT, lattice: CrystalDiT):
         super().__init__(coordinates, lattice)
 
-    def forward(self, *inputs):
-        lattice_noise, _ = self.second(*inputs)  # the lattice network
-        _, atom_score = self.first(*inputs)  # the coordinate network
+    def forward(self, *inputs, **options):
+        lattice_noise, _ = self.second(*inputs, **options)  # the lattice network
+        _, atom_score = self.first(*inputs, **options)  # the coordinate network
         return lattice_noise, atom_score
 
 
@@ -131,9 +133,9 @@ class AutoGuidedDenoiser(TwoNetworkDenoiser):
         super().__init__(main, guide)
         self.weight = float(weight)
 
-    def forward(self, *inputs):
-        main_noise, main_score = self.first(*inputs)
-        guide_noise, guide_score = self.second(*inputs)
+    def forward(self, *inputs, **options):
+        main_noise, main_score = self.first(*inputs, **options)
+        guide_noise, guide_score = self.second(*inputs, **options)
         w = self.weight
         return ((1 + w) * main_noise.float() - w * guide_noise.float(),
                 (1 + w) * main_score.float() - w * guide_score.float())

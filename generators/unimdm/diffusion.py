@@ -13,6 +13,9 @@ structure has the exact space group and Wyckoff assignment.
 - Lattice: DDPM (cosine schedule) on ``z``, the noise confined to the free components.
 - Training augmentation: a random origin shift along the space group's polar axes (continuous
   normalizer translations; all three axes for P1), which leaves the crystal unchanged.
+- Self-conditioning (a ``self_conditioning`` network): the network also sees the clean crystal
+  its previous call estimated (:func:`clean_estimate`); in training half the crystals get the
+  estimate of a first, gradient-free pass at the same level.
 - Property conditioning with dropout (each property replaced by the null embedding with
   probability ``property_dropout``), so sampling can use classifier-free guidance.
 """
@@ -82,6 +85,41 @@ def lattice_matrices(model, z: torch.Tensor, batch: SymmetryBatch, normaliser: K
     return matrix_from_k_fixed_steps(k)
 
 
+SELF_CONDITION_PROBABILITY = 0.5  # crystals of a training batch given a first pass's estimate
+
+
+def uses_self_conditioning(model) -> bool:
+    return bool(getattr(getattr(model, "config", None), "self_conditioning", False))
+
+
+def clean_estimate(batch: SymmetryBatch, u: torch.Tensor, z: torch.Tensor, lattice_noise: torch.Tensor,
+                   atom_score: torch.Tensor, schedule: NoiseSchedule, t: torch.Tensor, free: torch.Tensor,
+                   free_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean crystal a network's outputs at level ``t`` ([B] or [1]) point to: atom
+    coordinates [B, N, 3] (Tweedie's step ``u - sigma^2 s`` on the representatives' free
+    components, expanded, so the estimate keeps the symmetry) and the standardised k vector [B, 6]
+    (``(z - sqrt(1 - abar) eps) / sqrt(abar)``, clipped as noisy ones are)."""
+    sigma = schedule.sigmas[t].reshape(-1, 1, 1)
+    negative_score = batch.project(atom_score.float()) * schedule.sigma_norms[t].sqrt().reshape(-1, 1, 1)
+    clean_u = wrap(u - sigma**2 * negative_score) * free
+    alpha_bar = schedule.alphas_cumprod[t].reshape(-1, 1).clamp_min(1e-6)
+    clean_z = (z - (1 - alpha_bar).sqrt() * lattice_noise.float()) / alpha_bar.sqrt()
+    return batch.expand(clean_u), clean_z.clamp(-NOISY_Z_CLIP, NOISY_Z_CLIP) * free_k
+
+
+def training_estimate(model, inputs: tuple, batch: SymmetryBatch, noisy_u: torch.Tensor, noisy_z: torch.Tensor,
+                      timesteps: torch.Tensor, schedule: NoiseSchedule, free: torch.Tensor, free_k: torch.Tensor,
+                      generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A first, gradient-free pass's clean estimate for a :data:`SELF_CONDITION_PROBABILITY` share
+    of the crystals (the others: zeros, flag 0), as the self-conditioned pass sees it."""
+    with torch.no_grad():
+        with _autocast(noisy_u.device):
+            lattice_noise, atom_score = model(*inputs)
+        coords, z = clean_estimate(batch, noisy_u, noisy_z, lattice_noise, atom_score, schedule, timesteps, free, free_k)
+    present = (torch.rand(batch.size, device=noisy_u.device, generator=generator) < SELF_CONDITION_PROBABILITY).float()
+    return coords * present[:, None, None], z * present[:, None], present
+
+
 def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, tables: Tables,
                     generator=None, augment: bool = True, property_dropout: float = 0.1) -> dict[str, torch.Tensor]:
     """Denoising losses of one batch at uniform timesteps: ``coords`` (score MSE on the
@@ -109,9 +147,13 @@ def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normal
     properties = drop_properties(property_values(batch), property_dropout, generator)
     time = timesteps.float() / schedule.config.timesteps
     matrices = lattice_matrices(model, noisy_z, batch, normaliser, tables, free_k)
+    inputs = (coords, batch, noisy_z, free_k, time, properties, matrices, tables.polar[batch.space_group])
+    options = {}
+    if uses_self_conditioning(model):
+        options["estimate"] = training_estimate(model, inputs, batch, noisy_u, noisy_z, timesteps, schedule, free,
+                                                free_k, generator)
     with _autocast(device):
-        predicted_lattice, atom_score = model(coords, batch, noisy_z, free_k, time, properties, matrices,
-                                              tables.polar[batch.space_group])
+        predicted_lattice, atom_score = model(*inputs, **options)
     predicted = batch.project(atom_score.float())
     coords_loss = (((predicted - target) ** 2) * free).sum() / free.sum().clamp_min(1.0)
     lattice_loss = (((predicted_lattice.float() - lattice_noise) ** 2) * free_k).sum() / free_k.sum().clamp_min(1.0)
@@ -165,20 +207,36 @@ class ReverseStep:
         self.polar = tables.polar[batch.space_group]
         total = schedule.config.timesteps
         self.times = (torch.arange(total + 1, dtype=torch.float64) / total).float().to(device)  # t / T as torch.full gave it
+        self.estimate = None  # a self-conditioning network's last clean estimate, updated in place (CUDA graphs)
+        if uses_self_conditioning(model):
+            self.estimate = (torch.zeros(batch.size, batch.atom_mask.shape[1], 3, device=device),
+                             torch.zeros(batch.k.shape, device=device), torch.zeros(batch.size, device=device))
 
     def predict(self, u, z, t):
         batch, model = self.batch, self.model
         time = self.times[t].expand(batch.size)
         coords = batch.expand(u)
         matrices = lattice_matrices(model, z, batch, self.normaliser, self.tables, self.free_k)
+        options = {} if self.estimate is None else {"estimate": self.estimate}
         with _autocast(u.device):
-            lattice_noise, atom_score = model(coords, batch, z, self.free_k, time, self.properties, matrices, self.polar)
+            lattice_noise, atom_score = model(coords, batch, z, self.free_k, time, self.properties, matrices, self.polar, **options)
             if self.guidance:
-                lattice_u, score_u = model(coords, batch, z, self.free_k, time, self.unconditional, matrices, self.polar)
+                lattice_u, score_u = model(coords, batch, z, self.free_k, time, self.unconditional, matrices, self.polar,
+                                           **options)
                 lattice_noise = (1 + self.guidance) * lattice_noise.float() - self.guidance * lattice_u.float()
                 atom_score = (1 + self.guidance) * atom_score.float() - self.guidance * score_u.float()
+        lattice_noise = lattice_noise.float() * self.free_k
+        if self.estimate is not None:
+            self.remember(u, z, lattice_noise, atom_score, t)
         score = batch.project(atom_score.float()) * self.schedule.sigma_norms[t].sqrt()
-        return lattice_noise.float() * self.free_k, -score
+        return lattice_noise, -score
+
+    def remember(self, u, z, lattice_noise, atom_score, t) -> None:
+        """Keep this call's clean estimate for the next call, in place (a CUDA graph replays it)."""
+        coords, clean_z = clean_estimate(self.batch, u, z, lattice_noise, atom_score, self.schedule, t, self.free, self.free_k)
+        self.estimate[0].copy_(coords)
+        self.estimate[1].copy_(clean_z)
+        self.estimate[2].fill_(1.0)
 
     def __call__(self, u, z, t, s, noisy: bool = True):
         schedule, settings, free, generator = self.schedule, self.settings, self.free, self.generator

@@ -29,6 +29,15 @@ above), the messages are averaged over the cell and an MLP updates each atom fro
 that mean. Unlike attention, whose pair features only add a bias, the message is a joint
 nonlinear function of both atoms and their geometry.
 
+With ``self_conditioning`` (Chen et al. 2023, "Analog bits"; as protein backbone diffusion uses it)
+the network also sees an estimate of the clean crystal: each atom its estimated clean coordinates
+(Fourier features and the wrapped offset from its noisy ones), the lattice token the estimated
+clean k vector, both through zero-initialised linear maps (absent: zeros and a 0 flag). Training
+gives half the crystals the estimate of a first, gradient-free pass; sampling gives every call the
+previous call's estimate, so the trajectory keeps the structure it has begun to form instead of
+drawing the choice anew at every level, where the model's misses are structures it samples only
+sometimes.
+
 With ``polar_invariant`` the atoms' absolute coordinate features ignore the components along
 the space group's polar axes, where the origin is free (all three in P1, the c axis in P6_3mc):
 the network is then exactly invariant to those shifts, as the crystal is, instead of learning
@@ -87,6 +96,7 @@ class DiTConfig:
     edge_features: int = 0  # width of the CSPNet-style edge embedding (0: linear pair features, as runs 1-4)
     message_layers: int = 0  # blocks preceded by a CSPNet message-passing layer (0: none, as runs 1-4)
     message_width: int = 128  # width of those layers' messages
+    self_conditioning: bool = False  # the network also sees its own previous estimate of the clean crystal
 
     @property
     def pair_dim(self) -> int:
@@ -232,28 +242,33 @@ def edge_inputs(offsets: torch.Tensor, lattice_matrix: torch.Tensor, n_atoms: to
 
 def grow_network(state: dict, old_config: DiTConfig, new_config: DiTConfig, seed: int = 0) -> dict:
     """A state dict of ``old_config``'s network for ``new_config``'s, which may only add distance
-    features (when it has none: the new pair-feature weights are zero) and message layers (fresh
-    layers, drawn with ``seed``, whose update starts at zero). The grown network computes exactly
-    the same function, so a fine-tuning starts where the trained network stopped."""
+    features (when it has none: the new pair-feature weights are zero), message layers (fresh
+    layers, drawn with ``seed``, whose update starts at zero) and self-conditioning (zero maps of
+    the clean estimate). The grown network computes exactly the same function, so a fine-tuning
+    starts where the trained network stopped."""
     def rest(config: DiTConfig) -> dict:
-        return {**config.to_dict(), "metric_features": 0, "message_layers": 0, "dropout": 0.0}
+        return {**config.to_dict(), "metric_features": 0, "message_layers": 0, "dropout": 0.0, "self_conditioning": False}
 
     added = new_config.metric_features - old_config.metric_features
     new_layers = new_config.message_layers - old_config.message_layers
-    if rest(old_config) != rest(new_config) or added < 0 or new_layers < 0 or (added and old_config.metric_features):
-        raise ValueError("a network can only gain distance features (when it has none) and message layers, all else equal")
+    self_conditioning = new_config.self_conditioning and not old_config.self_conditioning
+    if (rest(old_config) != rest(new_config) or added < 0 or new_layers < 0 or (added and old_config.metric_features)
+            or (old_config.self_conditioning and not new_config.self_conditioning)):
+        raise ValueError("a network can only gain distance features (when it has none), message layers and "
+                         "self-conditioning, all else equal")
     grown = dict(state)
     if added:
         for name, tensor in state.items():
             if name.endswith("attention.pair_bias.weight") or name.endswith("attention.pair_value"):
                 pad = torch.zeros(*tensor.shape[:1], added, *tensor.shape[2:], dtype=tensor.dtype)
                 grown[name] = torch.cat([tensor, pad], dim=1)
-    if new_layers:
+    if new_layers or self_conditioning:
         with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
             torch.manual_seed(seed)
             fresh = CrystalDiT(new_config).state_dict()
         for name, tensor in fresh.items():
-            if name.startswith("messages.") and int(name.split(".")[1]) >= old_config.message_layers:
+            new_message = name.startswith("messages.") and int(name.split(".")[1]) >= old_config.message_layers
+            if new_message or (self_conditioning and name.startswith(("clean_atoms.", "clean_lattice."))):
                 grown[name] = tensor
     return grown
 
@@ -358,7 +373,9 @@ class MessageLayer(nn.Module):
 class CrystalDiT(nn.Module):
     """``forward(coords [B,N,3], batch, lattice_z [B,6], lattice_free [B,6], time [B], properties [B,P],
     lattice_matrix [B,3,3] in Å (needed when ``config.uses_lattice_matrix``), polar [B,3] bool (the space
-    group's polar axes; needed when ``polar_invariant``))``
+    group's polar axes; needed when ``polar_invariant``), estimate (the clean estimate
+    ``(coords [B,N,3], k [B,6] standardised, present [B])`` of a ``self_conditioning`` network; None:
+    absent; other networks ignore it))``
     -> ``(lattice_noise [B,6], atom_score [B,N,3])`` (padded atoms 0)."""
 
     def __init__(self, config: DiTConfig | None = None):
@@ -389,6 +406,12 @@ class CrystalDiT(nn.Module):
         self.messages = nn.ModuleList(MessageLayer(width, edge_in, config.message_width) for _ in range(config.message_layers))
         self.coord_head = OutputHead(width, 3, width)
         self.lattice_head = OutputHead(2 * width, 6, width)
+        if config.self_conditioning:  # zero maps: a grown network computes what it did before
+            self.clean_atoms = nn.Linear(6 * config.fourier_frequencies + 4, width)
+            self.clean_lattice = nn.Linear(7, width)
+            for layer in (self.clean_atoms, self.clean_lattice):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def absolute_coordinates(self, coords: torch.Tensor, polar: torch.Tensor | None) -> torch.Tensor:
         """The coordinates the atom features see: 0 along polar axes for a ``polar_invariant`` network."""
@@ -398,10 +421,29 @@ class CrystalDiT(nn.Module):
             raise ValueError("this network is blind along polar axes: pass polar [B, 3]")
         return coords * (~polar.bool()).unsqueeze(1).to(coords.dtype)
 
+    def self_condition(self, tokens: torch.Tensor, coords: torch.Tensor, estimate, polar) -> torch.Tensor:
+        """``tokens`` [B, 1 + N, W] plus the embedded clean estimate ``(coords [B, N, 3], k [B, 6],
+        present [B])`` (None: absent, as zeros with a 0 flag)."""
+        batch, atoms = coords.shape[:2]
+        if estimate is None:
+            clean_coords, clean_z = torch.zeros_like(coords), coords.new_zeros(batch, 6)
+            present = coords.new_zeros(batch)
+        else:
+            clean_coords, clean_z, present = estimate
+        flag = present.to(coords.dtype)[:, None]
+        clean = self.absolute_coordinates(clean_coords.to(coords.dtype), polar)
+        offset = clean - self.absolute_coordinates(coords, polar)
+        atom_features = torch.cat([fourier_features(clean, self.config.fourier_frequencies), offset - torch.round(offset),
+                                   flag[:, None].expand(batch, atoms, 1)], dim=-1) * flag[:, None]
+        lattice_features = torch.cat([clean_z.to(coords.dtype), flag], dim=-1) * flag
+        added = torch.cat([self.clean_lattice(lattice_features).unsqueeze(1), self.clean_atoms(atom_features)], dim=1)
+        return tokens + added
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, coords, batch, lattice_z, lattice_free, time, properties, lattice_matrix=None, polar=None):
+    def forward(self, coords, batch, lattice_z, lattice_free, time, properties, lattice_matrix=None, polar=None,
+                estimate=None):
         mask = batch.atom_mask
         cond = (self.time(sinusoidal_embedding(time, self.config.time_dim)) + self.space_group(batch.space_group)
                 + self.atom_count(batch.n_atoms.clamp(0, MAX_CELL_ATOMS)))
@@ -417,6 +459,8 @@ class CrystalDiT(nn.Module):
         atoms = self.atom_input(features)
         lattice = self.lattice_input(torch.cat([lattice_z, lattice_free.to(lattice_z.dtype)], dim=-1))
         tokens = torch.cat([lattice.unsqueeze(1), atoms], dim=1)
+        if self.config.self_conditioning:
+            tokens = self.self_condition(tokens, coords, estimate, polar)
         key_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         offsets = coords.float()[:, None, :, :] - coords.float()[:, :, None, :]
         if self.config.uses_lattice_matrix and lattice_matrix is None:

@@ -2,7 +2,8 @@
 
 ``python -m generators.unimdm.train --data .device_data_unimdm --out DIR --minutes M [--batch 256]
 [--preset base] [--resume DIR/checkpoint.pt] [--stop-after MIN] [--compile] [--metric-features 12]
-[--low-symmetry-weight 2] [--train-sets train,val_rest] [--cuda-graphs] [--message-layers 4]``
+[--low-symmetry-weight 2] [--train-sets train,val_rest] [--cuda-graphs] [--message-layers 4]
+[--self-conditioning]``
 
 The loop is :mod:`generators.training`'s, as for the diffusion model: linear warm-up then a
 cosine over ``--minutes`` of training wall time counted across resumed invocations,
@@ -10,6 +11,8 @@ cosine over ``--minutes`` of training wall time counted across resumed invocatio
 resident on the device. ``--metric-features`` gives the attention pair distances (a model.pt
 without them resumes with the new weights at zero, so it starts from the same function);
 ``--message-layers M`` adds CSPNet message layers, to a resumed model.pt as identities;
+``--self-conditioning`` lets the network see its own previous clean estimate (zero maps added to a
+resumed model.pt);
 ``--low-symmetry-weight W`` draws monoclinic and triclinic crystals W times per pass;
 ``--cuda-graphs`` records each padded width's whole step as a CUDA graph and replays it (the
 eager step is launch-bound); ``--train-sets train,val_rest`` adds the MP-20 val rows that bring the shared train split back to
@@ -49,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--message-layers", type=int, default=None,
                         help="CSPNet message-passing layers before the first blocks, 0 to the depth (default: the preset's "
                              "or the resumed model's; a resumed model.pt gains new ones as identities)")
+    parser.add_argument("--self-conditioning", action="store_true",
+                        help="the network also sees its previous estimate of the clean crystal (a resumed model.pt "
+                             "gains it as zero maps, the same function at first)")
     parser.add_argument("--polar-invariant", action="store_true",
                         help="make the network blind to absolute coordinates along polar axes (no new weights; also for a resumed model)")
     parser.add_argument("--low-symmetry-weight", type=int, default=1,
@@ -153,6 +159,8 @@ class DiTRun(TrainingRun):
             self.network_config.message_layers = args.message_layers
         if args.polar_invariant:
             self.network_config.polar_invariant = True
+        if args.self_conditioning:
+            self.network_config.self_conditioning = True
         self.schedule = NoiseSchedule(self.diffusion_config, self.device)
         self.setup(CrystalDiT(self.network_config), resumed, dynamic_compile=True)
 
@@ -160,13 +168,14 @@ class DiTRun(TrainingRun):
         """``resumed`` with its network grown (the same function) for ``--metric-features`` /
         ``--message-layers`` beyond its own (:func:`grow_network`)."""
         config = DiTConfig.from_dict(resumed["network"])
-        wanted = {"metric_features": self.args.metric_features, "message_layers": self.args.message_layers}
+        wanted = {"metric_features": self.args.metric_features, "message_layers": self.args.message_layers,
+                  "self_conditioning": True if self.args.self_conditioning else None}
         changes = {name: value for name, value in wanted.items() if value is not None and value != getattr(config, name)}
         if not changes:
             return resumed
         if "optimizer" in resumed:
             raise ValueError("a training checkpoint continues its own network: give its model.pt to add "
-                             "distance features or message layers")
+                             "distance features, message layers or self-conditioning")
         new_config = DiTConfig.from_dict({**config.to_dict(), **changes})
         state = grow_network(resumed["state_dict"], config, new_config, seed=self.args.seed)
         return {**resumed, "state_dict": state, "network": new_config.to_dict()}
