@@ -15,7 +15,8 @@
 #                second with START=RUN/checkpoint.pt and the same GROW_ARGS)
 #   BATCH, LR    crystals per step and peak learning rate (default 512, 3e-4)
 #   GROW_ARGS    training arguments that change the network, e.g. "--message-layers 4" (it grows
-#                CSPNet message layers, identities at first)
+#                CSPNet message layers, identities at first) or "--self-conditioning" (zero maps of
+#                the network's own clean estimate; run 13: MINUTES=8.8, one call, 42 steps/s)
 #   PREFLIGHT    a preset of `evals.profile_unimdm_step` with the grown network's shape (csp for
 #                "--message-layers 4"): profile its step first and, when no CUDA graph could be
 #                recorded (the step would run eagerly, 3x slower), drop GROW_ARGS and continue the
