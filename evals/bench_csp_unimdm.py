@@ -35,6 +35,12 @@ seeds): per crystal, which sets match; the shares matched by every set, by at le
 none, and each set's gains and losses against the first with the paired standard error of the
 difference: two samplings of one model differ by about 0.21 points on the complete test split.
 
+``--prototypes DIR`` (with ``--samples``; DIR holds the symmetry tensor files, e.g.
+``.device_data_unimdm``): the breakdown also splits the crystals by whether their Wyckoff
+prototype (the space group and, per element but anonymous, the letters of its orbits: rock salt
+is 225 with {a} and {b}) occurs among the training files' crystals (``train``, ``val_rest``), i.e.
+whether the DiT has seen the arrangement with other elements or must place a new one.
+
 ``--symmetry-check N``: share of the first N samples in which ``SpacegroupAnalyzer``
 (symprec 0.01) finds the requested space group.
 """
@@ -83,8 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--agreement", default=None, metavar="A.pt,B.pt,...",
                         help="per-crystal agreement of several one-sample sets of --split: matched by all / any / none, "
                              "gains and losses against the first")
+    parser.add_argument("--prototypes", type=Path, default=None, metavar="DIR",
+                        help="symmetry tensor files (train, val_rest and the split's): break the match rates down by "
+                             "whether each crystal's Wyckoff prototype occurs in training")
     parser.add_argument("--json", type=Path, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prototypes and not args.samples:
+        parser.error("--prototypes breaks down the match rates of --samples: give both")
+    return args
 
 
 def load_samples(path, limit: int | None) -> dict:
@@ -138,8 +150,41 @@ def symmetry_kept(samples: dict, count: int) -> float | None:
     return kept / max(1, min(count, len(structures)))
 
 
-def csp_figures(samples: dict, workers: int, total: int, split: str = "test") -> dict:
-    """Match rate / RMSE over ``total`` crystals: one sample per crystal, or top-1 and best-of-k over candidates."""
+TRAINING_SPLITS = ("train", "val_rest")  # the symmetry tensor files the DiT trains on
+
+
+def wyckoff_prototypes(split: dict) -> dict[str, tuple]:
+    """Material id -> its Wyckoff prototype in a packed symmetry split: (space group, the sorted
+    per-element tuples of sorted orbit letters, elements anonymous)."""
+    prototypes, start = {}, 0
+    elements, letters = split["orbit_z"].tolist(), split["orbit_letter"].tolist()
+    for material_id, group, count in zip(split["material_ids"], split["space_group"].tolist(), split["n_orbits"].tolist()):
+        per_element: dict[int, list[int]] = {}
+        for z, letter in zip(elements[start : start + count], letters[start : start + count]):
+            per_element.setdefault(z, []).append(letter)
+        start += count
+        prototypes[material_id] = (group, tuple(sorted(tuple(sorted(v)) for v in per_element.values())))
+    return prototypes
+
+
+def prototypes_seen(material_ids: list[str], symmetry_dir: Path, split: str) -> dict[str, bool]:
+    """Material id -> whether its Wyckoff prototype occurs among the training files' crystals."""
+    from generators.unimdm.tensor_files import load_split
+
+    names = [name for name in TRAINING_SPLITS if (symmetry_dir / f"{name}.pt").exists()]
+    if "train" not in names:
+        raise ValueError(f"{symmetry_dir} has no train.pt: give the symmetry tensor files the DiT was trained on")
+    seen = {prototype for name in names for prototype in wyckoff_prototypes(load_split(symmetry_dir, name)).values()}
+    own = wyckoff_prototypes(load_split(symmetry_dir, split))
+    missing = sorted(set(material_ids) - set(own))
+    if missing:
+        raise ValueError(f"{symmetry_dir / split}.pt lacks {len(missing)} of the samples' crystals (e.g. {missing[0]})")
+    return {m: own[m] in seen for m in set(material_ids)}
+
+
+def csp_figures(samples: dict, workers: int, total: int, split: str = "test", seen: dict[str, bool] | None = None) -> dict:
+    """Match rate / RMSE over ``total`` crystals: one sample per crystal, or top-1 and best-of-k over
+    candidates; ``seen`` (material id -> prototype seen in training) adds that split to the breakdown."""
     from generators.diffusion.tensor_files import unpack_samples
 
     unpacked = unpack_samples(samples)[0]
@@ -152,7 +197,8 @@ def csp_figures(samples: dict, workers: int, total: int, split: str = "test") ->
     first = [results[row] for row in first_rows]
     figures = summarise(first)
     figures["breakdown"] = breakdown(first, [int(samples["space_group"][row]) for row in first_rows],
-                                     [len(unpacked[row][1]) for row in first_rows])
+                                     [len(unpacked[row][1]) for row in first_rows],
+                                     None if seen is None else [seen[samples["material_ids"][row]] for row in first_rows])
     figures["crystals_with_samples"] = len(first)
     figures["crystals"] = total
     gated = [r["rms"] for r in first if r["rms"] is not None and r["comp_valid"] and r["struct_valid"]]
@@ -175,11 +221,13 @@ def csp_figures(samples: dict, workers: int, total: int, split: str = "test") ->
 ATOM_BINS = ((1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 10**6))
 
 
-def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[int]) -> dict:
+def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[int],
+              prototype_seen: list[bool] | None = None) -> dict:
     """Where the matches are: per lattice family (of the space group asked for) and per atoms in the
     cell, the crystals, the DiffCSP-gated match rate, the valid share and the match rate among the
-    valid ones (what the model controls: SMACT validity is a property of the composition); and per
-    origin: groups whose origin is fixed against groups with polar axes (a free origin along them)."""
+    valid ones (what the model controls: SMACT validity is a property of the composition); per
+    origin: groups whose origin is fixed against groups with polar axes (a free origin along them);
+    with ``prototype_seen``, per Wyckoff prototype seen in training or new."""
     from generators.unimdm.lattice import family
     from generators.unimdm.symmetry import polar_axes
 
@@ -199,9 +247,14 @@ def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[in
         low, high = next(b for b in ATOM_BINS if b[0] <= atoms <= b[1])
         by_atoms.setdefault(f"{low}-{high}" if high < 10**6 else f">={low}", []).append(result)
     order = {f"{low}-{high}" if high < 10**6 else f">={low}": i for i, (low, high) in enumerate(ATOM_BINS)}
-    return {"by_lattice_family": {k: bucket(v) for k, v in sorted(by_family.items(), key=lambda kv: -len(kv[1]))},
-            "by_atoms": {k: bucket(by_atoms[k]) for k in sorted(by_atoms, key=order.get)},
-            "by_origin": {k: bucket(by_origin[k]) for k in sorted(by_origin)}}
+    parts = {"by_lattice_family": {k: bucket(v) for k, v in sorted(by_family.items(), key=lambda kv: -len(kv[1]))},
+             "by_atoms": {k: bucket(by_atoms[k]) for k in sorted(by_atoms, key=order.get)},
+             "by_origin": {k: bucket(by_origin[k]) for k in sorted(by_origin)}}
+    if prototype_seen is not None:
+        groups = {"seen in training": [r for r, s in zip(results, prototype_seen) if s],
+                  "new": [r for r, s in zip(results, prototype_seen) if not s]}
+        parts["by_prototype"] = {k: bucket(v) for k, v in groups.items() if v}
+    return parts
 
 
 def lattice_errors(sampled: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
@@ -322,10 +375,10 @@ def print_breakdown(parts: dict) -> None:
         table.add_column(column, justify="left" if column == "bucket" else "right", no_wrap=True)
     for part, buckets in parts.items():
         for name, bucket in buckets.items():
-            label = {"by_atoms": f"{name} atoms", "by_origin": f"origin: {name}"}.get(part, name)
+            label = {"by_atoms": f"{name} atoms", "by_origin": f"origin: {name}", "by_prototype": f"prototype: {name}"}.get(part, name)
             table.add_row(label, str(bucket["crystals"]),
                           f"{bucket['match_rate']:.1%}", f"{bucket['valid']:.1%}", f"{bucket['match_rate_of_valid']:.1%}")
-    Console().print(table)
+    Console(width=max(100, Console().width)).print(table)  # whole labels and figures also when piped
 
 
 def gap_summary(gaps: np.ndarray, target: float | None = None) -> dict:
@@ -467,8 +520,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.samples:
         samples = load_samples(args.samples, args.limit)
         total = args.crystals or args.limit or (MP20_TEST_SIZE if args.split == "test" else len(set(samples["material_ids"])))
+        seen = prototypes_seen(list(samples["material_ids"]), args.prototypes, args.split) if args.prototypes else None
         figures = {"split": args.split, "samples_info": samples.get("info", {}),
-                   **csp_figures(samples, args.workers, total, args.split),
+                   **csp_figures(samples, args.workers, total, args.split, seen),
                    "symmetry_kept": symmetry_kept(samples, args.symmetry_check),
                    "anchors": {name: {"match_rate": m, "rmse": r} for name, (m, r) in ANCHORS.items()}}
         if args.swap_diagnosis:

@@ -137,3 +137,46 @@ def test_agreement_of_sample_sets_counts_gains_losses_and_their_noise(tmp_path, 
         bench.agreement_figures([paths[0], tmp_path / "candidates.pt"], workers=1, total=4)
     with pytest.raises(SystemExit, match="two or more"):
         bench.main(["--agreement", str(paths[0])])
+
+
+def test_prototypes_seen_in_training_split_the_breakdown(tmp_path):
+    """A crystal's Wyckoff prototype is its space group and anonymous per-element letters: KCl is
+    rock salt like a trained NaCl (seen), rutile is new; the breakdown splits the match rates so,
+    and a symmetry folder without train.pt or without a sampled crystal is refused."""
+    import pytest
+    import torch
+    from pymatgen.core import Lattice, Structure
+
+    import evals.bench_csp_unimdm as bench
+    from generators.unimdm.data import pack_infos
+    from generators.unimdm.symmetry import symmetry_info
+
+    def packed(structures: dict) -> dict:
+        names = list(structures)
+        return pack_infos([symmetry_info(structures[n]) for n in names], names, names, [1.0] * len(names), [-1.0] * len(names))
+
+    rock_salt = lambda a, b, length: Structure.from_spacegroup("Fm-3m", Lattice.cubic(length), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])  # noqa: E731
+    rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]])
+    test = packed({"KCl": rock_salt("K", "Cl", 6.29), "TiO2": rutile})
+    prototypes = bench.wyckoff_prototypes(test)
+    assert prototypes == {"KCl": (225, ((0,), (1,))),  # 4a and 4b (letters as indexes: a = 0)
+                          "TiO2": (136, ((0,), (5,)))}  # Ti 2a, O 4f
+
+    torch.save(test, tmp_path / "test.pt")
+    with pytest.raises(ValueError, match="no train.pt"):
+        bench.prototypes_seen(["KCl", "TiO2"], tmp_path, "test")
+    torch.save(packed({"NaCl": rock_salt("Na", "Cl", 5.64), "MgO": rock_salt("Mg", "O", 4.21)}), tmp_path / "train.pt")
+    assert bench.prototypes_seen(["KCl", "TiO2"], tmp_path, "test") == {"KCl": True, "TiO2": False}
+    torch.save(packed({"TiO2x": rutile}), tmp_path / "val_rest.pt")  # the standard training set's rest counts too
+    assert bench.prototypes_seen(["KCl", "TiO2"], tmp_path, "test") == {"KCl": True, "TiO2": True}
+    with pytest.raises(ValueError, match="lacks 1 of the samples' crystals"):
+        bench.prototypes_seen(["KCl", "ZnS"], tmp_path, "test")
+
+    parts = breakdown([result(True, True, 0.01), result(True, True, None), result(False, True, 0.02)],
+                      [225, 136, 225], [2, 6, 2], [True, False, True])
+    assert parts["by_prototype"] == {
+        "seen in training": {"crystals": 2, "match_rate": 0.5, "valid": 0.5, "match_rate_of_valid": 1.0},
+        "new": {"crystals": 1, "match_rate": 0.0, "valid": 1.0, "match_rate_of_valid": 0.0}}
+    assert "by_prototype" not in breakdown([result(True, True, 0.01)], [225], [2])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--prototypes", str(tmp_path)])
