@@ -39,7 +39,9 @@ difference: two samplings of one model differ by about 0.21 points on the comple
 ``.device_data_unimdm``): the breakdown also splits the crystals by whether their Wyckoff
 prototype (the space group and, per element but anonymous, the letters of its orbits: rock salt
 is 225 with {a} and {b}) occurs among the training files' crystals (``train``, ``val_rest``), i.e.
-whether the DiT has seen the arrangement with other elements or must place a new one.
+whether the DiT has seen the arrangement with other elements or must place a new one; "seen in
+another setting": only with other letters for the same arrangement (the space group's Euclidean
+normaliser: another origin or setting, pyxtal's Wyckoff alternatives).
 
 ``--symmetry-check N``: share of the first N samples in which ``SpacegroupAnalyzer``
 (symprec 0.01) finds the requested space group.
@@ -167,24 +169,47 @@ def wyckoff_prototypes(split: dict) -> dict[str, tuple]:
     return prototypes
 
 
-def prototypes_seen(material_ids: list[str], symmetry_dir: Path, split: str) -> dict[str, bool]:
-    """Material id -> whether its Wyckoff prototype occurs among the training files' crystals."""
+def canonical_prototype(prototype: tuple) -> tuple:
+    """The least of a Wyckoff prototype's equivalent descriptions under the space group's Euclidean
+    normaliser (:func:`generators.unimdm.symmetry.equivalent_letter_maps`): one key for a crystal
+    whichever origin or setting gave its letters."""
+    from generators.unimdm.symmetry import LETTERS, equivalent_letter_maps
+
+    group, per_element = prototype
+    codes = [{LETTERS.index(a): LETTERS.index(b) for a, b in m.items()} for m in equivalent_letter_maps(group)]
+    return group, min(tuple(sorted(tuple(sorted(m[letter] for letter in letters)) for letters in per_element)) for m in codes)
+
+
+PROTOTYPE_CLASSES = ("seen in training", "seen in another setting", "new")
+
+
+def prototypes_seen(material_ids: list[str], symmetry_dir: Path, split: str) -> dict[str, str]:
+    """Material id -> whether its Wyckoff prototype occurs among the training files' crystals as it
+    is ("seen in training"), only in an equivalent description ("seen in another setting": other
+    letters for the same arrangement under the Euclidean normaliser), or not at all ("new")."""
     from generators.unimdm.tensor_files import load_split
 
     names = [name for name in TRAINING_SPLITS if (symmetry_dir / f"{name}.pt").exists()]
     if "train" not in names:
         raise ValueError(f"{symmetry_dir} has no train.pt: give the symmetry tensor files the DiT was trained on")
     seen = {prototype for name in names for prototype in wyckoff_prototypes(load_split(symmetry_dir, name)).values()}
+    seen_canonical = {canonical_prototype(prototype) for prototype in seen}
     own = wyckoff_prototypes(load_split(symmetry_dir, split))
     missing = sorted(set(material_ids) - set(own))
     if missing:
         raise ValueError(f"{symmetry_dir / split}.pt lacks {len(missing)} of the samples' crystals (e.g. {missing[0]})")
-    return {m: own[m] in seen for m in set(material_ids)}
+
+    def label(prototype: tuple) -> str:
+        if prototype in seen:
+            return PROTOTYPE_CLASSES[0]
+        return PROTOTYPE_CLASSES[1] if canonical_prototype(prototype) in seen_canonical else PROTOTYPE_CLASSES[2]
+
+    return {m: label(own[m]) for m in set(material_ids)}
 
 
-def csp_figures(samples: dict, workers: int, total: int, split: str = "test", seen: dict[str, bool] | None = None) -> dict:
+def csp_figures(samples: dict, workers: int, total: int, split: str = "test", seen: dict[str, str] | None = None) -> dict:
     """Match rate / RMSE over ``total`` crystals: one sample per crystal, or top-1 and best-of-k over
-    candidates; ``seen`` (material id -> prototype seen in training) adds that split to the breakdown."""
+    candidates; ``seen`` (material id -> :data:`PROTOTYPE_CLASSES` entry) adds that split to the breakdown."""
     from generators.diffusion.tensor_files import unpack_samples
 
     unpacked = unpack_samples(samples)[0]
@@ -222,12 +247,12 @@ ATOM_BINS = ((1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 10**6))
 
 
 def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[int],
-              prototype_seen: list[bool] | None = None) -> dict:
+              prototype_classes: list[str] | None = None) -> dict:
     """Where the matches are: per lattice family (of the space group asked for) and per atoms in the
     cell, the crystals, the DiffCSP-gated match rate, the valid share and the match rate among the
     valid ones (what the model controls: SMACT validity is a property of the composition); per
     origin: groups whose origin is fixed against groups with polar axes (a free origin along them);
-    with ``prototype_seen``, per Wyckoff prototype seen in training or new."""
+    with ``prototype_classes``, per class of Wyckoff prototype (:data:`PROTOTYPE_CLASSES`)."""
     from generators.unimdm.lattice import family
     from generators.unimdm.symmetry import polar_axes
 
@@ -250,9 +275,8 @@ def breakdown(results: list[dict], space_groups: list[int], atom_counts: list[in
     parts = {"by_lattice_family": {k: bucket(v) for k, v in sorted(by_family.items(), key=lambda kv: -len(kv[1]))},
              "by_atoms": {k: bucket(by_atoms[k]) for k in sorted(by_atoms, key=order.get)},
              "by_origin": {k: bucket(by_origin[k]) for k in sorted(by_origin)}}
-    if prototype_seen is not None:
-        groups = {"seen in training": [r for r, s in zip(results, prototype_seen) if s],
-                  "new": [r for r, s in zip(results, prototype_seen) if not s]}
+    if prototype_classes is not None:
+        groups = {name: [r for r, c in zip(results, prototype_classes) if c == name] for name in PROTOTYPE_CLASSES}
         parts["by_prototype"] = {k: bucket(v) for k, v in groups.items() if v}
     return parts
 

@@ -141,41 +141,59 @@ def test_agreement_of_sample_sets_counts_gains_losses_and_their_noise(tmp_path, 
 
 def test_prototypes_seen_in_training_split_the_breakdown(tmp_path):
     """A crystal's Wyckoff prototype is its space group and anonymous per-element letters: KCl is
-    rock salt like a trained NaCl (seen), rutile is new; the breakdown splits the match rates so,
-    and a symmetry folder without train.pt or without a sampled crystal is refused."""
+    rock salt like a trained NaCl (seen), rutile is new until val_rest holds it; a P-1 pair at 1a
+    and 1b is the same arrangement as a trained pair at 1d and 1f (origin moved by a/2: seen in
+    another setting); the breakdown splits the match rates so, and a symmetry folder without
+    train.pt or without a sampled crystal is refused."""
     import pytest
     import torch
     from pymatgen.core import Lattice, Structure
 
     import evals.bench_csp_unimdm as bench
     from generators.unimdm.data import pack_infos
-    from generators.unimdm.symmetry import symmetry_info
+    from generators.unimdm.symmetry import LETTERS, symmetry_info
 
     def packed(structures: dict) -> dict:
         names = list(structures)
         return pack_infos([symmetry_info(structures[n]) for n in names], names, names, [1.0] * len(names), [-1.0] * len(names))
 
+    def triclinic_pair(name: str, letters: str) -> dict:
+        """Only what the prototype reads: a P-1 crystal of two elements on two letters."""
+        return {"material_ids": [name], "space_group": torch.tensor([2]), "n_orbits": torch.tensor([2]),
+                "orbit_z": torch.tensor([11, 17]), "orbit_letter": torch.tensor([LETTERS.index(c) for c in letters])}
+
+    def joined(*splits: dict) -> dict:
+        return {key: sum((list(x[key]) for x in splits), []) if key == "material_ids" else torch.cat([x[key] for x in splits])
+                for key in ("material_ids", "space_group", "n_orbits", "orbit_z", "orbit_letter")}
+
     rock_salt = lambda a, b, length: Structure.from_spacegroup("Fm-3m", Lattice.cubic(length), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])  # noqa: E731
     rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]])
-    test = packed({"KCl": rock_salt("K", "Cl", 6.29), "TiO2": rutile})
+    test = joined(packed({"KCl": rock_salt("K", "Cl", 6.29), "TiO2": rutile}), triclinic_pair("P-1 ab", "ab"),
+                  triclinic_pair("P-1 ah", "ah"))
     prototypes = bench.wyckoff_prototypes(test)
-    assert prototypes == {"KCl": (225, ((0,), (1,))),  # 4a and 4b (letters as indexes: a = 0)
-                          "TiO2": (136, ((0,), (5,)))}  # Ti 2a, O 4f
+    assert prototypes["KCl"] == (225, ((0,), (1,)))  # 4a and 4b (letters as indexes: a = 0)
+    assert prototypes["TiO2"] == (136, ((0,), (5,)))  # Ti 2a, O 4f
+    assert bench.canonical_prototype((2, ((3,), (5,)))) == bench.canonical_prototype((2, ((0,), (1,))))  # 1d 1f ~ 1a 1b
+    assert bench.canonical_prototype((2, ((0,), (7,)))) != bench.canonical_prototype((2, ((0,), (1,))))  # 1a 1h: other
 
+    ids = ["KCl", "TiO2", "P-1 ab", "P-1 ah"]
     torch.save(test, tmp_path / "test.pt")
     with pytest.raises(ValueError, match="no train.pt"):
-        bench.prototypes_seen(["KCl", "TiO2"], tmp_path, "test")
-    torch.save(packed({"NaCl": rock_salt("Na", "Cl", 5.64), "MgO": rock_salt("Mg", "O", 4.21)}), tmp_path / "train.pt")
-    assert bench.prototypes_seen(["KCl", "TiO2"], tmp_path, "test") == {"KCl": True, "TiO2": False}
+        bench.prototypes_seen(ids, tmp_path, "test")
+    train = joined(packed({"NaCl": rock_salt("Na", "Cl", 5.64), "MgO": rock_salt("Mg", "O", 4.21)}), triclinic_pair("P-1 df", "df"))
+    torch.save(train, tmp_path / "train.pt")
+    assert bench.prototypes_seen(ids, tmp_path, "test") == {
+        "KCl": "seen in training", "TiO2": "new", "P-1 ab": "seen in another setting", "P-1 ah": "new"}
     torch.save(packed({"TiO2x": rutile}), tmp_path / "val_rest.pt")  # the standard training set's rest counts too
-    assert bench.prototypes_seen(["KCl", "TiO2"], tmp_path, "test") == {"KCl": True, "TiO2": True}
+    assert bench.prototypes_seen(ids, tmp_path, "test")["TiO2"] == "seen in training"
     with pytest.raises(ValueError, match="lacks 1 of the samples' crystals"):
         bench.prototypes_seen(["KCl", "ZnS"], tmp_path, "test")
 
-    parts = breakdown([result(True, True, 0.01), result(True, True, None), result(False, True, 0.02)],
-                      [225, 136, 225], [2, 6, 2], [True, False, True])
+    parts = breakdown([result(True, True, 0.01), result(True, True, None), result(False, True, 0.02), result(True, True, 0.05)],
+                      [225, 136, 225, 2], [2, 6, 2, 2], ["seen in training", "new", "seen in training", "seen in another setting"])
     assert parts["by_prototype"] == {
         "seen in training": {"crystals": 2, "match_rate": 0.5, "valid": 0.5, "match_rate_of_valid": 1.0},
+        "seen in another setting": {"crystals": 1, "match_rate": 1.0, "valid": 1.0, "match_rate_of_valid": 1.0},
         "new": {"crystals": 1, "match_rate": 0.0, "valid": 1.0, "match_rate_of_valid": 0.0}}
     assert "by_prototype" not in breakdown([result(True, True, 0.01)], [225], [2])
     with pytest.raises(SystemExit):

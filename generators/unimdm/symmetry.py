@@ -147,6 +147,16 @@ def wyckoff_table(space_group: int) -> tuple[tuple[str, int, bool], ...]:
     return tuple((letter, int(m), bool(f)) for letter, m, f in _tables()[int(space_group)]["positions"])
 
 
+@lru_cache(maxsize=None)
+def equivalent_letter_maps(space_group: int) -> tuple[dict[str, str], ...]:
+    """The Wyckoff letter permutations of the group's Euclidean normaliser (pyxtal's
+    ``Group.get_alternatives``, from the Bilbao tables: origin shifts and other settings that map
+    the group onto itself), the identity first: one crystal is described with letters L and with
+    ``map[L]`` for every map (in P-1 its atoms at 1a and 1b are also at 1d and 1f)."""
+    rows = [row.split() for row in _group(space_group).get_alternatives()["Transformed WP"]]
+    return tuple(dict(zip(rows[0], row)) for row in rows)
+
+
 _OPERATION_TABLE: dict[tuple[int, str], np.ndarray] = {}
 
 
