@@ -601,8 +601,9 @@ def test_self_conditioning_grows_a_trained_network_and_feeds_back_its_estimate(s
 
 def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path):
     """generators/unimdm/gpu_continue.sh (one device call: continue a model, then sample the test
-    split), dry on the CPU: the network grows as asked and its samples cover the split; a preflight
-    that records no CUDA graph (none on the CPU) drops the growth rather than train 3x slower."""
+    split), dry on the CPU: the network grows as asked and its samples cover the split; START=scratch
+    trains a new network of PRESET; a preflight that records no CUDA graph (none on the CPU) drops
+    the growth rather than train 3x slower."""
     import os
     import subprocess
     import sys
@@ -629,6 +630,10 @@ def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path)
     assert json.loads((grown / "train_log.jsonl").read_text().splitlines()[-1])["event"] == "end"
     samples = torch.load(grown / "test.pt", weights_only=True)
     assert samples["space_group"].tolist() == split["space_group"].tolist() and samples["info"]["steps"] == 3
+
+    scratch, stages = run("scratch", START="scratch", PRESET="base", GROW_ARGS="", SAMPLE_SECONDS="0")
+    assert [stage["stage"] for stage in stages] == ["train"] and stages[0]["rc"] == 0
+    assert load_model(scratch / "model.pt").network.config.width == dit_config("base").width  # not the tiny start
 
     plain, stages = run("plain", PREFLIGHT="tiny", SAMPLE_SECONDS="0")
     assert stages[0]["stage"] == "preflight" and stages[1] == {"stage": "preflight", "dropped": "--message-layers 1"}

@@ -5,7 +5,10 @@
 # 10 and 11 of the model card). The CPU machine then scores the samples:
 # `python -m evals.bench_csp_unimdm --samples COPY_TO/test.pt`.
 #   START        model.pt (new AdamW and cosine) or checkpoint.pt (continues its cosine) to resume
-#                (default generators/weights/unimdm/model.pt)
+#                (default generators/weights/unimdm/model.pt), or "scratch": a new network of PRESET
+#                (default base; e.g. csp: a CSPNet message-passing layer before each of the first
+#                4 blocks) with the training files' k normaliser (LR=5e-4 as the first runs)
+#   PRESET       the network of START=scratch (a resumed network keeps its own)
 #   RUN          output folder of the trainer (default runs/continue)
 #   DATA         symmetry tensor files (default .device_data_unimdm)
 #   MINUTES      length of the cosine in minutes of training (default 5: 16,600 steps, ~314 epochs
@@ -37,6 +40,7 @@
 set -u
 PYTHON=${PYTHON:-python3}
 START=${START:-generators/weights/unimdm/model.pt}
+PRESET=${PRESET:-base}
 RUN=${RUN:-runs/continue}
 DATA=${DATA:-.device_data_unimdm}
 MINUTES=${MINUTES:-5}
@@ -64,10 +68,12 @@ if [ -n "$PREFLIGHT" ]; then
         GROW_ARGS=""
     fi
 fi
+ORIGIN=(--resume "$START")
+[ "$START" = scratch ] && ORIGIN=(--preset "$PRESET")
 # shellcheck disable=SC2086  # GROW_ARGS, TRAIN_ARGS and SAMPLE_ARGS are word lists
 step train "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN" --minutes "$MINUTES" \
     --stop-after "$STOP_AFTER" --batch "$BATCH" --lr "$LR" --threads "$THREADS" --val-seconds 1e9 \
-    --log-seconds 60 --train-sets train,val_rest --cuda-graphs --resume "$START" $GROW_ARGS $TRAIN_ARGS
+    --log-seconds 60 --train-sets train,val_rest --cuda-graphs "${ORIGIN[@]}" $GROW_ARGS $TRAIN_ARGS
 trained=$?
 if [ "$trained" != 0 ]; then  # a failed trainer may leave an older model.pt in RUN: never pass that on as new
     report
