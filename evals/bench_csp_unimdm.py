@@ -183,7 +183,7 @@ def canonical_prototype(prototype: tuple) -> tuple:
 PROTOTYPE_CLASSES = ("seen in training", "seen in another setting", "new")
 
 
-def prototypes_seen(material_ids: list[str], symmetry_dir: Path, split: str) -> dict[str, str]:
+def classify_prototypes(material_ids: list[str], symmetry_dir: Path, split: str) -> dict[str, str]:
     """Material id -> whether its Wyckoff prototype occurs among the training files' crystals as it
     is ("seen in training"), only in an equivalent description ("seen in another setting": other
     letters for the same arrangement under the Euclidean normaliser), or not at all ("new")."""
@@ -207,9 +207,11 @@ def prototypes_seen(material_ids: list[str], symmetry_dir: Path, split: str) -> 
     return {m: label(own[m]) for m in set(material_ids)}
 
 
-def csp_figures(samples: dict, workers: int, total: int, split: str = "test", seen: dict[str, str] | None = None) -> dict:
+def csp_figures(samples: dict, workers: int, total: int, split: str = "test",
+                prototype_class: dict[str, str] | None = None) -> dict:
     """Match rate / RMSE over ``total`` crystals: one sample per crystal, or top-1 and best-of-k over
-    candidates; ``seen`` (material id -> :data:`PROTOTYPE_CLASSES` entry) adds that split to the breakdown."""
+    candidates; ``prototype_class`` (material id -> :data:`PROTOTYPE_CLASSES` entry) adds that split
+    to the breakdown."""
     from generators.diffusion.tensor_files import unpack_samples
 
     unpacked = unpack_samples(samples)[0]
@@ -223,7 +225,7 @@ def csp_figures(samples: dict, workers: int, total: int, split: str = "test", se
     figures = summarise(first)
     figures["breakdown"] = breakdown(first, [int(samples["space_group"][row]) for row in first_rows],
                                      [len(unpacked[row][1]) for row in first_rows],
-                                     None if seen is None else [seen[samples["material_ids"][row]] for row in first_rows])
+                                     None if prototype_class is None else [prototype_class[samples["material_ids"][row]] for row in first_rows])
     figures["crystals_with_samples"] = len(first)
     figures["crystals"] = total
     gated = [r["rms"] for r in first if r["rms"] is not None and r["comp_valid"] and r["struct_valid"]]
@@ -544,9 +546,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.samples:
         samples = load_samples(args.samples, args.limit)
         total = args.crystals or args.limit or (MP20_TEST_SIZE if args.split == "test" else len(set(samples["material_ids"])))
-        seen = prototypes_seen(list(samples["material_ids"]), args.prototypes, args.split) if args.prototypes else None
+        classes = classify_prototypes(list(samples["material_ids"]), args.prototypes, args.split) if args.prototypes else None
         figures = {"split": args.split, "samples_info": samples.get("info", {}),
-                   **csp_figures(samples, args.workers, total, args.split, seen),
+                   **csp_figures(samples, args.workers, total, args.split, classes),
                    "symmetry_kept": symmetry_kept(samples, args.symmetry_check),
                    "anchors": {name: {"match_rate": m, "rmse": r} for name, (m, r) in ANCHORS.items()}}
         if args.swap_diagnosis:

@@ -179,15 +179,15 @@ def test_prototypes_seen_in_training_split_the_breakdown(tmp_path):
     ids = ["KCl", "TiO2", "P-1 ab", "P-1 ah"]
     torch.save(test, tmp_path / "test.pt")
     with pytest.raises(ValueError, match="no train.pt"):
-        bench.prototypes_seen(ids, tmp_path, "test")
+        bench.classify_prototypes(ids, tmp_path, "test")
     train = joined(packed({"NaCl": rock_salt("Na", "Cl", 5.64), "MgO": rock_salt("Mg", "O", 4.21)}), triclinic_pair("P-1 df", "df"))
     torch.save(train, tmp_path / "train.pt")
-    assert bench.prototypes_seen(ids, tmp_path, "test") == {
+    assert bench.classify_prototypes(ids, tmp_path, "test") == {
         "KCl": "seen in training", "TiO2": "new", "P-1 ab": "seen in another setting", "P-1 ah": "new"}
     torch.save(packed({"TiO2x": rutile}), tmp_path / "val_rest.pt")  # the standard training set's rest counts too
-    assert bench.prototypes_seen(ids, tmp_path, "test")["TiO2"] == "seen in training"
+    assert bench.classify_prototypes(ids, tmp_path, "test")["TiO2"] == "seen in training"
     with pytest.raises(ValueError, match="lacks 1 of the samples' crystals"):
-        bench.prototypes_seen(["KCl", "ZnS"], tmp_path, "test")
+        bench.classify_prototypes(["KCl", "ZnS"], tmp_path, "test")
 
     parts = breakdown([result(True, True, 0.01), result(True, True, None), result(False, True, 0.02), result(True, True, 0.05)],
                       [225, 136, 225, 2], [2, 6, 2, 2], ["seen in training", "new", "seen in training", "seen in another setting"])

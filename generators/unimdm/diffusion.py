@@ -111,7 +111,9 @@ def training_estimate(model, inputs: tuple, batch: SymmetryBatch, noisy_u: torch
                       timesteps: torch.Tensor, schedule: NoiseSchedule, free: torch.Tensor, free_k: torch.Tensor,
                       generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A first, gradient-free pass's clean estimate for a :data:`SELF_CONDITION_PROBABILITY` share
-    of the crystals (the others: zeros, flag 0), as the self-conditioned pass sees it."""
+    of the crystals (the others: zeros, flag 0), as the self-conditioned pass sees it. The pass
+    runs on the whole batch, not only that share: the step keeps static shapes, as a CUDA graph
+    needs."""
     with torch.no_grad():
         with _autocast(noisy_u.device):
             lattice_noise, atom_score = model(*inputs)

@@ -166,7 +166,7 @@ class DiTRun(TrainingRun):
 
     def grown(self, resumed: dict) -> dict:
         """``resumed`` with its network grown (the same function) for ``--metric-features`` /
-        ``--message-layers`` beyond its own (:func:`grow_network`)."""
+        ``--message-layers`` beyond its own or ``--self-conditioning`` (:func:`grow_network`)."""
         config = DiTConfig.from_dict(resumed["network"])
         wanted = {"metric_features": self.args.metric_features, "message_layers": self.args.message_layers,
                   "self_conditioning": True if self.args.self_conditioning else None}
