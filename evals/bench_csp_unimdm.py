@@ -60,6 +60,7 @@ import torch
 
 from evals.bench_csp_diffusion import evaluate_pairs, limit_samples, pair_jobs, predicted_structure, print_table, summarise, truth_cifs
 from generators.gfn.proxy import structure_band_gaps
+from generators.unimdm.templates import training_split_names, wyckoff_prototypes
 
 MP20_TEST_SIZE = 9046
 ANCHORS = {"DiffCSP++": (0.803, 0.030), "Uni-MDM Crystal DiT": (0.815, 0.035)}
@@ -152,23 +153,6 @@ def symmetry_kept(samples: dict, count: int) -> float | None:
     return kept / max(1, min(count, len(structures)))
 
 
-TRAINING_SPLITS = ("train", "val_rest")  # the symmetry tensor files the DiT trains on
-
-
-def wyckoff_prototypes(split: dict) -> dict[str, tuple]:
-    """Material id -> its Wyckoff prototype in a packed symmetry split: (space group, the sorted
-    per-element tuples of sorted orbit letters, elements anonymous)."""
-    prototypes, start = {}, 0
-    elements, letters = split["orbit_z"].tolist(), split["orbit_letter"].tolist()
-    for material_id, group, count in zip(split["material_ids"], split["space_group"].tolist(), split["n_orbits"].tolist()):
-        per_element: dict[int, list[int]] = {}
-        for z, letter in zip(elements[start : start + count], letters[start : start + count]):
-            per_element.setdefault(z, []).append(letter)
-        start += count
-        prototypes[material_id] = (group, tuple(sorted(tuple(sorted(v)) for v in per_element.values())))
-    return prototypes
-
-
 def canonical_prototype(prototype: tuple) -> tuple:
     """The least of a Wyckoff prototype's equivalent descriptions under the space group's Euclidean
     normaliser (:func:`generators.unimdm.symmetry.equivalent_letter_maps`): one key for a crystal
@@ -189,10 +173,7 @@ def classify_prototypes(material_ids: list[str], symmetry_dir: Path, split: str)
     letters for the same arrangement under the Euclidean normaliser), or not at all ("new")."""
     from generators.unimdm.tensor_files import load_split
 
-    names = [name for name in TRAINING_SPLITS if (symmetry_dir / f"{name}.pt").exists()]
-    if "train" not in names:
-        raise ValueError(f"{symmetry_dir} has no train.pt: give the symmetry tensor files the DiT was trained on")
-    seen = {prototype for name in names for prototype in wyckoff_prototypes(load_split(symmetry_dir, name)).values()}
+    seen = {prototype for name in training_split_names(symmetry_dir) for prototype in wyckoff_prototypes(load_split(symmetry_dir, name)).values()}
     seen_canonical = {canonical_prototype(prototype) for prototype in seen}
     own = wyckoff_prototypes(load_split(symmetry_dir, split))
     missing = sorted(set(material_ids) - set(own))

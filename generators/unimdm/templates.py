@@ -1,0 +1,268 @@
+"""Prototype templates: for a requested composition and symmetry (space group and per-element Wyckoff
+letters), the training crystals of the same Wyckoff prototype with their elements substituted:
+the prototype-substitution first guess of crystal structure prediction.
+
+A crystal's Wyckoff prototype is its space group and its per-element sorted orbit letters with the
+elements left anonymous (KCl and NaCl: Fm-3m, one element on 4a, one on 4b). A training crystal of
+the requested prototype gives every orbit of the request a representative (the orbit of the mapped
+element on the same letter; orbits of one element on one letter are interchangeable), which the
+request's own Wyckoff operations expand, so the template has exactly the requested symmetry. The
+templates are ranked by how alike the substituted elements are (Pauling electronegativity and
+atomic radius); the lattice keeps the template's shape and is scaled by the atomic volumes.
+
+Measured on the complete MP-20 test split (session 19, generators/unimdm/README.md): 8,079 of
+9,046 test crystals have a training crystal of their prototype; the most alike template matches
+86.0% of them (StructureMatcher, DiffCSP's gate), the Crystal DiT's single sample 83.6%.
+
+CLI: ``python -m generators.unimdm.templates --data .device_data_unimdm --inputs test --fallback
+DIT_SAMPLES.pt --out F.pt`` writes a samples file (``evals.bench_csp_unimdm --samples F.pt``):
+the most alike template where one exists, the DiT's sample elsewhere (``--candidates K``: the K
+most alike templates per crystal as ranked candidates instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generators.unimdm.tensor_files import collate_all, load_split, take_rows
+
+TRAINING_SPLITS = ("train", "val_rest")  # the symmetry tensor files the DiT trains on
+MAX_ELEMENT_MAPS = 120  # element maps tried per template (elements sharing one letter set permute)
+
+
+@dataclass(frozen=True)
+class Orbit:
+    z: int  # atomic number
+    letter: int  # Wyckoff letter as an index of symmetry.LETTERS
+    position: np.ndarray  # [3] representative's fractional coordinates (constrained components 0)
+
+
+@dataclass(frozen=True)
+class Crystal:
+    """One crystal of a packed symmetry split, as the templates read it."""
+
+    material_id: str
+    space_group: int
+    orbits: tuple[Orbit, ...]
+    lattice: np.ndarray  # [6] a, b, c (Å), alpha, beta, gamma (degrees)
+
+    @property
+    def letters_by_element(self) -> dict[int, tuple[int, ...]]:
+        per_element: dict[int, list[int]] = {}
+        for orbit in self.orbits:
+            per_element.setdefault(orbit.z, []).append(orbit.letter)
+        return {z: tuple(sorted(letters)) for z, letters in per_element.items()}
+
+    @property
+    def prototype(self) -> tuple:
+        """(space group, sorted per-element tuples of sorted letters): the elements anonymous."""
+        return self.space_group, tuple(sorted(self.letters_by_element.values()))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A training crystal of the requested prototype, its elements substituted."""
+
+    source: str  # the training crystal's material id
+    elements: dict[int, int]  # requested atomic number -> the training crystal's
+    dissimilarity: float  # of the substituted elements (0: the same elements)
+    orbit_coords: np.ndarray  # [R, 3] a representative per requested orbit (the request's orbit order)
+    lattice: np.ndarray  # [6] the template's lattice scaled to the requested atoms' volumes (Å, degrees)
+
+
+def split_crystals(split: dict) -> list[Crystal]:
+    """The crystals of a packed symmetry split (tensor_files format)."""
+    elements, letters = split["orbit_z"].tolist(), split["orbit_letter"].tolist()
+    positions = split["orbit_coords"].double().numpy() if "orbit_coords" in split else None
+    lattices = split["lattice"].double().numpy() if "lattice" in split else None
+    crystals, start = [], 0
+    for row, (material_id, group, count) in enumerate(zip(split["material_ids"], split["space_group"].tolist(),
+                                                          split["n_orbits"].tolist())):
+        orbits = tuple(Orbit(elements[j], letters[j], positions[j] if positions is not None else np.zeros(3))
+                       for j in range(start, start + count))
+        crystals.append(Crystal(material_id, int(group), orbits, lattices[row] if lattices is not None else np.zeros(6)))
+        start += count
+    return crystals
+
+
+def wyckoff_prototypes(split: dict) -> dict[str, tuple]:
+    """Material id -> its Wyckoff prototype in a packed symmetry split."""
+    return {crystal.material_id: crystal.prototype for crystal in split_crystals(split)}
+
+
+@lru_cache(maxsize=None)
+def element_features(z: int) -> tuple[float, float]:
+    """(Pauling electronegativity, atomic radius in Å) from pymatgen; noble gases without an
+    electronegativity get 2.0 (only their radius then tells them apart)."""
+    from pymatgen.core import Element
+
+    element = Element.from_Z(z)
+    electronegativity = element.X if element.X == element.X else 2.0
+    radius = element.atomic_radius or element.atomic_radius_calculated or 1.5
+    return float(electronegativity), float(radius)
+
+
+def element_dissimilarity(elements: dict[int, int]) -> float:
+    """Sum over substituted elements of |delta electronegativity| + |delta radius| / 0.5 Å + 0.1
+    (each substitution costs a little, so fewer substitutions win ties)."""
+    total = 0.0
+    for requested, template in elements.items():
+        if requested != template:
+            (x_a, r_a), (x_b, r_b) = element_features(requested), element_features(template)
+            total += abs(x_a - x_b) + abs(r_a - r_b) / 0.5 + 0.1
+    return total
+
+
+def element_maps(request: Crystal, template: Crystal):
+    """Every map of the request's elements onto the template's that keeps each element's letters."""
+    requested, offered = {}, {}
+    for z, letters in request.letters_by_element.items():
+        requested.setdefault(letters, []).append(z)
+    for z, letters in template.letters_by_element.items():
+        offered.setdefault(letters, []).append(z)
+    per_letter_set = [[dict(zip(zs, order)) for order in itertools.permutations(offered[letters])]
+                      for letters, zs in requested.items()]
+    for combination in itertools.islice(itertools.product(*per_letter_set), MAX_ELEMENT_MAPS):
+        yield {a: b for part in combination for a, b in part.items()}
+
+
+def atomic_volume(crystal: Crystal, elements: dict[int, int] | None = None) -> float:
+    """Sum of r^3 over the conventional cell's atoms (r: atomic radius of the element, or of its image under ``elements``)."""
+    from generators.unimdm.symmetry import LETTERS, wyckoff_operations
+
+    total = 0.0
+    for orbit in crystal.orbits:
+        z = elements[orbit.z] if elements else orbit.z
+        total += element_features(z)[1] ** 3 * len(wyckoff_operations(crystal.space_group, LETTERS[orbit.letter])[0])
+    return total
+
+
+def substitute(request: Crystal, template: Crystal, elements: dict[int, int]) -> Template:
+    pool: dict[tuple[int, int], list[np.ndarray]] = {}
+    for orbit in template.orbits:
+        pool.setdefault((orbit.z, orbit.letter), []).append(orbit.position)
+    taken: dict[tuple[int, int], int] = {}
+    positions = []
+    for orbit in request.orbits:
+        key = (elements[orbit.z], orbit.letter)
+        positions.append(pool[key][taken.get(key, 0)])
+        taken[key] = taken.get(key, 0) + 1
+    lattice = template.lattice.copy()
+    lattice[:3] *= (atomic_volume(request) / atomic_volume(request, elements)) ** (1 / 3)
+    return Template(template.material_id, elements, element_dissimilarity(elements), np.array(positions), lattice)
+
+
+def training_split_names(symmetry_dir: str | Path, names: tuple[str, ...] = TRAINING_SPLITS) -> list[str]:
+    """The training symmetry files present in ``symmetry_dir`` (train.pt required)."""
+    present = [name for name in names if (Path(symmetry_dir) / f"{name}.pt").exists()]
+    if "train" not in present:
+        raise ValueError(f"{symmetry_dir} has no train.pt: give the symmetry tensor files the DiT was trained on")
+    return present
+
+
+class PrototypeIndex:
+    """Training crystals by Wyckoff prototype."""
+
+    def __init__(self, crystals: list[Crystal]):
+        self.by_prototype: dict[tuple, list[Crystal]] = {}
+        for crystal in crystals:
+            self.by_prototype.setdefault(crystal.prototype, []).append(crystal)
+
+    @classmethod
+    def from_dir(cls, symmetry_dir: str | Path, names: tuple[str, ...] = TRAINING_SPLITS) -> PrototypeIndex:
+        """The index of the training symmetry files in ``symmetry_dir`` (train.pt required; val_rest.pt when present)."""
+        return cls([crystal for name in training_split_names(symmetry_dir, names) for crystal in split_crystals(load_split(symmetry_dir, name))])
+
+    def templates(self, request: Crystal, k: int = 1) -> list[Template]:
+        """The ``k`` most alike templates for ``request`` (ties: the training files' order); [] for a new prototype."""
+        ranked = []
+        for order, candidate in enumerate(self.by_prototype.get(request.prototype, [])):
+            if candidate.material_id == request.material_id:
+                continue  # a request that is itself a training crystal gets other crystals' arrangements
+            elements = min(element_maps(request, candidate), key=element_dissimilarity)
+            ranked.append((element_dissimilarity(elements), order, candidate, elements))
+        ranked.sort(key=lambda entry: entry[:2])
+        return [substitute(request, candidate, elements) for _, _, candidate, elements in ranked[:k]]
+
+
+def template_samples(split: dict, index: PrototypeIndex, fallback: dict | None = None, candidates: int = 1) -> dict:
+    """A samples file dict for ``split``: per crystal its ``candidates`` most alike templates (ranks
+    0..K-1), or, with ``fallback`` (one sample per crystal of the same split, e.g. the DiT's), the
+    most alike template where one exists and the fallback's sample elsewhere."""
+    from generators.diffusion.tensor_files import unpack_samples
+    from generators.unimdm.sample_tensors import pack
+
+    if fallback is not None and candidates != 1:
+        raise ValueError("a fallback fills in one sample per crystal: use it with candidates=1")
+    crystals = split_crystals(split)
+    chosen = [index.templates(crystal, candidates) for crystal in crystals]
+    fallback_rows = {}
+    if fallback is not None:
+        missing = {c.material_id for c in crystals} - set(fallback["material_ids"])
+        if missing:
+            raise ValueError(f"the fallback samples lack {len(missing)} of the split's crystals (e.g. {sorted(missing)[0]})")
+        fallback_rows = dict(zip(fallback["material_ids"], unpack_samples(fallback)[0]))
+    rows = [(i, 0) for i in range(len(crystals))] if fallback is not None else \
+        [(i, rank) for i, found in enumerate(chosen) for rank in range(len(found))]
+    requests = take_rows(split, [i for i, _ in rows])
+    requests["candidate"] = torch.tensor([rank for _, rank in rows], dtype=torch.int16)
+    found = [rank < len(chosen[i]) for i, rank in rows]
+    positions = [torch.tensor(chosen[i][rank].orbit_coords, dtype=torch.float32) if ok else torch.zeros(len(crystals[i].orbits), 3)
+                 for (i, rank), ok in zip(rows, found)]
+    expanded = expand_rows(requests, torch.cat(positions)) if rows else []
+    coords, lattices = [], []
+    for row, ((i, rank), ok) in enumerate(zip(rows, found)):
+        if ok:
+            coords.append(expanded[row])
+            lattices.append(torch.tensor(chosen[i][rank].lattice, dtype=torch.float32))
+        else:
+            sampled, _, lattice = fallback_rows[crystals[i].material_id]
+            coords.append(sampled.float())
+            lattices.append(lattice.float())
+    info = {"inputs": "prototype templates", "candidates": candidates, "samples": 1, "from_templates": sum(found),
+            "fallback": (fallback or {}).get("info")}
+    return pack(requests, [coords], torch.stack(lattices)[None] if lattices else torch.zeros(1, 0, 6), info)
+
+
+def expand_rows(split: dict, orbit_coords: torch.Tensor) -> list[torch.Tensor]:
+    """Per crystal [n, 3] atom coordinates of the given representatives [R, 3], by the split's own operations."""
+    batch = collate_all({**split, "orbit_coords": orbit_coords})
+    atoms = batch.expand(batch.orbit_coords)
+    return [atoms[i, : int(batch.n_atoms[i])].clone() for i in range(atoms.shape[0])]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m generators.unimdm.templates", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="symmetry tensor files (train.pt, val_rest.pt, the inputs)")
+    parser.add_argument("--inputs", default="test", help="symmetry file of the requests (default test)")
+    parser.add_argument("--fallback", type=Path, help="samples file with one sample per crystal for crystals without a template")
+    parser.add_argument("--candidates", type=int, default=1, help="templates per crystal (ranked; not with --fallback)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.candidates < 1:
+        parser.error("--candidates must be at least 1")
+    if args.fallback and args.candidates != 1:
+        parser.error("--fallback fills in one sample per crystal: leave --candidates at 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    split = load_split(args.data, args.inputs)
+    fallback = torch.load(args.fallback, map_location="cpu", weights_only=True) if args.fallback else None
+    samples = template_samples(split, PrototypeIndex.from_dir(args.data), fallback, args.candidates)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(samples, args.out)
+    crystals = len(split["material_ids"])
+    print(f"{samples['info']['from_templates']} template rows for {crystals} crystals -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

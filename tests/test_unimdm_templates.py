@@ -1,0 +1,100 @@
+"""Prototype templates: training crystals of the requested Wyckoff prototype, elements substituted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+
+from generators.diffusion.tensor_files import unpack_samples
+from generators.unimdm.data import pack_infos
+from generators.unimdm.sample_tensors import pack
+from generators.unimdm.symmetry import symmetry_info
+from generators.unimdm.tensor_files import take_rows
+from generators.unimdm.templates import PrototypeIndex, main, split_crystals, template_samples
+
+MATCHER = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)  # the benchmark's tolerances
+
+
+def rock_salt(a: str, b: str, length: float) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(length), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def rutile(metal: str, a: float, c: float, x: float) -> Structure:
+    return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(a, c), [metal, "O"], [[0, 0, 0], [x, x, 0]])
+
+
+def packed(structures: dict[str, Structure]) -> dict:
+    names = list(structures)
+    return pack_infos([symmetry_info(structures[n]) for n in names], names, names, [1.0] * len(names), [-1.0] * len(names))
+
+
+TRAINING = {"NaCl": rock_salt("Na", "Cl", 5.64), "MgO": rock_salt("Mg", "O", 4.21),
+            "TiO2": rutile("Ti", 4.594, 2.959, 0.305), "SnO2": rutile("Sn", 4.737, 3.186, 0.307)}
+REQUESTS = {"KCl": rock_salt("K", "Cl", 6.29), "GeO2": rutile("Ge", 4.395, 2.859, 0.306),
+            "ZnO": Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"],
+                                             [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])}
+
+
+@pytest.fixture(scope="module")
+def symmetry_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("symmetry")
+    torch.save(packed(TRAINING), folder / "train.pt")
+    torch.save(packed(REQUESTS), folder / "test.pt")
+    return folder
+
+
+def structure(coords: torch.Tensor, numbers: torch.Tensor, lattice: torch.Tensor) -> Structure:
+    return Structure(Lattice.from_parameters(*lattice.double().tolist()), numbers.tolist(), coords.double().numpy())
+
+
+def test_templates_rank_alike_elements_and_keep_the_arrangement(symmetry_dir):
+    index = PrototypeIndex.from_dir(symmetry_dir)
+    requests = {c.material_id: c for c in split_crystals(torch.load(symmetry_dir / "test.pt"))}
+
+    kcl = index.templates(requests["KCl"], k=5)
+    assert [t.source for t in kcl] == ["NaCl", "MgO"]  # only the two rock salts; Na for K beats Mg/O for K/Cl
+    assert kcl[0].elements == {19: 11, 17: 17} and kcl[0].dissimilarity < kcl[1].dissimilarity
+    assert kcl[0].lattice[0] > 5.64  # NaCl's cell grown for the larger potassium
+    np.testing.assert_allclose(kcl[0].lattice[3:], 90.0)
+    germania = index.templates(requests["GeO2"], k=5)
+    assert {t.source for t in germania} == {"TiO2", "SnO2"}
+    assert germania[0].dissimilarity <= germania[1].dissimilarity
+    assert index.templates(requests["ZnO"], k=5) == []  # wurtzite: no training crystal of its prototype
+    training_rock_salt = split_crystals(torch.load(symmetry_dir / "train.pt"))[0]
+    assert [t.source for t in index.templates(training_rock_salt, k=5)] == ["MgO"]  # never itself
+
+    samples = template_samples(torch.load(symmetry_dir / "test.pt"), index, candidates=2)
+    assert samples["material_ids"] == ["KCl", "KCl", "GeO2", "GeO2"]
+    assert samples["candidate"].tolist() == [0, 1, 0, 1] and samples["info"]["from_templates"] == 4
+    for (coords, numbers, lattice), material_id in zip(unpack_samples(samples)[0], samples["material_ids"]):
+        built = structure(coords, numbers, lattice)
+        assert built.composition.reduced_formula == REQUESTS[material_id].composition.reduced_formula
+        assert MATCHER.fit(built, REQUESTS[material_id]), material_id
+
+
+def test_a_fallback_fills_the_crystals_without_a_template(symmetry_dir, tmp_path):
+    test = torch.load(symmetry_dir / "test.pt")
+    atoms = [torch.rand(int(n), 3, generator=torch.Generator().manual_seed(i)) for i, n in enumerate(test["n_atoms"].tolist())]
+    fallback = pack(test, [atoms], test["lattice"].float()[None], {"weights": "dit"})
+    torch.save(fallback, tmp_path / "dit.pt")
+
+    main(["--data", str(symmetry_dir), "--inputs", "test", "--fallback", str(tmp_path / "dit.pt"), "--out", str(tmp_path / "t.pt")])
+    samples = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert samples["material_ids"] == ["KCl", "GeO2", "ZnO"] and samples["candidate"].tolist() == [0, 0, 0]
+    assert samples["info"]["from_templates"] == 2 and samples["info"]["fallback"] == {"weights": "dit"}
+    rows = unpack_samples(samples)[0]
+    assert MATCHER.fit(structure(*rows[0]), REQUESTS["KCl"]) and MATCHER.fit(structure(*rows[1]), REQUESTS["GeO2"])
+    assert torch.equal(rows[2][0], atoms[2]) and torch.equal(rows[2][2], test["lattice"][2].float())  # ZnO: the DiT's sample as it was
+
+    without_zno = pack(take_rows(test, [0, 1]), [atoms[:2]], test["lattice"].float()[None, :2], {})
+    with pytest.raises(ValueError, match="lack 1 of the split's crystals"):
+        template_samples(test, PrototypeIndex.from_dir(symmetry_dir), without_zno)
+    with pytest.raises(ValueError, match="one sample per crystal"):
+        template_samples(test, PrototypeIndex.from_dir(symmetry_dir), fallback, candidates=2)
+    with pytest.raises(SystemExit):
+        main(["--data", str(symmetry_dir), "--fallback", str(tmp_path / "dit.pt"), "--candidates", "3", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(ValueError, match="no train.pt"):
+        PrototypeIndex.from_dir(tmp_path)
