@@ -10,6 +10,7 @@ from pymatgen.core import Lattice, Structure
 
 from generators.diffusion.tensor_files import unpack_samples
 from generators.unimdm.data import pack_infos
+from generators.unimdm.lattice import parameters_from_k
 from generators.unimdm.sample_tensors import pack
 from generators.unimdm.symmetry import symmetry_info
 from generators.unimdm.tensor_files import take_rows
@@ -81,7 +82,12 @@ def test_a_fallback_fills_the_crystals_without_a_template(symmetry_dir, tmp_path
     fallback = pack(test, [atoms], test["lattice"].float()[None], {"weights": "dit"})
     torch.save(fallback, tmp_path / "dit.pt")
 
-    main(["--data", str(symmetry_dir), "--inputs", "test", "--fallback", str(tmp_path / "dit.pt"), "--out", str(tmp_path / "t.pt")])
+    main(["--data", str(symmetry_dir), "--inputs", "test", "--fallback", str(tmp_path / "dit.pt"), "--out", str(tmp_path / "t.pt"),
+          "--symmetry-out", str(tmp_path / "starts" / "test_templates.pt")])
+    starts = torch.load(tmp_path / "starts" / "test_templates.pt", weights_only=True)  # the DiT's starts: templated crystals only
+    assert starts["material_ids"] == ["KCl", "GeO2"] and starts["template_sources"][0] == "NaCl"
+    np.testing.assert_allclose(parameters_from_k(starts["k"].double()).numpy(), starts["lattice"].numpy(), atol=1e-3)
+    assert starts["lattice"][0, 0] > 5.64  # NaCl's cell, not KCl's own
     samples = torch.load(tmp_path / "t.pt", weights_only=True)
     assert samples["material_ids"] == ["KCl", "GeO2", "ZnO"] and samples["candidate"].tolist() == [0, 0, 0]
     assert samples["info"]["from_templates"] == 2 and samples["info"]["fallback"] == {"weights": "dit"}

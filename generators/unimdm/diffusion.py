@@ -165,7 +165,7 @@ def training_losses(model, batch: SymmetryBatch, schedule: NoiseSchedule, normal
 @torch.no_grad()
 def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, tables: Tables,
            settings: SamplerSettings, properties: torch.Tensor | None = None, guidance: float = 0.0,
-           generator=None, recorder=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           generator=None, recorder=None, start_level: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample crystals for a batch's symmetry (space group, orbits, operations) and properties.
 
     ``properties`` [B, P] scaled values (NaN: unconditional; default: the batch's own values).
@@ -174,14 +174,22 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
     replayed from one recorded CUDA graph (:class:`ReplayedSteps`; the sampler is launch-bound
     like the training step); one recorder shared by many calls counts their recordings; tests
     pass one that replays eagerly.
+    ``start_level`` L (1..T): start from the batch's own representatives and lattice (e.g. a
+    prototype template, :mod:`generators.unimdm.templates`) noised to level L, and take only the
+    reverse steps from L down (SDEdit): the network keeps or leaves the start's arrangement.
     Returns (representatives [B, R, 3], atom coordinates [B, N, 3] in [0, 1), lattice
     parameters [B, 6] in Å and degrees).
     """
     device = batch.orbit_coords.device
     step = ReverseStep(model, batch, schedule, normaliser, tables, settings, properties, guidance, generator)
-    u = torch.rand(batch.orbit_coords.shape, device=device, generator=generator) * step.free
-    z = torch.randn(batch.k.shape, device=device, generator=generator) * step.free_k
-    timesteps = sampling_timesteps(schedule.config.timesteps, settings.steps) + [0]
+    timesteps = sampling_timesteps(schedule.config.timesteps, settings.steps)
+    if start_level is None:
+        u = torch.rand(batch.orbit_coords.shape, device=device, generator=generator) * step.free
+        z = torch.randn(batch.k.shape, device=device, generator=generator) * step.free_k
+    else:
+        u, z = noised_start(batch, schedule, normaliser, step, start_level, generator)
+        timesteps = [t for t in timesteps if t <= start_level]
+    timesteps = timesteps + [0]
     levels = torch.tensor(timesteps, device=device)  # one copy to the device; each step takes views of it
     first = 0
     if recorder is not None:
@@ -190,6 +198,20 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
         u, z = step(u, z, levels[i : i + 1], levels[i + 1 : i + 2], noisy=timesteps[i + 1] > 0)
     k = normaliser.decode(z.double(), batch.n_atoms, step.free_k, tables.fixed[batch.space_group].double())
     return u, batch.expand(u), parameters_from_k(k).float()
+
+
+def noised_start(batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNormaliser, step: ReverseStep,
+                 level: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's representatives and lattice noised to ``level`` as training noises them (u: wrapped
+    normal of sigma_level; z: DDPM with alpha_bar_level)."""
+    if not 1 <= level <= schedule.config.timesteps:
+        raise ValueError(f"start level {level} outside 1..{schedule.config.timesteps}")
+    device = batch.orbit_coords.device
+    u = wrap(batch.orbit_coords + schedule.sigmas[level] * torch.randn(batch.orbit_coords.shape, device=device, generator=generator)) * step.free
+    alpha_bar = schedule.alphas_cumprod[level]
+    clean_z = normaliser.encode(batch.k, batch.n_atoms, step.free_k)
+    z = (alpha_bar.sqrt() * clean_z + (1 - alpha_bar).sqrt() * torch.randn(batch.k.shape, device=device, generator=generator)) * step.free_k
+    return u, z.float()
 
 
 class ReverseStep:

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="lattice reverse-step noise, 0 (deterministic DDIM) to 1 (ancestral; the ddpm default)")
     parser.add_argument("--coordinate-temperature", type=unit_interval, default=None,
                         help="scale of the coordinates' fresh noise in each reverse step, 0..1 (default 1)")
+    parser.add_argument("--start-level", type=int, default=None,
+                        help="start from the inputs' own representatives and lattice (prototype templates: "
+                             "`generators.unimdm.templates --symmetry-out`) noised to this level, 1..1000 (default: pure noise)")
     parser.add_argument("--atom-budget", type=int, default=None, help="padded atoms per network call (default 262144 CUDA, 4096 CPU)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--candidates", default=None, help="only rows of these candidate ranks, e.g. 0 or 1,2,3,4 (predicted inputs)")
@@ -75,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--autoguidance needs --guide-weights (the weaker model that guides)")
     if args.autoguidance is not None and not math.isfinite(args.autoguidance):
         parser.error(f"--autoguidance must be finite, got {args.autoguidance}")
+    if args.start_level is not None and not 1 <= args.start_level <= 1000:
+        parser.error(f"--start-level must be in 1..1000 (the diffusion's levels), got {args.start_level}")
     return args
 
 
@@ -129,7 +134,8 @@ def chunk_sizes(sizes: list[int], atom_budget: int, max_waste: float = 2.0) -> l
 
 
 def sample_rows(model: UniMDMModel, split: dict, samples: int, settings: SamplerSettings, atom_budget: int,
-                generator: torch.Generator, guidance: float = 0.0, log: bool = True, recorder=None):
+                generator: torch.Generator, guidance: float = 0.0, log: bool = True, recorder=None,
+                start_level: int | None = None):
     """``coords[k][m]`` [n_m, 3], lattices [K, M, 6] for every row m and sample k (conventional cells).
     ``recorder`` (a :class:`CudaGraphRecorder`): each chunk's reverse steps replayed from a CUDA graph."""
     index = SplitIndex(split)
@@ -146,7 +152,7 @@ def sample_rows(model: UniMDMModel, split: dict, samples: int, settings: Sampler
         position += count
         batch = collate(index, [m for _, _, m in chunk]).to(model.device)
         _, atom_coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
-                                         guidance=guidance, generator=generator, recorder=recorder)
+                                         guidance=guidance, generator=generator, recorder=recorder, start_level=start_level)
         atom_coords, lattice = atom_coords.cpu(), lattice.cpu()
         for i, (n, k, m) in enumerate(chunk):
             coords[k][m] = atom_coords[i, :n]
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     # CUDA graphs on CUDA only; on the CPU the flag is recorded and every chunk sampled eagerly
     recorder = CudaGraphRecorder(generator) if args.cuda_graphs and device.type == "cuda" else None
     coords, lattices = sample_rows(model, split, args.samples, settings, budget, generator, args.guidance,
-                                   recorder=recorder)
+                                   recorder=recorder, start_level=args.start_level)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
             "coordinate_temperature": settings.coordinate_temperature, "band_gap": args.band_gap, "formation_energy": args.formation_energy,
             "weights": str(args.weights), "lattice_weights": args.lattice_weights and str(args.lattice_weights),
             "guide_weights": args.guide_weights and str(args.guide_weights), "autoguidance": autoguidance, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "seed": args.seed, "cuda_graphs": args.cuda_graphs,
+            "seed": args.seed, "cuda_graphs": args.cuda_graphs, "start_level": args.start_level,
             "graph_chunks": recorder.recorded if recorder else 0, "graph_fallbacks": recorder.failed if recorder else 0,
             "seconds": round(seconds, 2), "structures_per_second": round(total / max(seconds, 1e-9), 2)}
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -104,7 +105,9 @@ def element_features(z: int) -> tuple[float, float]:
     from pymatgen.core import Element
 
     element = Element.from_Z(z)
-    electronegativity = element.X if element.X == element.X else 2.0
+    with warnings.catch_warnings():  # pymatgen warns for elements without a Pauling value (noble gases)
+        warnings.simplefilter("ignore")
+        electronegativity = element.X if element.X == element.X else 2.0
     radius = element.atomic_radius or element.atomic_radius_calculated or 1.5
     return float(electronegativity), float(radius)
 
@@ -231,6 +234,24 @@ def template_samples(split: dict, index: PrototypeIndex, fallback: dict | None =
     return pack(requests, [coords], torch.stack(lattices)[None] if lattices else torch.zeros(1, 0, 6), info)
 
 
+def template_inputs(split: dict, index: PrototypeIndex) -> dict:
+    """The split's crystals that have a template, as a symmetry file whose representatives, lattice and
+    k are the most alike template's: the start of ``sample_tensors --start-level`` (the DiT denoises
+    the template from an intermediate level)."""
+    from generators.unimdm.lattice import k_from_parameters
+
+    crystals = split_crystals(split)
+    chosen = [index.templates(crystal, 1) for crystal in crystals]
+    rows = [i for i, found in enumerate(chosen) if found]
+    inputs = take_rows(split, rows)
+    if rows:
+        inputs["orbit_coords"] = torch.cat([torch.tensor(chosen[i][0].orbit_coords, dtype=torch.float32) for i in rows])
+        inputs["lattice"] = torch.tensor(np.array([chosen[i][0].lattice for i in rows]), dtype=torch.float32)
+        inputs["k"] = k_from_parameters(inputs["lattice"].double()).float()
+    inputs["template_sources"] = [chosen[i][0].source for i in rows]
+    return inputs
+
+
 def expand_rows(split: dict, orbit_coords: torch.Tensor) -> list[torch.Tensor]:
     """Per crystal [n, 3] atom coordinates of the given representatives [R, 3], by the split's own operations."""
     batch = collate_all({**split, "orbit_coords": orbit_coords})
@@ -245,6 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fallback", type=Path, help="samples file with one sample per crystal for crystals without a template")
     parser.add_argument("--candidates", type=int, default=1, help="templates per crystal (ranked; not with --fallback)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--symmetry-out", type=Path, help="also write the crystals with a template as a symmetry file "
+                        "started from it (DIR/NAME.pt; sample it with `sample_tensors --inputs NAME --start-level L`)")
     args = parser.parse_args(argv)
     if args.candidates < 1:
         parser.error("--candidates must be at least 1")
@@ -260,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     samples = template_samples(split, PrototypeIndex.from_dir(args.data), fallback, args.candidates)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(samples, args.out)
+    if args.symmetry_out:
+        args.symmetry_out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(template_inputs(split, PrototypeIndex.from_dir(args.data)), args.symmetry_out)
     crystals = len(split["material_ids"])
     print(f"{samples['info']['from_templates']} template rows for {crystals} crystals -> {args.out}")
 
