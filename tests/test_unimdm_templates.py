@@ -13,7 +13,7 @@ from generators.unimdm.data import pack_infos
 from generators.unimdm.lattice import parameters_from_k
 from generators.unimdm.sample_tensors import pack
 from generators.unimdm.symmetry import symmetry_info
-from generators.unimdm.tensor_files import take_rows
+from generators.unimdm.tensor_files import collate_all, take_rows
 from generators.unimdm.templates import PrototypeIndex, main, split_crystals, template_samples
 
 MATCHER = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)  # the benchmark's tolerances
@@ -90,16 +90,28 @@ def test_a_fallback_fills_the_crystals_without_a_template(symmetry_dir, tmp_path
     assert starts["lattice"][0, 0] > 5.64  # NaCl's cell, not KCl's own
     samples = torch.load(tmp_path / "t.pt", weights_only=True)
     assert samples["material_ids"] == ["KCl", "GeO2", "ZnO"] and samples["candidate"].tolist() == [0, 0, 0]
-    assert samples["info"]["from_templates"] == 2 and samples["info"]["fallback"] == {"weights": "dit"}
+    assert samples["info"]["from_templates"] == 2 and samples["info"]["fallback"] == [{"weights": "dit"}]
     rows = unpack_samples(samples)[0]
     assert MATCHER.fit(structure(*rows[0]), REQUESTS["KCl"]) and MATCHER.fit(structure(*rows[1]), REQUESTS["GeO2"])
     assert torch.equal(rows[2][0], atoms[2]) and torch.equal(rows[2][2], test["lattice"][2].float())  # ZnO: the DiT's sample as it was
+
+    truth = collate_all(test)  # refined samples of the templated crystals (here their true cells) replace the templates
+    true_atoms = truth.expand(truth.orbit_coords)
+    refined = pack(take_rows(test, [0, 1]), [[true_atoms[0, :8], true_atoms[1, :6]]], test["lattice"].float()[None, :2], {"start_level": 400})
+    torch.save(refined, tmp_path / "refined.pt")
+    main(["--data", str(symmetry_dir), "--fallback", str(tmp_path / "dit.pt"), "--refined", str(tmp_path / "refined.pt"), "--out", str(tmp_path / "r.pt")])
+    rows = unpack_samples(torch.load(tmp_path / "r.pt", weights_only=True))[0]
+    assert torch.equal(rows[0][0], true_atoms[0, :8]) and torch.equal(rows[1][2], test["lattice"][1].float())
+    assert torch.equal(rows[2][0], atoms[2])  # ZnO still the fallback's
 
     without_zno = pack(take_rows(test, [0, 1]), [atoms[:2]], test["lattice"].float()[None, :2], {})
     with pytest.raises(ValueError, match="lack 1 of the split's crystals"):
         template_samples(test, PrototypeIndex.from_dir(symmetry_dir), without_zno)
     with pytest.raises(ValueError, match="one sample per crystal"):
         template_samples(test, PrototypeIndex.from_dir(symmetry_dir), fallback, candidates=2)
+    with pytest.raises(ValueError, match="the refined samples lack 1"):
+        template_samples(test, PrototypeIndex.from_dir(symmetry_dir), fallback, refined=pack(take_rows(test, [0]), [[true_atoms[0, :8]]],
+                                                                                         test["lattice"].float()[None, :1], {}))
     with pytest.raises(SystemExit):
         main(["--data", str(symmetry_dir), "--fallback", str(tmp_path / "dit.pt"), "--candidates", "3", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(ValueError, match="no train.pt"):

@@ -195,23 +195,23 @@ class PrototypeIndex:
         return [substitute(request, candidate, elements) for _, _, candidate, elements in ranked[:k]]
 
 
-def template_samples(split: dict, index: PrototypeIndex, fallback: dict | None = None, candidates: int = 1) -> dict:
+def template_samples(split: dict, index: PrototypeIndex, fallback: list[dict] | dict | None = None, candidates: int = 1,
+                     refined: list[dict] | dict | None = None) -> dict:
     """A samples file dict for ``split``: per crystal its ``candidates`` most alike templates (ranks
-    0..K-1), or, with ``fallback`` (one sample per crystal of the same split, e.g. the DiT's), the
-    most alike template where one exists and the fallback's sample elsewhere."""
-    from generators.diffusion.tensor_files import unpack_samples
+    0..K-1), or, with ``fallback`` (samples files with one sample per crystal, e.g. the DiT's), the
+    most alike template where one exists and the fallback's sample elsewhere. ``refined`` (samples
+    of the templated crystals, e.g. the DiT started from their templates: ``sample_tensors
+    --start-level``) take the raw templates' place."""
     from generators.unimdm.sample_tensors import pack
 
-    if fallback is not None and candidates != 1:
-        raise ValueError("a fallback fills in one sample per crystal: use it with candidates=1")
+    if (fallback is not None or refined is not None) and candidates != 1:
+        raise ValueError("a fallback or refined samples give one sample per crystal: use them with candidates=1")
     crystals = split_crystals(split)
     chosen = [index.templates(crystal, candidates) for crystal in crystals]
-    fallback_rows = {}
-    if fallback is not None:
-        missing = {c.material_id for c in crystals} - set(fallback["material_ids"])
-        if missing:
-            raise ValueError(f"the fallback samples lack {len(missing)} of the split's crystals (e.g. {sorted(missing)[0]})")
-        fallback_rows = dict(zip(fallback["material_ids"], unpack_samples(fallback)[0]))
+    fallback_rows = samples_by_crystal(fallback, [c.material_id for c, found in zip(crystals, chosen) if not found],
+                                       "fallback") if fallback is not None else {}
+    refined_rows = samples_by_crystal(refined, [c.material_id for c, found in zip(crystals, chosen) if found],
+                                      "refined") if refined is not None else {}
     rows = [(i, 0) for i in range(len(crystals))] if fallback is not None else \
         [(i, rank) for i, found in enumerate(chosen) for rank in range(len(found))]
     requests = take_rows(split, [i for i, _ in rows])
@@ -222,7 +222,11 @@ def template_samples(split: dict, index: PrototypeIndex, fallback: dict | None =
     expanded = expand_rows(requests, torch.cat(positions)) if rows else []
     coords, lattices = [], []
     for row, ((i, rank), ok) in enumerate(zip(rows, found)):
-        if ok:
+        if ok and refined_rows:
+            sampled, _, lattice = refined_rows[crystals[i].material_id]
+            coords.append(sampled.float())
+            lattices.append(lattice.float())
+        elif ok:
             coords.append(expanded[row])
             lattices.append(torch.tensor(chosen[i][rank].lattice, dtype=torch.float32))
         else:
@@ -230,8 +234,29 @@ def template_samples(split: dict, index: PrototypeIndex, fallback: dict | None =
             coords.append(sampled.float())
             lattices.append(lattice.float())
     info = {"inputs": "prototype templates", "candidates": candidates, "samples": 1, "from_templates": sum(found),
-            "fallback": (fallback or {}).get("info")}
+            "fallback": _infos(fallback), "refined": _infos(refined)}
     return pack(requests, [coords], torch.stack(lattices)[None] if lattices else torch.zeros(1, 0, 6), info)
+
+
+def samples_by_crystal(samples: list[dict] | dict, needed: list[str], what: str) -> dict[str, tuple]:
+    """Material id -> (coords, numbers, lattice) of the first sample per crystal in samples file dicts
+    (one or several, e.g. a split sampled in parts); every ``needed`` crystal must be there."""
+    from generators.diffusion.tensor_files import unpack_samples
+
+    rows: dict[str, tuple] = {}
+    for part in samples if isinstance(samples, list) else [samples]:
+        for material_id, row in zip(part["material_ids"], unpack_samples(part)[0]):
+            rows.setdefault(material_id, row)
+    missing = sorted(set(needed) - set(rows))
+    if missing:
+        raise ValueError(f"the {what} samples lack {len(missing)} of the split's crystals (e.g. {missing[0]})")
+    return rows
+
+
+def _infos(samples: list[dict] | dict | None):
+    if samples is None:
+        return None
+    return [part.get("info") for part in samples] if isinstance(samples, list) else samples.get("info")
 
 
 def template_inputs(split: dict, index: PrototypeIndex) -> dict:
@@ -263,7 +288,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m generators.unimdm.templates", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="symmetry tensor files (train.pt, val_rest.pt, the inputs)")
     parser.add_argument("--inputs", default="test", help="symmetry file of the requests (default test)")
-    parser.add_argument("--fallback", type=Path, help="samples file with one sample per crystal for crystals without a template")
+    parser.add_argument("--fallback", help="samples file(s), comma-separated, with one sample per crystal for crystals without a template")
+    parser.add_argument("--refined", help="samples file(s), comma-separated, of the templated crystals (e.g. "
+                        "`sample_tensors --inputs test_templates --start-level L`) used in place of the raw templates")
     parser.add_argument("--candidates", type=int, default=1, help="templates per crystal (ranked; not with --fallback)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--symmetry-out", type=Path, help="also write the crystals with a template as a symmetry file "
@@ -271,16 +298,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.candidates < 1:
         parser.error("--candidates must be at least 1")
-    if args.fallback and args.candidates != 1:
-        parser.error("--fallback fills in one sample per crystal: leave --candidates at 1")
+    if (args.fallback or args.refined) and args.candidates != 1:
+        parser.error("--fallback and --refined give one sample per crystal: leave --candidates at 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     split = load_split(args.data, args.inputs)
-    fallback = torch.load(args.fallback, map_location="cpu", weights_only=True) if args.fallback else None
-    samples = template_samples(split, PrototypeIndex.from_dir(args.data), fallback, args.candidates)
+    fallback, refined = (None if not paths else [torch.load(path, map_location="cpu", weights_only=True) for path in paths.split(",")]
+                         for paths in (args.fallback, args.refined))
+    samples = template_samples(split, PrototypeIndex.from_dir(args.data), fallback, args.candidates, refined)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(samples, args.out)
     if args.symmetry_out:
