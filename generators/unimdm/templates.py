@@ -189,8 +189,8 @@ class PrototypeIndex:
         for order, candidate in enumerate(self.by_prototype.get(request.prototype, [])):
             if candidate.material_id == request.material_id:
                 continue  # a request that is itself a training crystal gets other crystals' arrangements
-            elements = min(element_maps(request, candidate), key=element_dissimilarity)
-            ranked.append((element_dissimilarity(elements), order, candidate, elements))
+            dissimilarity, elements = min(((element_dissimilarity(m), m) for m in element_maps(request, candidate)), key=lambda x: x[0])
+            ranked.append((dissimilarity, order, candidate, elements))
         ranked.sort(key=lambda entry: entry[:2])
         return [substitute(request, candidate, elements) for _, _, candidate, elements in ranked[:k]]
 
@@ -308,12 +308,13 @@ def main(argv: list[str] | None = None) -> None:
     split = load_split(args.data, args.inputs)
     fallback, refined = (None if not paths else [torch.load(path, map_location="cpu", weights_only=True) for path in paths.split(",")]
                          for paths in (args.fallback, args.refined))
-    samples = template_samples(split, PrototypeIndex.from_dir(args.data), fallback, args.candidates, refined)
+    index = PrototypeIndex.from_dir(args.data)  # read once: the samples and the starts share it
+    samples = template_samples(split, index, fallback, args.candidates, refined)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(samples, args.out)
     if args.symmetry_out:
         args.symmetry_out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(template_inputs(split, PrototypeIndex.from_dir(args.data)), args.symmetry_out)
+        torch.save(template_inputs(split, index), args.symmetry_out)
     crystals = len(split["material_ids"])
     print(f"{samples['info']['from_templates']} template rows for {crystals} crystals -> {args.out}")
 
