@@ -88,6 +88,10 @@ def test_a_fallback_fills_the_crystals_without_a_template(symmetry_dir, tmp_path
     assert starts["material_ids"] == ["KCl", "GeO2"] and starts["template_sources"][0] == "NaCl"
     np.testing.assert_allclose(parameters_from_k(starts["k"].double()).numpy(), starts["lattice"].numpy(), atol=1e-3)
     assert starts["lattice"][0, 0] > 5.64  # NaCl's cell, not KCl's own
+    from generators.unimdm.sample_tensors import main as sample_main
+    with pytest.raises(SystemExit, match="holds the crystals' own structures"):  # never start from the answers
+        sample_main(["--weights", "generators/weights/unimdm/model.pt", "--data", str(symmetry_dir), "--inputs", "test", "--start-level", "400",
+                     "--out", str(tmp_path / "never.pt"), "--device", "cpu"])
     samples = torch.load(tmp_path / "t.pt", weights_only=True)
     assert samples["material_ids"] == ["KCl", "GeO2", "ZnO"] and samples["candidate"].tolist() == [0, 0, 0]
     assert samples["info"]["from_templates"] == 2 and samples["info"]["fallback"] == [{"weights": "dit"}]

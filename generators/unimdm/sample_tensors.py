@@ -203,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         split = take_rows(split, [i for i, r in enumerate(split["candidate"].tolist()) if r in ranks])
     if args.limit:
         split = take_rows(split, list(range(min(args.limit, len(split["material_ids"])))))
+    if args.start_level is not None and "template_sources" not in split:
+        # a split of real crystals holds their true structures: starting from them would score the answer
+        raise SystemExit(f"--start-level needs start structures (`generators.unimdm.templates --symmetry-out`); "
+                         f"{args.inputs} holds the crystals' own structures")
     split = override_properties(split, args.band_gap, args.formation_energy)
     settings = SamplerSettings.for_method(args.method, model.schedule.config.timesteps, args.steps)
     if args.corrector_step_lr is not None:
