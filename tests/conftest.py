@@ -35,6 +35,7 @@ def isolated_cache(tmp_path_factory):
     os.environ["GENMS_CACHE_DIR"] = str(tmp_path_factory.mktemp("genms-cache"))
     os.environ["GENMS_HOME"] = str(tmp_path_factory.mktemp("genms-home"))
     os.environ["GENMS_OFFLINE"] = "1"  # no test reaches Wikipedia; the Wikipedia tests use a fake server
+    os.environ["GENMS_UNIMDM_TEMPLATES"] = "off"  # the same Uni-MDM samples whether or not this checkout built its symmetry files
     yield
 
 

@@ -120,3 +120,51 @@ def test_a_fallback_fills_the_crystals_without_a_template(symmetry_dir, tmp_path
         main(["--data", str(symmetry_dir), "--fallback", str(tmp_path / "dit.pt"), "--candidates", "3", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(ValueError, match="no train.pt"):
         PrototypeIndex.from_dir(tmp_path)
+
+
+def test_the_sampler_starts_from_the_most_alike_templates_then_from_noise(symmetry_dir):
+    """UniMDMSampler with the training symmetry files: KCl in Fm-3m starts from NaCl, its second draw
+    from MgO, a third (no template left) from noise; all three are rock salts of KCl with the exact group."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from generators.unimdm.sampler import UniMDMSampler
+
+    sampler = UniMDMSampler(device="cpu", threads=1, templates_dir=symmetry_dir)
+    candidate = {"space_group": 225, "letters": {19: ["a"], 17: ["b"]}, "log_prob": 0.0}
+    crystals = sampler._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "fast", 100, 0.0, seed=0)
+    assert [c.template for c in crystals] == ["NaCl", "MgO", None]
+    for crystal in crystals:
+        assert crystal.structure.composition.reduced_formula == "KCl"
+        assert SpacegroupAnalyzer(crystal.structure, symprec=0.1).get_space_group_number() == 225
+    from_template = crystals[0].structure
+    assert MATCHER.fit(from_template, REQUESTS["KCl"])
+    assert 5.9 < from_template.lattice.a < 6.7  # NaCl's cell grown for potassium, then denoised (KCl: 6.29 Å)
+
+    plain = UniMDMSampler(device="cpu", threads=1)
+    assert plain.template_starts({}, [candidate]) == [None]  # without the training files: always from noise
+    with pytest.raises(ValueError, match="start_level"):
+        UniMDMSampler(templates_dir=symmetry_dir, start_level=0)
+
+
+def test_the_tool_finds_the_training_symmetry_files_or_says_what_is_missing(symmetry_dir, tmp_path, monkeypatch):
+    import tools.unimdm_generation as generation
+    from tools.generation import GenerationError
+
+    monkeypatch.setattr(generation, "DEFAULT_TEMPLATES_DIR", tmp_path / "not-built")
+    monkeypatch.delenv(generation.TEMPLATES_ENV, raising=False)
+    assert generation.templates_dir() is None  # nothing built: every sample from noise
+    monkeypatch.setattr(generation, "DEFAULT_TEMPLATES_DIR", symmetry_dir)
+    assert generation.templates_dir() == symmetry_dir  # built in the repository: used
+    monkeypatch.setenv(generation.TEMPLATES_ENV, "off")
+    assert generation.templates_dir() is None
+    monkeypatch.setenv(generation.TEMPLATES_ENV, str(tmp_path))
+    with pytest.raises(GenerationError, match="has no train.pt"):
+        generation.templates_dir()
+
+    monkeypatch.setenv(generation.TEMPLATES_ENV, str(symmetry_dir))
+    generation.load_sampler.cache_clear()
+    try:
+        made = generation.generate_unimdm(formula="KCl", space_group=225, n=1, steps=40)
+    finally:
+        generation.load_sampler.cache_clear()  # later tests get the sampler of their own settings
+    assert made[0].formula == "KCl" and "NaCl's arrangement" in made[0].notes[0]

@@ -4,7 +4,10 @@ The symmetry predictor proposes space groups and Wyckoff assignments for the com
 the target (band gap, formation energy); the Crystal DiT generates each structure with that
 exact symmetry, conditioned on the target (``generators.unimdm``). With an Anthropic key the
 symmetry comes from Claude few-shot (``tools.claude_symmetry``; the offline predictor is its
-fallback). Samples that fail the project's structural checks
+fallback). Where the DiT's training symmetry files are built (``python -m generators.unimdm.data
+build``; :func:`templates_dir`), a candidate whose Wyckoff prototype occurs among the training
+crystals starts from the most alike of them, elements substituted, and the DiT refines it
+(``generators.unimdm.templates``). Samples that fail the project's structural checks
 (``tools.diffusion_generation.rejection_reason``) are redrawn a few times. The generator is
 usable only once its weights exist (``generators/weights/unimdm/``); before that every call
 raises :class:`~tools.generation.GenerationError` saying so.
@@ -24,6 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from tools.generation import MAX_STRUCTURES, GeneratedStructure, GenerationError
 
@@ -37,6 +41,8 @@ STOICHIOMETRY_CANDIDATES = 6  # known formulas probed per element set (MP first,
 # weight 2 a formula 0.8 eV/atom above the hull must come 1 eV nearer the target than a stable one to win.
 STABILITY_WEIGHT = 2.0  # eV of band-gap miss per eV/atom
 STABILITY_TOLERANCE = 0.3  # eV/atom above the hull that costs nothing
+TEMPLATES_ENV = "GENMS_UNIMDM_TEMPLATES"
+DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / ".device_data_unimdm"  # generators.unimdm.data build's --out
 
 
 def weights_available() -> bool:
@@ -54,7 +60,24 @@ def load_sampler():
         raise GenerationError("the Uni-MDM generator has no trained weights yet (generators/weights/unimdm/model.pt and "
                               "predictor.pt; see generators/unimdm/README.md for the GPU run)")
     threads = os.environ.get("GENMS_DIFFUSION_THREADS")
-    return UniMDMSampler.load(threads=int(threads) if threads else None, symmetry_source=claude_symmetry_source())
+    return UniMDMSampler.load(threads=int(threads) if threads else None, symmetry_source=claude_symmetry_source(),
+                              templates_dir=templates_dir())
+
+
+def templates_dir() -> Path | None:
+    """The DiT's training symmetry files whose Wyckoff prototypes start its samples: ``$GENMS_UNIMDM_TEMPLATES``
+    (``off``: none), else ``.device_data_unimdm`` in the repository once built; None without them (every
+    sample starts from noise). A named folder without train.pt is an error, not a silent fallback."""
+    setting = os.environ.get(TEMPLATES_ENV)
+    if setting is not None and setting.strip().lower() in ("", "off", "none", "0"):
+        return None
+    folder = Path(setting).expanduser() if setting else DEFAULT_TEMPLATES_DIR
+    if (folder / "train.pt").is_file():
+        return folder
+    if setting:
+        raise GenerationError(f"{TEMPLATES_ENV}={setting} has no train.pt: build the symmetry files with "
+                              "`python -m generators.unimdm.data build --out DIR`, or set it to off")
+    return None
 
 
 def claude_symmetry_source():
@@ -207,7 +230,9 @@ def generate_unimdm(formula: str | None = None, elements: list[str] | None = Non
                 continue
             targets = ", ".join(f"{k} {v}" for k, v in crystal.properties.items() if v is not None) or "no property target"
             letters = " ".join(f"{el}:{''.join(v)}" for el, v in crystal.letters.items())
-            note = f"Uni-MDM sample ({method}, space group {crystal.space_group}, Wyckoff {letters}, {targets}, seed {seed})"
+            origin = (f"refined from the training crystal {crystal.template}'s arrangement, elements substituted"
+                      if crystal.template else "from noise")
+            note = f"Uni-MDM sample ({method}, space group {crystal.space_group}, Wyckoff {letters}, {targets}, seed {seed}, {origin})"
             results.append(GeneratedStructure(crystal.structure, crystal.formula, family or "", f"unimdm sg {crystal.space_group}",
                                               {}, generator="unimdm", variant=len(results),
                                               notes=[note, choice_note] if choice_note else [note]))

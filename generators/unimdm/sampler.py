@@ -12,6 +12,13 @@ structures (conventional cells) carry the candidate's exact space group. ``space
 restricts the candidates to one group. With ``elements`` only, the formula is taken from the
 known formulas of exactly those elements (Materials Project first, ICSD-reported next, fewest atoms first).
 Models are read on first use from ``generators/weights/unimdm/`` (CPU unless CUDA is present).
+
+With ``templates_dir`` (the DiT's training symmetry files, ``python -m generators.unimdm.data build``)
+a candidate whose Wyckoff prototype occurs among the training crystals starts from a prototype
+template (:mod:`generators.unimdm.templates`: the most alike training crystal of that prototype,
+elements substituted; the next most alike for repeated draws) noised to ``TEMPLATE_START_LEVEL``,
+and the DiT denoises it from there; other candidates start from noise. On MP-20 with the true
+symmetry this lifts the match rate from 79.5% to about 81.5% (generators/unimdm/README.md).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from generators.diffusion.diffusion import SamplerSettings
 from generators.diffusion.sampler import cpu_threads
 from generators.unimdm.network import PROPERTIES, PROPERTY_SCALE
+from generators.unimdm.templates import TEMPLATE_START_LEVEL
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "unimdm"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "model.pt"
@@ -41,6 +49,7 @@ class GeneratedCrystal:
     letters: dict[str, list[str]]
     symmetry_log_prob: float
     properties: dict = field(default_factory=dict)
+    template: str | None = None  # material id of the training crystal the DiT started from (None: from noise)
 
 
 def composition_counts(formula: str, formula_units: int = 1) -> dict[int, int]:
@@ -87,9 +96,17 @@ class UniMDMSampler:
     """Symmetry predictor + Crystal DiT; ``sample(...)`` returns :class:`GeneratedCrystal` objects."""
 
     def __init__(self, weights: str | Path | None = None, predictor_weights: str | Path | None = None,
-                 device: str | None = None, threads: int | None = None, symmetry_source: Callable | None = None):
+                 device: str | None = None, threads: int | None = None, symmetry_source: Callable | None = None,
+                 templates_dir: str | Path | None = None, start_level: int = TEMPLATE_START_LEVEL):
         """``symmetry_source``: an optional ``(counts, band_gap, formation_energy, space_group, top_k) -> candidates``
-        used instead of the offline predictor (e.g. ``tools.claude_symmetry.ClaudeSymmetrySource``)."""
+        used instead of the offline predictor (e.g. ``tools.claude_symmetry.ClaudeSymmetrySource``).
+        ``templates_dir``: symmetry tensor files of the training crystals (train.pt, val_rest.pt) whose
+        prototypes start the DiT at ``start_level`` (1..1000); None: every sample starts from noise."""
+        if not 1 <= int(start_level) <= 1000:
+            raise ValueError(f"start_level must lie in 1..1000 (the diffusion's levels), got {start_level}")
+        self.templates_dir = Path(templates_dir) if templates_dir else None
+        self.start_level = int(start_level)
+        self._index = None
         self.weights = Path(weights) if weights else DEFAULT_WEIGHTS
         self.predictor_weights = predictor_weights
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -99,8 +116,9 @@ class UniMDMSampler:
         self._predictor = None
 
     @classmethod
-    def load(cls, weights=None, predictor_weights=None, device=None, threads=None, symmetry_source=None) -> UniMDMSampler:
-        return cls(weights, predictor_weights, device, threads, symmetry_source)
+    def load(cls, weights=None, predictor_weights=None, device=None, threads=None, symmetry_source=None,
+             templates_dir=None, start_level=TEMPLATE_START_LEVEL) -> UniMDMSampler:
+        return cls(weights, predictor_weights, device, threads, symmetry_source, templates_dir, start_level)
 
     @staticmethod
     def available(weights: str | Path | None = None) -> bool:
@@ -118,6 +136,15 @@ class UniMDMSampler:
 
             self._model = load_model(self.weights, self.device)
         return self._model
+
+    @property
+    def index(self):
+        """The training crystals by Wyckoff prototype (None without ``templates_dir``), read on first use."""
+        if self._index is None and self.templates_dir is not None:
+            from generators.unimdm.templates import PrototypeIndex
+
+            self._index = PrototypeIndex.from_dir(self.templates_dir)
+        return self._index
 
     @property
     def predictor(self):
@@ -163,31 +190,64 @@ class UniMDMSampler:
         from pymatgen.core import Element, Lattice, Structure
 
         from generators.unimdm.data import pack_infos
-        from generators.unimdm.diffusion import sample
         from generators.unimdm.symmetry import SymmetryInfo, orbits_from_letters
-        from generators.unimdm.tensor_files import collate_all
+        from generators.unimdm.tensor_files import take_rows
+        from generators.unimdm.templates import with_template_starts
 
         infos = [SymmetryInfo(c["space_group"], np.array([1.0, 1.0, 1.0, 90.0, 90.0, 90.0]),
                               orbits_from_letters(c["space_group"], c["letters"])) for c in candidates]
         gap = float("nan") if band_gap is None else float(band_gap)
         energy = float("nan") if formation_energy is None else float(formation_energy)
         split = pack_infos(infos, ["query"] * len(infos), ["query"] * len(infos), [gap] * len(infos), [energy] * len(infos))
-        model = self.model
-        batch = collate_all(split).to(model.device)
-        settings = SamplerSettings.for_method(method, model.schedule.config.timesteps, steps)
-        generator = torch.Generator(model.device).manual_seed(seed)
-        with cpu_threads(self.threads):
-            _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
-                                        guidance=guidance, generator=generator)
-        coords, lattice = coords.cpu().double().numpy(), lattice.cpu().double().numpy()
+        settings = SamplerSettings.for_method(method, self.model.schedule.config.timesteps, steps)
+        generator = torch.Generator(self.model.device).manual_seed(seed)
+        starts = self.template_starts(split, candidates)
+        templated = [row for row, start in enumerate(starts) if start is not None]
+        from_noise = [row for row, start in enumerate(starts) if start is None]
+        coords, lattice = [None] * len(infos), [None] * len(infos)
+        for rows, part, level in ((from_noise, take_rows(split, from_noise), None),
+                                  (templated, with_template_starts(take_rows(split, templated), [starts[r] for r in templated]), self.start_level)):
+            if rows:
+                for row, atoms, cell in zip(rows, *self._denoise(part, settings, guidance, generator, level)):
+                    coords[row], lattice[row] = atoms, cell
         results = []
         for row, (info, candidate) in enumerate(zip(infos, candidates)):
             n = info.n_atoms
-            structure = Structure(Lattice.from_parameters(*lattice[row]), info.atomic_numbers().tolist(), coords[row, :n])
+            structure = Structure(Lattice.from_parameters(*lattice[row]), info.atomic_numbers().tolist(), coords[row][:n])
             letters = {Element.from_Z(z).symbol: v for z, v in candidate["letters"].items()}
             results.append(GeneratedCrystal(structure, structure.composition.reduced_formula, candidate["space_group"], letters,
-                                            candidate["log_prob"], {"band_gap": band_gap, "formation_energy": formation_energy}))
+                                            candidate["log_prob"], {"band_gap": band_gap, "formation_energy": formation_energy},
+                                            starts[row].source if starts[row] is not None else None))
         return results
+
+    def template_starts(self, split: dict, candidates: list[dict]) -> list:
+        """Per row of ``split`` its prototype template (:class:`generators.unimdm.templates.Template`) or None:
+        the k-th draw of one symmetry candidate takes its k-th most alike template (None once they run out,
+        and always without ``templates_dir``)."""
+        if self.index is None:
+            return [None] * len(candidates)
+        from generators.unimdm.templates import split_crystals
+
+        keys = [(c["space_group"], tuple(sorted((z, tuple(v)) for z, v in c["letters"].items()))) for c in candidates]
+        crystals = dict(zip(keys, split_crystals(split)))  # one request per distinct candidate
+        found = {key: self.index.templates(crystal, keys.count(key)) for key, crystal in crystals.items()}
+        starts = []
+        for row, key in enumerate(keys):
+            rank = keys[:row].count(key)
+            starts.append(found[key][rank] if rank < len(found[key]) else None)
+        return starts
+
+    def _denoise(self, split: dict, settings, guidance: float, generator, start_level: int | None):
+        """Atom coordinates and lattice parameters (numpy, per row) of the DiT's samples for a packed split."""
+        from generators.unimdm.diffusion import sample
+        from generators.unimdm.tensor_files import collate_all
+
+        model = self.model
+        batch = collate_all(split).to(model.device)
+        with cpu_threads(self.threads):
+            _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
+                                        guidance=guidance, generator=generator, start_level=start_level)
+        return coords.cpu().double().numpy(), lattice.cpu().double().numpy()
 
 
 __all__ = ["GeneratedCrystal", "UniMDMSampler", "composition_counts", "formulas_for_elements", "PROPERTIES", "PROPERTY_SCALE"]
