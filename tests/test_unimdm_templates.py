@@ -133,6 +133,7 @@ def test_the_sampler_starts_from_the_most_alike_templates_then_from_noise(symmet
     candidate = {"space_group": 225, "letters": {19: ["a"], 17: ["b"]}, "log_prob": 0.0}
     crystals = sampler._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "fast", 100, 0.0, seed=0)
     assert [c.template for c in crystals] == ["NaCl", "MgO", None]
+    assert [c.substitutions for c in crystals] == [{"K": "Na"}, {"K": "Mg", "Cl": "O"}, {}]
     for crystal in crystals:
         assert crystal.structure.composition.reduced_formula == "KCl"
         assert SpacegroupAnalyzer(crystal.structure, symprec=0.1).get_space_group_number() == 225
@@ -167,4 +168,4 @@ def test_the_tool_finds_the_training_symmetry_files_or_says_what_is_missing(symm
         made = generation.generate_unimdm(formula="KCl", space_group=225, n=1, steps=40)
     finally:
         generation.load_sampler.cache_clear()  # later tests get the sampler of their own settings
-    assert made[0].formula == "KCl" and "NaCl's arrangement" in made[0].notes[0]
+    assert made[0].formula == "KCl" and "training crystal NaCl's arrangement (K for Na)" in made[0].notes[0]

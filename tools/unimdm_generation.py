@@ -64,6 +64,16 @@ def load_sampler():
                               templates_dir=templates_dir())
 
 
+def template_note(source: str | None, substitutions: dict[str, str]) -> str:
+    """Where a sample started: a training crystal (and which of its elements were replaced), or noise."""
+    if source is None:
+        return "from noise"
+    if not substitutions:
+        return f"refined from the training crystal {source} (the same elements)"
+    swapped = ", ".join(f"{new} for {old}" for new, old in substitutions.items())
+    return f"refined from the training crystal {source}'s arrangement ({swapped})"
+
+
 def templates_dir() -> Path | None:
     """The DiT's training symmetry files whose Wyckoff prototypes start its samples: ``$GENMS_UNIMDM_TEMPLATES``
     (``off``: none), else ``.device_data_unimdm`` in the repository once built; None without them (every
@@ -230,8 +240,7 @@ def generate_unimdm(formula: str | None = None, elements: list[str] | None = Non
                 continue
             targets = ", ".join(f"{k} {v}" for k, v in crystal.properties.items() if v is not None) or "no property target"
             letters = " ".join(f"{el}:{''.join(v)}" for el, v in crystal.letters.items())
-            origin = (f"refined from the training crystal {crystal.template}'s arrangement, elements substituted"
-                      if crystal.template else "from noise")
+            origin = template_note(crystal.template, crystal.substitutions)
             note = f"Uni-MDM sample ({method}, space group {crystal.space_group}, Wyckoff {letters}, {targets}, seed {seed}, {origin})"
             results.append(GeneratedStructure(crystal.structure, crystal.formula, family or "", f"unimdm sg {crystal.space_group}",
                                               {}, generator="unimdm", variant=len(results),

@@ -50,6 +50,7 @@ class GeneratedCrystal:
     symmetry_log_prob: float
     properties: dict = field(default_factory=dict)
     template: str | None = None  # material id of the training crystal the DiT started from (None: from noise)
+    substitutions: dict[str, str] = field(default_factory=dict)  # requested element -> the template's, where they differ
 
 
 def composition_counts(formula: str, formula_units: int = 1) -> dict[int, int]:
@@ -217,7 +218,7 @@ class UniMDMSampler:
             letters = {Element.from_Z(z).symbol: v for z, v in candidate["letters"].items()}
             results.append(GeneratedCrystal(structure, structure.composition.reduced_formula, candidate["space_group"], letters,
                                             candidate["log_prob"], {"band_gap": band_gap, "formation_energy": formation_energy},
-                                            starts[row].source if starts[row] is not None else None))
+                                            *_template_origin(starts[row])))
         return results
 
     def template_starts(self, split: dict, candidates: list[dict]) -> list:
@@ -248,6 +249,15 @@ class UniMDMSampler:
             _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
                                         guidance=guidance, generator=generator, start_level=start_level)
         return coords.cpu().double().numpy(), lattice.cpu().double().numpy()
+
+
+def _template_origin(template) -> tuple[str | None, dict[str, str]]:
+    """(source material id, {requested element: the template's} where they differ) of a start; (None, {}) from noise."""
+    from pymatgen.core import Element
+
+    if template is None:
+        return None, {}
+    return template.source, {Element.from_Z(a).symbol: Element.from_Z(b).symbol for a, b in template.elements.items() if a != b}
 
 
 __all__ = ["GeneratedCrystal", "UniMDMSampler", "composition_counts", "formulas_for_elements", "PROPERTIES", "PROPERTY_SCALE"]
