@@ -109,7 +109,7 @@ def test_a_fallback_fills_the_crystals_without_a_template(symmetry_dir, tmp_path
     assert torch.equal(rows[2][0], atoms[2])  # ZnO still the fallback's
 
     without_zno = pack(take_rows(test, [0, 1]), [atoms[:2]], test["lattice"].float()[None, :2], {})
-    with pytest.raises(ValueError, match="lack 1 of the split's crystals"):
+    with pytest.raises(ValueError, match="lack 1 of the split's rows"):
         template_samples(test, PrototypeIndex.from_dir(symmetry_dir), without_zno)
     with pytest.raises(ValueError, match="one sample per crystal"):
         template_samples(test, PrototypeIndex.from_dir(symmetry_dir), fallback, candidates=2)
@@ -120,6 +120,23 @@ def test_a_fallback_fills_the_crystals_without_a_template(symmetry_dir, tmp_path
         main(["--data", str(symmetry_dir), "--fallback", str(tmp_path / "dit.pt"), "--candidates", "3", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(ValueError, match="no train.pt"):
         PrototypeIndex.from_dir(tmp_path)
+
+
+def test_predicted_candidates_keep_their_ranks_and_their_own_fallback_samples(symmetry_dir):
+    """With predicted symmetry a crystal has a row per candidate: KCl as rock salt (rank 0, a template
+    exists) and as CsCl type (rank 1, none): rank 1 takes the fallback's rank-1 sample, not rank 0's."""
+    caesium_chloride_type = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.8), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    predicted = pack_infos([symmetry_info(REQUESTS["KCl"]), symmetry_info(caesium_chloride_type)], ["KCl", "KCl"], ["KCl", "KCl"],
+                           [1.0, 1.0], [-1.0, -1.0])
+    predicted["candidate"] = torch.tensor([0, 1], dtype=torch.int16)
+    atoms = [torch.full((int(n), 3), 0.1 * (i + 1)) for i, n in enumerate(predicted["n_atoms"].tolist())]
+    fallback = pack(predicted, [atoms], predicted["lattice"].float()[None], {})
+
+    samples = template_samples(predicted, PrototypeIndex.from_dir(symmetry_dir), fallback)
+    assert samples["material_ids"] == ["KCl", "KCl"] and samples["candidate"].tolist() == [0, 1]
+    rows = unpack_samples(samples)[0]
+    assert MATCHER.fit(structure(*rows[0]), REQUESTS["KCl"])  # rank 0: NaCl's arrangement
+    assert torch.equal(rows[1][0], atoms[1])  # rank 1: its own fallback sample
 
 
 def test_the_sampler_starts_from_the_most_alike_templates_then_from_noise(symmetry_dir):

@@ -211,15 +211,17 @@ def template_samples(split: dict, index: PrototypeIndex, fallback: list[dict] | 
     if (fallback is not None or refined is not None) and candidates != 1:
         raise ValueError("a fallback or refined samples give one sample per crystal: use them with candidates=1")
     crystals = split_crystals(split)
+    keys = row_keys(split)
     chosen = [index.templates(crystal, candidates) for crystal in crystals]
-    fallback_rows = samples_by_crystal(fallback, [c.material_id for c, found in zip(crystals, chosen) if not found],
+    fallback_rows = samples_by_crystal(fallback, [key for key, found in zip(keys, chosen) if not found],
                                        "fallback") if fallback is not None else {}
-    refined_rows = samples_by_crystal(refined, [c.material_id for c, found in zip(crystals, chosen) if found],
+    refined_rows = samples_by_crystal(refined, [key for key, found in zip(keys, chosen) if found],
                                       "refined") if refined is not None else {}
     rows = [(i, 0) for i in range(len(crystals))] if fallback is not None else \
         [(i, rank) for i, found in enumerate(chosen) for rank in range(len(found))]
     requests = take_rows(split, [i for i, _ in rows])
-    requests["candidate"] = torch.tensor([rank for _, rank in rows], dtype=torch.int16)
+    if fallback is None:  # ranked templates are the candidates; with a fallback each row keeps its own (predicted) rank
+        requests["candidate"] = torch.tensor([rank for _, rank in rows], dtype=torch.int16)
     found = [rank < len(chosen[i]) for i, rank in rows]
     positions = [torch.tensor(chosen[i][rank].orbit_coords, dtype=torch.float32) if ok else torch.zeros(len(crystals[i].orbits), 3)
                  for (i, rank), ok in zip(rows, found)]
@@ -227,14 +229,14 @@ def template_samples(split: dict, index: PrototypeIndex, fallback: list[dict] | 
     coords, lattices = [], []
     for row, ((i, rank), ok) in enumerate(zip(rows, found)):
         if ok and refined_rows:
-            sampled, _, lattice = refined_rows[crystals[i].material_id]
+            sampled, _, lattice = refined_rows[keys[i]]
             coords.append(sampled.float())
             lattices.append(lattice.float())
         elif ok:
             coords.append(expanded[row])
             lattices.append(torch.tensor(chosen[i][rank].lattice, dtype=torch.float32))
         else:
-            sampled, _, lattice = fallback_rows[crystals[i].material_id]
+            sampled, _, lattice = fallback_rows[keys[i]]
             coords.append(sampled.float())
             lattices.append(lattice.float())
     info = {"inputs": "prototype templates", "candidates": candidates, "samples": 1, "from_templates": sum(found),
@@ -242,18 +244,25 @@ def template_samples(split: dict, index: PrototypeIndex, fallback: list[dict] | 
     return pack(requests, [coords], torch.stack(lattices)[None] if lattices else torch.zeros(1, 0, 6), info)
 
 
-def samples_by_crystal(samples: list[dict] | dict, needed: list[str], what: str) -> dict[str, tuple]:
-    """Material id -> (coords, numbers, lattice) of the first sample per crystal in samples file dicts
-    (one or several, e.g. a split sampled in parts); every ``needed`` crystal must be there."""
+def row_keys(split: dict) -> list[tuple[str, int]]:
+    """(material id, symmetry candidate rank) per row of a symmetry or samples file: a crystal with
+    predicted symmetry has a row per candidate; with its true symmetry one, rank 0."""
+    ranks = split["candidate"].tolist() if "candidate" in split else [0] * len(split["material_ids"])
+    return list(zip(split["material_ids"], (int(rank) for rank in ranks)))
+
+
+def samples_by_crystal(samples: list[dict] | dict, needed: list[tuple[str, int]], what: str) -> dict[tuple[str, int], tuple]:
+    """(material id, candidate) -> (coords, numbers, lattice) of the first sample of that row in samples
+    file dicts (one or several, e.g. a split sampled in parts); every ``needed`` row must be there."""
     from generators.diffusion.tensor_files import unpack_samples
 
-    rows: dict[str, tuple] = {}
+    rows: dict[tuple[str, int], tuple] = {}
     for part in samples if isinstance(samples, list) else [samples]:
-        for material_id, row in zip(part["material_ids"], unpack_samples(part)[0]):
-            rows.setdefault(material_id, row)
+        for key, row in zip(row_keys(part), unpack_samples(part)[0]):
+            rows.setdefault(key, row)
     missing = sorted(set(needed) - set(rows))
     if missing:
-        raise ValueError(f"the {what} samples lack {len(missing)} of the split's crystals (e.g. {missing[0]})")
+        raise ValueError(f"the {what} samples lack {len(missing)} of the split's rows (e.g. {missing[0]})")
     return rows
 
 
