@@ -425,7 +425,7 @@ def stoichiometry_figures(element_sets: list[list[str]], targets: tuple[float, .
     from rich.progress import Progress
 
     from tools.generation import GenerationError
-    from tools.unimdm_generation import generate_unimdm
+    from tools.unimdm_generation import generate_unimdm, templates_dir
 
     gaps = {t: [] for t in targets}
     per_set: dict[str, dict] = {}
@@ -453,6 +453,7 @@ def stoichiometry_figures(element_sets: list[list[str]], targets: tuple[float, .
         "formula_changed": sum(s[low].get("formula") != s[high].get("formula") for s in per_set.values())}
     figures["chosen formulas"] = {name: " / ".join(s[f"{t:g}"].get("formula", "-") for t in targets) for name, s in per_set.items()}
     figures["per_set"] = per_set
+    figures["prototype templates"] = str(templates_dir() or "off")  # the sampler starts from them where built
     return figures
 
 
