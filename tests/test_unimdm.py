@@ -243,6 +243,10 @@ def test_sampling_from_a_start_takes_only_the_levels_below_it(split):
     from_noise, _, _ = sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=50),
                               generator=torch.Generator().manual_seed(0))
     assert distance(from_noise) > 0.2
+    calls.clear()  # a coarse grid (50, 26, 1) has no level between 3 and 1: steps 3 -> 1 -> 0, from the start's own level
+    coarse, _, _ = sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=3),
+                          generator=torch.Generator().manual_seed(0), start_level=3)
+    assert len(calls) == 2 * 2 and distance(coarse) < 0.05
     with pytest.raises(ValueError, match="start level 51 outside 1..50"):
         sample(model, batch, schedule, normaliser, tables, SamplerSettings(steps=50), start_level=51)
 

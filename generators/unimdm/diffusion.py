@@ -188,7 +188,9 @@ def sample(model, batch: SymmetryBatch, schedule: NoiseSchedule, normaliser: KNo
         z = torch.randn(batch.k.shape, device=device, generator=generator) * step.free_k
     else:
         u, z = noised_start(batch, schedule, normaliser, step, start_level, generator)
-        timesteps = [t for t in timesteps if t <= start_level]
+        # the first step leaves exactly the start's level, then the grid's levels below it (a coarse grid
+        # may have none between: the start is still denoised, never returned as noised)
+        timesteps = [start_level] + [t for t in timesteps if t < start_level]
     timesteps = timesteps + [0]
     levels = torch.tensor(timesteps, device=device)  # one copy to the device; each step takes views of it
     first = 0
