@@ -116,15 +116,16 @@ def element_features(z: int) -> tuple[float, float]:
     return float(electronegativity), float(radius)
 
 
+def element_distance(a: int, b: int) -> float:
+    """|delta Pauling electronegativity| + |delta atomic radius| / 0.5 Å of two elements (atomic numbers)."""
+    (x_a, r_a), (x_b, r_b) = element_features(a), element_features(b)
+    return abs(x_a - x_b) + abs(r_a - r_b) / 0.5
+
+
 def element_dissimilarity(elements: dict[int, int]) -> float:
-    """Sum over substituted elements of |delta electronegativity| + |delta radius| / 0.5 Å + 0.1
-    (each substitution costs a little, so fewer substitutions win ties)."""
-    total = 0.0
-    for requested, template in elements.items():
-        if requested != template:
-            (x_a, r_a), (x_b, r_b) = element_features(requested), element_features(template)
-            total += abs(x_a - x_b) + abs(r_a - r_b) / 0.5 + 0.1
-    return total
+    """Sum over substituted elements of :func:`element_distance` + 0.1 (each substitution costs a
+    little, so fewer substitutions win ties)."""
+    return sum(element_distance(requested, template) + 0.1 for requested, template in elements.items() if requested != template)
 
 
 def element_maps(request: Crystal, template: Crystal):
@@ -140,15 +141,20 @@ def element_maps(request: Crystal, template: Crystal):
         yield {a: b for part in combination for a, b in part.items()}
 
 
-def atomic_volume(crystal: Crystal, elements: dict[int, int] | None = None) -> float:
-    """Sum of r^3 over the conventional cell's atoms (r: atomic radius of the element, or of its image under ``elements``)."""
+def composition(crystal: Crystal) -> dict[int, int]:
+    """Atomic number -> atoms of the conventional cell."""
     from generators.unimdm.symmetry import LETTERS, wyckoff_operations
 
-    total = 0.0
+    counts: dict[int, int] = {}
     for orbit in crystal.orbits:
-        z = elements[orbit.z] if elements else orbit.z
-        total += element_features(z)[1] ** 3 * len(wyckoff_operations(crystal.space_group, LETTERS[orbit.letter])[0])
-    return total
+        counts[orbit.z] = counts.get(orbit.z, 0) + len(wyckoff_operations(crystal.space_group, LETTERS[orbit.letter])[0])
+    return counts
+
+
+def atomic_volume(crystal: Crystal, elements: dict[int, int] | None = None) -> float:
+    """Sum of r^3 over the conventional cell's atoms (r: atomic radius of the element, or of its image under ``elements``)."""
+    elements = elements or {}
+    return sum(element_features(elements.get(z, z))[1] ** 3 * count for z, count in composition(crystal).items())
 
 
 def substitute(request: Crystal, template: Crystal, elements: dict[int, int]) -> Template:
