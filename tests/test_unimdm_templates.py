@@ -12,9 +12,9 @@ from generators.diffusion.tensor_files import unpack_samples
 from generators.unimdm.data import pack_infos
 from generators.unimdm.lattice import parameters_from_k
 from generators.unimdm.sample_tensors import pack
-from generators.unimdm.symmetry import symmetry_info
+from generators.unimdm.symmetry import LETTERS, encode_operations, expand, normaliser_cosets, symmetry_info, wyckoff_operations
 from generators.unimdm.tensor_files import collate_all, take_rows
-from generators.unimdm.templates import PrototypeIndex, main, split_crystals, template_samples
+from generators.unimdm.templates import PrototypeIndex, expand_rows, main, redescribe, split_crystals, template_samples
 
 MATCHER = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)  # the benchmark's tolerances
 
@@ -186,3 +186,33 @@ def test_the_tool_finds_the_training_symmetry_files_or_says_what_is_missing(symm
     finally:
         generation.load_sampler.cache_clear()  # later tests get the sampler of their own settings
     assert made[0].formula == "KCl" and "training crystal NaCl's arrangement (K for Na)" in made[0].notes[0]
+
+
+def crystal_structure(crystal) -> Structure:
+    numbers, coords = [], []
+    for orbit in crystal.orbits:
+        atoms = expand(*wyckoff_operations(crystal.space_group, LETTERS[orbit.letter]), orbit.position)
+        numbers += [orbit.z] * len(atoms)
+        coords.append(atoms)
+    return Structure(Lattice.from_parameters(*crystal.lattice), numbers, np.concatenate(coords))
+
+
+def test_a_prototype_seen_only_in_another_setting_takes_the_redescribed_training_crystals(symmetry_dir):
+    """Rutile with the origin moved by (1/2, 1/2, 0): the metal on 2b instead of 2a. No training
+    crystal has that letter set, but TiO2 and SnO2 do in the other description."""
+    index = PrototypeIndex.from_dir(symmetry_dir)
+    germania = {c.material_id: c for c in split_crystals(torch.load(symmetry_dir / "test.pt"))}["GeO2"]
+    shift = next(c for c in normaliser_cosets(136) if c[0]["a"] == "b" and c[0]["f"] == "f")
+    moved = redescribe(germania, shift)
+    assert {LETTERS[o.letter] for o in moved.orbits} == {"b", "f"} and moved.prototype not in index.by_prototype
+    assert MATCHER.get_rms_dist(crystal_structure(moved), REQUESTS["GeO2"])[0] < 1e-6  # the same crystal
+
+    templates = index.templates(moved, k=5)
+    assert {t.source for t in templates} == {"TiO2", "SnO2"}
+    request = pack_infos([symmetry_info(REQUESTS["GeO2"])], ["GeO2"], ["GeO2"], [1.0], [-1.0])
+    request["orbit_letter"] = torch.tensor([o.letter for o in moved.orbits], dtype=torch.int8)
+    request["orbit_coords"] = torch.tensor(np.array([o.position for o in moved.orbits]), dtype=torch.float32)
+    request["atom_ops"] = torch.cat([torch.from_numpy(encode_operations(*wyckoff_operations(136, LETTERS[o.letter]))) for o in moved.orbits])
+    built = expand_rows(request, torch.tensor(templates[0].orbit_coords, dtype=torch.float32))[0]
+    assert MATCHER.fit(structure(built, torch.tensor([32, 32, 8, 8, 8, 8]), torch.tensor(templates[0].lattice)), REQUESTS["GeO2"])
+    assert index.templates(germania, k=5)[0].source in {"TiO2", "SnO2"}  # the original setting is found as before

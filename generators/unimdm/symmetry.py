@@ -148,13 +148,26 @@ def wyckoff_table(space_group: int) -> tuple[tuple[str, int, bool], ...]:
 
 
 @lru_cache(maxsize=None)
+def normaliser_cosets(space_group: int) -> tuple[tuple[dict[str, str], np.ndarray, np.ndarray], ...]:
+    """(letter map, rotation W [3, 3], translation w [3]) of each coset of the group in its Euclidean
+    normaliser (pyxtal's ``Group.get_alternatives``, from the Bilbao tables: origin shifts and other
+    settings that map the group onto itself), the identity first: the coordinates ``W x + w`` of a
+    crystal's atoms describe the same crystal with the letters ``map[L]`` (in P-1 its atoms at 1a
+    and 1b are also at 1d and 1f)."""
+    from pymatgen.core.operations import SymmOp
+
+    alternatives = _group(space_group).get_alternatives()
+    rows = [row.split() for row in alternatives["Transformed WP"]]
+    cosets = []
+    for row, coset in zip(rows, alternatives["Coset Representative"]):
+        operation = SymmOp.from_xyz_str(coset)
+        cosets.append((dict(zip(rows[0], row)), operation.rotation_matrix.copy(), operation.translation_vector.copy()))
+    return tuple(cosets)
+
+
 def equivalent_letter_maps(space_group: int) -> tuple[dict[str, str], ...]:
-    """The Wyckoff letter permutations of the group's Euclidean normaliser (pyxtal's
-    ``Group.get_alternatives``, from the Bilbao tables: origin shifts and other settings that map
-    the group onto itself), the identity first: one crystal is described with letters L and with
-    ``map[L]`` for every map (in P-1 its atoms at 1a and 1b are also at 1d and 1f)."""
-    rows = [row.split() for row in _group(space_group).get_alternatives()["Transformed WP"]]
-    return tuple(dict(zip(rows[0], row)) for row in rows)
+    """The Wyckoff letter permutations of :func:`normaliser_cosets`, the identity first."""
+    return tuple(letter_map for letter_map, _, _ in normaliser_cosets(space_group))
 
 
 _OPERATION_TABLE: dict[tuple[int, str], np.ndarray] = {}

@@ -180,11 +180,58 @@ def training_split_names(symmetry_dir: str | Path, names: tuple[str, ...] = TRAI
     return present
 
 
+def _representative(rotation: np.ndarray, translation: np.ndarray, atoms: np.ndarray) -> np.ndarray | None:
+    """Free components ``u`` with ``R u + t`` equal to one of ``atoms`` (mod 1), constrained ones 0; None if none fits."""
+    from generators.unimdm.symmetry import free_components
+
+    inverse, free = np.linalg.pinv(rotation), free_components(rotation)
+    for atom in atoms:
+        for shift in itertools.product((0.0, -1.0, 1.0), repeat=3):
+            target = atom + np.array(shift) - translation
+            u = inverse @ target
+            if np.allclose(rotation @ u, target, atol=1e-5):
+                return np.where(free, np.mod(u, 1.0), 0.0)
+    return None
+
+
+def redescribe(crystal: Crystal, coset: tuple[dict[str, str], np.ndarray, np.ndarray]) -> Crystal | None:
+    """``crystal`` in another of its group's equivalent descriptions (a coset of
+    :func:`~generators.unimdm.symmetry.normaliser_cosets`): each orbit's atoms moved by ``W x + w``,
+    its letter mapped, a new representative found for the new letter, the cell's vectors transformed
+    alike; None when an orbit finds no representative. For some cosets the tables' letter map
+    belongs to the inverse operation, which is tried second (every re-description that finds all its
+    representatives is the same crystal: StructureMatcher rms 0 over 2,811 checked in session 21)."""
+    letter_map, rotation, translation = coset
+    inverse = np.linalg.inv(rotation)
+    return _moved(crystal, letter_map, rotation, translation) or _moved(crystal, letter_map, inverse, -inverse @ translation)
+
+
+def _moved(crystal: Crystal, letter_map: dict[str, str], rotation: np.ndarray, translation: np.ndarray) -> Crystal | None:
+    from pymatgen.core import Lattice
+
+    from generators.unimdm.symmetry import LETTERS, expand, wyckoff_operations
+
+    orbits = []
+    for orbit in crystal.orbits:
+        atoms = expand(*wyckoff_operations(crystal.space_group, LETTERS[orbit.letter]), orbit.position)
+        moved = np.mod(atoms @ rotation.T + translation, 1.0)
+        letter = LETTERS.index(letter_map[LETTERS[orbit.letter]])
+        rotations, translations = wyckoff_operations(crystal.space_group, LETTERS[letter])
+        position = _representative(rotations[0], translations[0], moved)
+        if position is None:
+            return None
+        orbits.append(Orbit(orbit.z, letter, position))
+    # fractional x' = W x + w keeps the Cartesian atoms when the row basis becomes W^-T L
+    matrix = np.linalg.inv(rotation).T @ Lattice.from_parameters(*crystal.lattice).matrix
+    return Crystal(crystal.material_id, crystal.space_group, tuple(orbits), np.array(Lattice(matrix).parameters))
+
+
 class PrototypeIndex:
     """Training crystals by Wyckoff prototype."""
 
     def __init__(self, crystals: list[Crystal]):
         self.by_prototype: dict[tuple, list[Crystal]] = {}
+        self._redescribed: dict[tuple, list[Crystal]] = {}
         for crystal in crystals:
             self.by_prototype.setdefault(crystal.prototype, []).append(crystal)
 
@@ -194,15 +241,35 @@ class PrototypeIndex:
         return cls([crystal for name in training_split_names(symmetry_dir, names) for crystal in split_crystals(load_split(symmetry_dir, name))])
 
     def templates(self, request: Crystal, k: int = 1) -> list[Template]:
-        """The ``k`` most alike templates for ``request`` (ties: the training files' order); [] for a new prototype."""
+        """The ``k`` most alike templates for ``request`` (ties: the training files' order). Where no
+        training crystal has the request's prototype, those that have it in another equivalent
+        description (:func:`redescribe`); [] for a new prototype."""
+        candidates = self.by_prototype.get(request.prototype) or self.in_other_settings(request.prototype)
         ranked = []
-        for order, candidate in enumerate(self.by_prototype.get(request.prototype, [])):
+        for order, candidate in enumerate(candidates):
             if candidate.material_id == request.material_id:
                 continue  # a request that is itself a training crystal gets other crystals' arrangements
             dissimilarity, elements = min(((element_dissimilarity(m), m) for m in element_maps(request, candidate)), key=lambda x: x[0])
             ranked.append((dissimilarity, order, candidate, elements))
         ranked.sort(key=lambda entry: entry[:2])
         return [substitute(request, candidate, elements) for _, _, candidate, elements in ranked[:k]]
+
+    def in_other_settings(self, prototype: tuple) -> list[Crystal]:
+        """The training crystals re-described into ``prototype`` from an equivalent description."""
+        from generators.unimdm.symmetry import LETTERS, normaliser_cosets
+
+        if prototype not in self._redescribed:
+            group, per_element = prototype
+            found = []
+            for coset in normaliser_cosets(group)[1:]:
+                inverse = {LETTERS.index(new): LETTERS.index(old) for old, new in coset[0].items()}
+                source = (group, tuple(sorted(tuple(sorted(inverse[letter] for letter in letters)) for letters in per_element)))
+                for crystal in self.by_prototype.get(source, []):
+                    moved = redescribe(crystal, coset)
+                    if moved is not None and moved.prototype == prototype and all(c.material_id != crystal.material_id for c in found):
+                        found.append(moved)
+            self._redescribed[prototype] = found
+        return self._redescribed[prototype]
 
 
 def template_samples(split: dict, index: PrototypeIndex, fallback: list[dict] | dict | None = None, candidates: int = 1,
