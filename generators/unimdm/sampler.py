@@ -16,9 +16,10 @@ Models are read on first use from ``generators/weights/unimdm/`` (CPU unless CUD
 With ``templates_dir`` (the DiT's training symmetry files, ``python -m generators.unimdm.data build``)
 a candidate whose Wyckoff prototype occurs among the training crystals starts from a prototype
 template (:mod:`generators.unimdm.templates`: the most alike training crystal of that prototype,
-elements substituted; the next most alike for repeated draws) noised to ``TEMPLATE_START_LEVEL``,
+elements substituted, re-described from an equivalent setting where needed; the next most alike
+for repeated draws) noised to ``TEMPLATE_START_LEVEL``,
 and the DiT denoises it from there; other candidates start from noise. On MP-20 with the true
-symmetry this lifts the match rate from 79.5% to 81.7% (generators/unimdm/README.md, Prototype templates).
+symmetry this lifts the match rate from 79.5% to 81.9% (generators/unimdm/README.md, Prototype templates).
 """
 
 from __future__ import annotations
