@@ -200,7 +200,7 @@ def redescribe(crystal: Crystal, coset: tuple[dict[str, str], np.ndarray, np.nda
     its letter mapped, a new representative found for the new letter, the cell's vectors transformed
     alike; None when an orbit finds no representative. For some cosets the tables' letter map
     belongs to the inverse operation, which is tried second (every re-description that finds all its
-    representatives is the same crystal: StructureMatcher rms 0 over 2,811 checked in session 21)."""
+    representatives is the same crystal: StructureMatcher rms 0 for all 3,321 checked in session 21)."""
     letter_map, rotation, translation = coset
     inverse = np.linalg.inv(rotation)
     return _moved(crystal, letter_map, rotation, translation) or _moved(crystal, letter_map, inverse, -inverse @ translation)
@@ -260,15 +260,16 @@ class PrototypeIndex:
 
         if prototype not in self._redescribed:
             group, per_element = prototype
-            found = []
+            found: dict[str, Crystal] = {}  # material id -> its first re-description into the prototype
             for coset in normaliser_cosets(group)[1:]:
                 inverse = {LETTERS.index(new): LETTERS.index(old) for old, new in coset[0].items()}
                 source = (group, tuple(sorted(tuple(sorted(inverse[letter] for letter in letters)) for letters in per_element)))
                 for crystal in self.by_prototype.get(source, []):
-                    moved = redescribe(crystal, coset)
-                    if moved is not None and moved.prototype == prototype and all(c.material_id != crystal.material_id for c in found):
-                        found.append(moved)
-            self._redescribed[prototype] = found
+                    if crystal.material_id not in found:
+                        moved = redescribe(crystal, coset)
+                        if moved is not None and moved.prototype == prototype:
+                            found[crystal.material_id] = moved
+            self._redescribed[prototype] = list(found.values())
         return self._redescribed[prototype]
 
 
