@@ -95,8 +95,8 @@ def substituted_split(split: dict, seed: int = 0, max_distance: float = MAX_DIST
     copies["k"][:, 5] += torch.log(scale)  # k6 = log(volume) / 3
     copies["band_gap"] = torch.full_like(copies["band_gap"], math.nan)
     copies["formation_energy"] = torch.full_like(copies["formation_energy"], math.nan)
-    copies["material_ids"] = [f"{crystals[row].material_id}~{_element(a).symbol}{_element(b).symbol}"
-                              for row, m in drawn for a, b in m.items()]
+    copies["material_ids"] = [crystals[row].material_id + "~" + "".join(_element(a).symbol + _element(b).symbol for a, b in m.items())
+                              for row, m in drawn]  # one id per copy, whatever the number of replaced elements
     copies["formulas"] = [Composition({_element(m.get(z, z)).symbol: n for z, n in composition(crystals[row]).items()}).reduced_formula
                           for row, m in drawn]
     return copies
