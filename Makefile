@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.genms-installed
 
-.PHONY: setup demo test bench index references clean
+.PHONY: setup demo test bench index references unimdm-data clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,15 @@ references: setup
 index: setup
 	$(BIN)/python -m tools.uniqueness build
 	$(BIN)/python -m tools.families build-members
+
+# Uni-MDM's symmetry tensor files (ignored by git): the GPU runs' training and test inputs and the
+# prototype templates of `genms generate unimdm` (GENMS_UNIMDM_TEMPLATES). About 25 minutes on 2 cores;
+# UNIMDM_DATA_ARGS="--limit 20" for a quick check.
+UNIMDM_DATA ?= .device_data_unimdm
+unimdm-data: setup
+	$(BIN)/python -m generators.unimdm.data build --out $(UNIMDM_DATA) --splits test,val $(UNIMDM_DATA_ARGS)
+	$(BIN)/python -m generators.unimdm.data build --out $(UNIMDM_DATA) --splits train,val_rest --no-check $(UNIMDM_DATA_ARGS)
+	$(BIN)/python -m generators.unimdm.symmetry ops $(UNIMDM_DATA)/wyckoff_ops.pt
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
