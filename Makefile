@@ -52,7 +52,7 @@ index: setup
 	$(BIN)/python -m tools.families build-members
 
 # Uni-MDM's symmetry tensor files (ignored by git): the GPU runs' training and test inputs and the
-# prototype templates of `genms generate unimdm` (GENMS_UNIMDM_TEMPLATES). About 25 minutes on 2 cores;
+# prototype templates of `genms generate unimdm` (GENMS_UNIMDM_TEMPLATES). About 20 minutes on 2 cores (19.5 measured);
 # UNIMDM_DATA_ARGS="--limit 20" for a quick check.
 UNIMDM_DATA ?= .device_data_unimdm
 unimdm-data: setup
