@@ -86,7 +86,7 @@ def templates_dir() -> Path | None:
         return folder
     if setting:
         raise GenerationError(f"{TEMPLATES_ENV}={setting} has no train.pt: build the symmetry files with "
-                              "`python -m generators.unimdm.data build --out DIR`, or set it to off")
+                              "`make unimdm-data UNIMDM_DATA=DIR` (train and val_rest: all 27,136 training crystals), or set it to off")
     return None
 
 

@@ -13,7 +13,7 @@ restricts the candidates to one group. With ``elements`` only, the formula is ta
 known formulas of exactly those elements (Materials Project first, ICSD-reported next, fewest atoms first).
 Models are read on first use from ``generators/weights/unimdm/`` (CPU unless CUDA is present).
 
-With ``templates_dir`` (the DiT's training symmetry files, ``python -m generators.unimdm.data build``)
+With ``templates_dir`` (the DiT's training symmetry files, ``make unimdm-data``)
 a candidate whose Wyckoff prototype occurs among the training crystals starts from a prototype
 template (:mod:`generators.unimdm.templates`: the most alike training crystal of that prototype,
 elements substituted, re-described from an equivalent setting where needed; the next most alike
