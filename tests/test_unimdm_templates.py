@@ -216,3 +216,31 @@ def test_a_prototype_seen_only_in_another_setting_takes_the_redescribed_training
     built = expand_rows(request, torch.tensor(templates[0].orbit_coords, dtype=torch.float32))[0]
     assert MATCHER.fit(structure(built, torch.tensor([32, 32, 8, 8, 8, 8]), torch.tensor(templates[0].lattice)), REQUESTS["GeO2"])
     assert index.templates(germania, k=5)[0].source in {"TiO2", "SnO2"}  # the original setting is found as before
+
+
+def test_samples_from_noise_are_autoguided_by_the_committed_guide_and_templates_are_not(symmetry_dir, tmp_path):
+    """The default sampler guides the DiT's samples from noise by guide.pt at weight 1 (a different
+    structure than unguided for one seed), while template starts use the DiT alone; weight 0, or other
+    weights without a named guide, sample unguided; bad weights and a missing guide are refused."""
+    from generators.unimdm.checkpoint import AutoGuidedDenoiser
+    from generators.unimdm.sampler import AUTOGUIDANCE, DEFAULT_GUIDE, DEFAULT_WEIGHTS, UniMDMSampler
+
+    guided = UniMDMSampler(device="cpu", threads=1, templates_dir=symmetry_dir)
+    assert isinstance(guided.noise_model.network, AutoGuidedDenoiser) and guided.noise_model.network.weight == AUTOGUIDANCE
+    assert guided.noise_model.training["autoguidance"] == AUTOGUIDANCE
+    assert DEFAULT_GUIDE.stat().st_size < 0.6 * DEFAULT_WEIGHTS.stat().st_size  # int8
+    candidate = {"space_group": 225, "letters": {19: ["a"], 17: ["b"]}, "log_prob": 0.0}
+    unguided = UniMDMSampler(device="cpu", threads=1, templates_dir=symmetry_dir, autoguidance=0.0)
+    assert unguided.noise_model is unguided.model
+    a = guided._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "fast", 20, 0.0, seed=0)
+    b = unguided._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "fast", 20, 0.0, seed=0)
+    assert [c.template for c in a] == ["NaCl", "MgO", None]
+    for x, y in zip(a[:2], b[:2]):  # from templates: the same network, the same structure
+        assert np.allclose(x.structure.lattice.abc, y.structure.lattice.abc, atol=1e-6)
+    assert not np.allclose(a[2].structure.lattice.abc, b[2].structure.lattice.abc, atol=1e-3)  # from noise: guided
+    assert UniMDMSampler(weights=DEFAULT_WEIGHTS).guide_weights is None
+    for weight in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="autoguidance"):
+            UniMDMSampler(autoguidance=weight)
+    with pytest.raises(FileNotFoundError, match="guide missing"):
+        _ = UniMDMSampler(device="cpu", guide_weights=tmp_path / "none.pt").noise_model

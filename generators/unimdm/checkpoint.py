@@ -4,6 +4,11 @@
 configs, the k normaliser's statistics, the space groups' polar axes and a ``training``
 record. ``checkpoint.pt`` adds float32 weights, the optimizer and counters for ``--resume``.
 Files are written atomically (:func:`generators.training.atomic_save`).
+
+A model file may hold its weight matrices as int8 with one float32 scale per row
+(:func:`quantized_payload`, ``python -m generators.unimdm.checkpoint quantize``): half the
+size of float16, for the autoguidance guide, a deliberately weaker network whose exact weights
+matter less than the main one's (the committed guide is measured as stored).
 """
 
 from __future__ import annotations
@@ -58,12 +63,34 @@ def model_payload(ema_state: dict, network_config: DiTConfig, diffusion_config: 
     }
 
 
+def quantized_payload(payload: dict) -> dict:
+    """A model file's payload with each floating weight of 2 or more dimensions stored as int8
+    with a float32 scale per row (symmetric, ``max |row| / 127``); other tensors stay as they are."""
+    state, scales = {}, {}
+    for name, tensor in payload["state_dict"].items():
+        if tensor.is_floating_point() and tensor.dim() >= 2:
+            rows = tensor.float().reshape(tensor.shape[0], -1)
+            scale = rows.abs().amax(1).clamp_min(1e-12) / 127.0
+            state[name] = torch.round(rows / scale[:, None]).to(torch.int8).reshape(tensor.shape)
+            scales[name] = scale
+        else:
+            state[name] = tensor
+    return {**payload, "state_dict": state, "int8_scales": scales}
+
+
+def float_state(payload: dict) -> dict[str, torch.Tensor]:
+    """A model file's weights as float32 (int8 rows times their scales where quantized)."""
+    scales = payload.get("int8_scales", {})
+    return {name: (tensor.float() * scales[name].reshape(-1, *[1] * (tensor.dim() - 1)) if name in scales else tensor.float())
+            for name, tensor in payload["state_dict"].items()}
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> UniMDMModel:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a genms Uni-MDM model file (format {payload.get('format')!r})")
     network = CrystalDiT(DiTConfig.from_dict(payload["network"]))
-    network.load_state_dict({name: tensor.float() for name, tensor in payload["state_dict"].items()})
+    network.load_state_dict(float_state(payload))
     network.eval()
     model = UniMDMModel(network, NoiseSchedule(DiffusionConfig.from_dict(payload["diffusion"])),
                         KNormaliser(**payload["k_normaliser"]), Tables(payload["polar_axes"]), payload.get("training", {}))
@@ -197,27 +224,37 @@ def average_payloads(paths: list[str | Path]) -> dict:
     if len({json.dumps({**config.to_dict(), "metric_features": 0, "dropout": 0.0}, sort_keys=True) for config in configs}) > 1:
         raise ValueError("the networks differ in more than distance features; only fine-tunings of one model can be averaged")
     target = max(configs, key=lambda config: config.metric_features)
-    states = [grow_network({name: t.float() for name, t in payload["state_dict"].items()}, config, target)
-              for payload, config in zip(payloads, configs)]
+    states = [grow_network(float_state(payload), config, target) for payload, config in zip(payloads, configs)]
     mean = {name: torch.stack([state[name] for state in states]).mean(0) for name in states[0]}
     training = {"averaged": [str(path) for path in paths],
                 "epochs": [payload.get("training", {}).get("epochs") for payload in payloads]}
-    weight_dtype = next(iter(first["state_dict"].values())).dtype
-    return {**first, "network": target.to_dict(), "training": training,
+    weight_dtype = torch.float16 if "int8_scales" in first else next(iter(first["state_dict"].values())).dtype
+    header = {key: value for key, value in first.items() if key != "int8_scales"}
+    return {**header, "network": target.to_dict(), "training": training,
             "state_dict": {name: tensor.to(weight_dtype) for name, tensor in mean.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m generators.unimdm.checkpoint select OUT.pt CANDIDATE.pt...``: copy the lowest-validation-loss model
-    to OUT; ``... average OUT.pt MODEL.pt MODEL.pt...``: write the mean of the models' weights to OUT."""
+    to OUT; ``... average OUT.pt MODEL.pt MODEL.pt...``: write the mean of the models' weights to OUT;
+    ``... quantize OUT.pt MODEL.pt``: write MODEL with int8 weight matrices to OUT."""
     import argparse
     import shutil
 
     parser = argparse.ArgumentParser(prog="python -m generators.unimdm.checkpoint", description=main.__doc__)
-    parser.add_argument("command", choices=["select", "average"])
+    parser.add_argument("command", choices=["select", "average", "quantize"])
     parser.add_argument("out", type=Path)
     parser.add_argument("candidates", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "quantize":
+        if len(args.candidates) != 1:
+            parser.error("quantize takes one model file")
+        payload = torch.load(args.candidates[0], map_location="cpu", weights_only=True)
+        if payload.get("format") != MODEL_FORMAT:
+            parser.error(f"{args.candidates[0]} is not a genms Uni-MDM model file")
+        atomic_save(quantized_payload(payload), args.out)
+        print(json.dumps({"quantized": str(args.candidates[0]), "out": str(args.out), "bytes": args.out.stat().st_size}))
+        return
     if args.command == "average":
         atomic_save(average_payloads(args.candidates), args.out)
         print(json.dumps({"averaged": [str(path) for path in args.candidates], "out": str(args.out)}))
