@@ -219,8 +219,8 @@ def test_a_prototype_seen_only_in_another_setting_takes_the_redescribed_training
 
 
 def test_samples_from_noise_are_autoguided_by_the_committed_guide_and_templates_are_not(symmetry_dir, tmp_path):
-    """The default sampler guides the DiT's samples from noise by guide.pt at weight 1 (a different
-    structure than unguided for one seed), while template starts use the DiT alone; weight 0, or other
+    """The default sampler guides the DiT's `fast` samples from noise by guide.pt at weight 1 (a different
+    structure than unguided for one seed), while template starts and `ddpm` use the DiT alone; weight 0, or other
     weights without a named guide, sample unguided; bad weights and a missing guide are refused."""
     from generators.unimdm.checkpoint import AutoGuidedDenoiser
     from generators.unimdm.sampler import AUTOGUIDANCE, DEFAULT_GUIDE, DEFAULT_WEIGHTS, UniMDMSampler
@@ -238,6 +238,9 @@ def test_samples_from_noise_are_autoguided_by_the_committed_guide_and_templates_
     for x, y in zip(a[:2], b[:2]):  # from templates: the same network, the same structure
         assert np.allclose(x.structure.lattice.abc, y.structure.lattice.abc, atol=1e-6)
     assert not np.allclose(a[2].structure.lattice.abc, b[2].structure.lattice.abc, atol=1e-3)  # from noise: guided
+    c = guided._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "ddpm", 5, 0.0, seed=0)
+    d = unguided._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "ddpm", 5, 0.0, seed=0)
+    assert np.allclose(c[2].structure.lattice.abc, d[2].structure.lattice.abc, atol=1e-6)  # ddpm: never guided
     assert UniMDMSampler(weights=DEFAULT_WEIGHTS).guide_weights is None
     for weight in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="autoguidance"):

@@ -21,11 +21,12 @@ for repeated draws) noised to ``TEMPLATE_START_LEVEL``,
 and the DiT denoises it from there; other candidates start from noise. On MP-20 with the true
 symmetry this lifts the match rate from 79.5% to 81.9% (generators/unimdm/README.md, Prototype templates).
 
-Samples from noise use autoguidance (Karras et al. 2024) by ``guide.pt``, an early, weaker
-checkpoint of the same DiT (run 1, int8): ``(1 + w) main - w guide`` with ``w = autoguidance``
-(default :data:`AUTOGUIDANCE`; 0 turns it off). With the default ``fast`` sampler it matched
-+1.05 points more of 2,560 held-out MP-20 crystals (generators/weights/unimdm/README.md,
-sixteenth entry), for two network calls per step. Template starts stay unguided (measured so).
+Samples from noise by the default ``fast`` method use autoguidance (Karras et al. 2024) by
+``guide.pt``, an early, weaker checkpoint of the same DiT (run 1, int8): ``(1 + w) main - w
+guide`` with ``w = autoguidance`` (default :data:`AUTOGUIDANCE`; 0 turns it off). It matched
++1.05 points more of 2,560 held-out MP-20 crystals with ``fast`` (two network calls per step) and
+nothing more with the 1000-step ``ddpm`` (-0.17 on 3,000 test crystals), so ``ddpm`` samples
+and template starts stay unguided (generators/weights/unimdm/README.md, sixteenth entry).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "unimdm"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "model.pt"
 DEFAULT_GUIDE = WEIGHTS_DIR / "guide.pt"  # run 1 of the model card as int8: the autoguidance guide of model.pt
 AUTOGUIDANCE = 1.0  # weight w of (1 + w) main - w guide; picked on 512 val crystals (w = 2: +0.2 points, w = 1: +1.6)
+AUTOGUIDED_METHODS = ("fast",)  # where the guide was measured to help (ddpm: no gain for twice the work)
 MAX_CONVENTIONAL_ATOMS = 80  # the largest conventional cell in MP-20 train
 
 
@@ -243,7 +245,8 @@ class UniMDMSampler:
         for rows, part, level in ((from_noise, take_rows(split, from_noise), None),
                                   (templated, with_template_starts(take_rows(split, templated), [starts[r] for r in templated]), self.start_level)):
             if rows:
-                for row, atoms, cell in zip(rows, *self._denoise(part, settings, guidance, generator, level)):
+                model = self.noise_model if level is None and method in AUTOGUIDED_METHODS else self.model
+                for row, atoms, cell in zip(rows, *self._denoise(model, part, settings, guidance, generator, level)):
                     coords[row], lattice[row] = atoms, cell
         results = []
         for row, (info, candidate) in enumerate(zip(infos, candidates)):
@@ -272,12 +275,11 @@ class UniMDMSampler:
             starts.append(found[key][rank] if rank < len(found[key]) else None)
         return starts
 
-    def _denoise(self, split: dict, settings, guidance: float, generator, start_level: int | None):
-        """Atom coordinates and lattice parameters (numpy, per row) of the DiT's samples for a packed split."""
+    def _denoise(self, model, split: dict, settings, guidance: float, generator, start_level: int | None):
+        """Atom coordinates and lattice parameters (numpy, per row) of ``model``'s samples for a packed split."""
         from generators.unimdm.diffusion import sample
         from generators.unimdm.tensor_files import collate_all
 
-        model = self.model if start_level is not None else self.noise_model
         batch = collate_all(split).to(model.device)
         with cpu_threads(self.threads):
             _, coords, lattice = sample(model.network, batch, model.schedule, model.normaliser, model.tables, settings,
