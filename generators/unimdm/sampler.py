@@ -164,14 +164,15 @@ class UniMDMSampler:
     def noise_model(self):
         """The model that samples from noise: guided by ``guide_weights`` when there is a guide and a weight."""
         if self._noise_model is None:
-            self._noise_model = self.model
             if self.autoguidance > 0 and self.guide_weights is not None:
-                if not self.guide_weights.is_file():
+                if not self.guide_weights.is_file():  # raised at every call, never a silent unguided fallback
                     raise FileNotFoundError(f"Uni-MDM autoguidance guide missing at {self.guide_weights} "
                                             "(autoguidance=0 samples without it)")
                 from generators.unimdm.checkpoint import load_model, with_guide
 
                 self._noise_model = with_guide(self.model, load_model(self.guide_weights, self.device), self.autoguidance)
+            else:
+                self._noise_model = self.model
         return self._noise_model
 
     @property
