@@ -241,7 +241,14 @@ def test_samples_from_noise_are_autoguided_by_the_committed_guide_and_templates_
     c = guided._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "ddpm", 5, 0.0, seed=0)
     d = unguided._generate({19: 1, 17: 1}, [candidate] * 3, None, None, "ddpm", 5, 0.0, seed=0)
     assert np.allclose(c[2].structure.lattice.abc, d[2].structure.lattice.abc, atol=1e-6)  # ddpm: never guided
-    assert UniMDMSampler(weights=DEFAULT_WEIGHTS).guide_weights is None
+    assert [c.autoguidance for c in a] == [0.0, 0.0, AUTOGUIDANCE] and [c.autoguidance for c in b] == [0.0] * 3
+    assert [crystal.autoguidance for crystal in c] == [0.0] * 3
+    from tools.unimdm_generation import template_note
+
+    assert template_note(None, {}, a[2].autoguidance) == "from noise, autoguided (weight 1)"
+    assert template_note(None, {}, b[2].autoguidance) == "from noise"
+    assert UniMDMSampler(weights=DEFAULT_WEIGHTS).guide_weights == DEFAULT_GUIDE  # the default, named or not
+    assert UniMDMSampler(weights=tmp_path / "other.pt").guide_weights is None  # another DiT gets no guide unless named
     for weight in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="autoguidance"):
             UniMDMSampler(autoguidance=weight)

@@ -64,10 +64,11 @@ def load_sampler():
                               templates_dir=templates_dir())
 
 
-def template_note(source: str | None, substitutions: dict[str, str]) -> str:
-    """Where a sample started: a training crystal (and which of its elements were replaced), or noise."""
+def template_note(source: str | None, substitutions: dict[str, str], autoguidance: float = 0.0) -> str:
+    """Where a sample started: a training crystal (and which of its elements were replaced), or noise
+    (and the weight of the autoguidance guide that steered it, when one did)."""
     if source is None:
-        return "from noise"
+        return f"from noise, autoguided (weight {autoguidance:g})" if autoguidance else "from noise"
     if not substitutions:
         return f"refined from the training crystal {source} (the same elements)"
     swapped = ", ".join(f"{new} for {old}" for new, old in substitutions.items())
@@ -240,7 +241,7 @@ def generate_unimdm(formula: str | None = None, elements: list[str] | None = Non
                 continue
             targets = ", ".join(f"{k} {v}" for k, v in crystal.properties.items() if v is not None) or "no property target"
             letters = " ".join(f"{el}:{''.join(v)}" for el, v in crystal.letters.items())
-            origin = template_note(crystal.template, crystal.substitutions)
+            origin = template_note(crystal.template, crystal.substitutions, crystal.autoguidance)
             note = f"Uni-MDM sample ({method}, space group {crystal.space_group}, Wyckoff {letters}, {targets}, seed {seed}, {origin})"
             results.append(GeneratedStructure(crystal.structure, crystal.formula, family or "", f"unimdm sg {crystal.space_group}",
                                               {}, generator="unimdm", variant=len(results),

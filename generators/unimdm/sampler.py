@@ -63,6 +63,7 @@ class GeneratedCrystal:
     properties: dict = field(default_factory=dict)
     template: str | None = None  # material id of the training crystal the DiT started from (None: from noise)
     substitutions: dict[str, str] = field(default_factory=dict)  # requested element -> the template's, where they differ
+    autoguidance: float = 0.0  # weight of the guide that steered this sample (0: the DiT alone)
 
 
 def composition_counts(formula: str, formula_units: int = 1) -> dict[int, int]:
@@ -116,8 +117,9 @@ class UniMDMSampler:
         used instead of the offline predictor (e.g. ``tools.claude_symmetry.ClaudeSymmetrySource``).
         ``templates_dir``: symmetry tensor files of the training crystals (train.pt, val_rest.pt) whose
         prototypes start the DiT at ``start_level`` (1..1000); None: every sample starts from noise.
-        ``guide_weights``: the autoguidance guide of samples from noise (default ``guide.pt`` beside the
-        default weights; other weights get none unless named); ``autoguidance``: its weight w >= 0 (0: off)."""
+        ``guide_weights``: the autoguidance guide of samples from noise (default: ``guide.pt`` for the
+        default weights, none for other weights, whose guide must be named); ``autoguidance``: its weight
+        w >= 0 (0: off)."""
         if not 1 <= int(start_level) <= 1000:
             raise ValueError(f"start_level must lie in 1..1000 (the diffusion's levels), got {start_level}")
         if not (autoguidance >= 0 and math.isfinite(autoguidance)):
@@ -126,7 +128,8 @@ class UniMDMSampler:
         self.start_level = int(start_level)
         self._index = None
         self.weights = Path(weights) if weights else DEFAULT_WEIGHTS
-        self.guide_weights = Path(guide_weights) if guide_weights else (None if weights else DEFAULT_GUIDE)
+        default_weights = self.weights.resolve() == DEFAULT_WEIGHTS.resolve()
+        self.guide_weights = Path(guide_weights) if guide_weights else (DEFAULT_GUIDE if default_weights else None)
         self.autoguidance = float(autoguidance)
         self._noise_model = None
         self.predictor_weights = predictor_weights
@@ -242,13 +245,14 @@ class UniMDMSampler:
         starts = self.template_starts(split, candidates)
         templated = [row for row, start in enumerate(starts) if start is not None]
         from_noise = [row for row, start in enumerate(starts) if start is None]
-        coords, lattice = [None] * len(infos), [None] * len(infos)
+        coords, lattice, guide_weight = [None] * len(infos), [None] * len(infos), [0.0] * len(infos)
         for rows, part, level in ((from_noise, take_rows(split, from_noise), None),
                                   (templated, with_template_starts(take_rows(split, templated), [starts[r] for r in templated]), self.start_level)):
             if rows:
                 model = self.noise_model if level is None and method in AUTOGUIDED_METHODS else self.model
+                weight = float(model.training.get("autoguidance") or 0.0)
                 for row, atoms, cell in zip(rows, *self._denoise(model, part, settings, guidance, generator, level)):
-                    coords[row], lattice[row] = atoms, cell
+                    coords[row], lattice[row], guide_weight[row] = atoms, cell, weight
         results = []
         for row, (info, candidate) in enumerate(zip(infos, candidates)):
             n = info.n_atoms
@@ -256,7 +260,7 @@ class UniMDMSampler:
             letters = {Element.from_Z(z).symbol: v for z, v in candidate["letters"].items()}
             results.append(GeneratedCrystal(structure, structure.composition.reduced_formula, candidate["space_group"], letters,
                                             candidate["log_prob"], {"band_gap": band_gap, "formation_energy": formation_energy},
-                                            *_template_origin(starts[row])))
+                                            *_template_origin(starts[row]), guide_weight[row]))
         return results
 
     def template_starts(self, split: dict, candidates: list[dict]) -> list:
