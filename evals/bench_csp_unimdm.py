@@ -282,19 +282,22 @@ def require_one_sample_per_crystal(samples: dict, what: str) -> None:
         raise ValueError(f"{what} takes one true-symmetry sample per crystal")
 
 
-def agreement_figures(paths: list[Path], workers: int, total: int, split: str = "test") -> dict:
+def agreement_figures(paths: list[Path], workers: int, total: int, split: str = "test", limit: int | None = None) -> dict:
     """Per crystal, the gated matches of several one-sample sets of one split (other weights,
     samplers or seeds): each set's match rate, the shares of the ``total`` crystals matched by
     every set, by at least one and by none, and each set against the first: crystals gained and
     lost, and the standard error of the paired difference of match rates (sqrt(gained + lost) /
-    total), the noise to judge a change of weights or sampler by."""
+    total), the noise to judge a change of weights or sampler by. ``limit``: each set's first
+    ``limit`` crystals; the sets must then cover the same crystals."""
     from evals.metrics import csp_matched
     from generators.diffusion.tensor_files import unpack_samples
 
     matched = []
     for path in paths:
-        samples = load_samples(path, None)
+        samples = load_samples(path, limit)
         require_one_sample_per_crystal(samples, "the agreement of sample sets")
+        if matched and set(samples["material_ids"]) != set(matched[0]):
+            raise ValueError(f"{path} and {paths[0]} sample different crystals: compare their first N with --limit N")
         results = evaluate_pairs(pair_jobs(unpack_samples(samples)[0], truth_cifs(samples["material_ids"], split)), workers)
         matched.append({m: csp_matched(r) for m, r in zip(samples["material_ids"], results)})
     crystals = sorted(set().union(*matched))
@@ -520,10 +523,11 @@ def main(argv: list[str] | None = None) -> None:
         paths = [Path(p) for p in args.agreement.split(",") if p]
         if len(paths) < 2:
             raise SystemExit("--agreement compares two or more samples files (comma-separated)")
-        total = args.crystals or (MP20_TEST_SIZE if args.split == "test" else None)
+        total = args.crystals or args.limit or (MP20_TEST_SIZE if args.split == "test" else None)
         if total is None:
-            raise SystemExit("--agreement on val needs --crystals (the crystals the rates are over)")
-        figures = {"split": args.split, "agreement": agreement_figures(paths, args.workers, total, args.split)}
+            raise SystemExit("--agreement on val needs --crystals or --limit (the crystals the rates are over)")
+        figures = {"split": args.split,
+                   "agreement": agreement_figures(paths, args.workers, total, args.split, args.limit)}
         label = "agreement"
     elif args.samples:
         samples = load_samples(args.samples, args.limit)

@@ -102,7 +102,7 @@ def test_agreement_of_sample_sets_counts_gains_losses_and_their_noise(tmp_path, 
     from generators.unimdm.data import pack_infos
     from generators.unimdm.sample_tensors import pack
     from generators.unimdm.symmetry import symmetry_info
-    from generators.unimdm.tensor_files import collate_all
+    from generators.unimdm.tensor_files import collate_all, take_rows
 
     structures = {
         "TiO2": Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]]),
@@ -137,6 +137,16 @@ def test_agreement_of_sample_sets_counts_gains_losses_and_their_noise(tmp_path, 
         bench.agreement_figures([paths[0], tmp_path / "candidates.pt"], workers=1, total=4)
     with pytest.raises(SystemExit, match="two or more"):
         bench.main(["--agreement", str(paths[0])])
+
+    # a set of the first crystal only (as the first 3,000 of the split against all 9,046): refused,
+    # then compared over the first crystal of each with limit 1 (the truth there gains TiO2)
+    first = pack(take_rows(split, [0]), [truth[:1]], split["lattice"][:1].float()[None], {})
+    torch.save(first, tmp_path / "first.pt")
+    with pytest.raises(ValueError, match="sample different crystals: compare their first N with --limit N"):
+        bench.agreement_figures([tmp_path / "first.pt", paths[0]], workers=1, total=1)
+    limited = bench.agreement_figures([paths[0], tmp_path / "first.pt"], workers=1, total=1, limit=1)
+    assert limited[f"match rate: {paths[0]}"] == 0.0 and limited[f"match rate: {tmp_path / 'first.pt'}"] == 1.0
+    assert limited[f"against the first: {tmp_path / 'first.pt'}"] == {"gained": 1, "lost": 0, "paired standard error": 1.0}
 
 
 def test_prototypes_seen_in_training_split_the_breakdown(tmp_path):

@@ -715,6 +715,28 @@ def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, 
             train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", "--train-sets", bad])
 
 
+def test_mp2018_extra_holds_no_mp20_crystal_nor_a_held_out_formula():
+    """The 2018 MP crystals added to training: outside MP-20 by id, at most 40 sites, no reduced
+    formula of MP-20 val or test (a renamed copy of a held-out crystal would leak it); their
+    symmetry files rebuild the crystals."""
+    from pymatgen.core import Composition
+
+    from generators.datasets import load_mp20
+    from generators.unimdm.data import EXTRA_MAX_SITES, build_split, held_out_formulas, load_mp2018_extra
+
+    extra = load_mp2018_extra()
+    assert len(extra) > 10_000 and extra["n_sites"].max() <= EXTRA_MAX_SITES == 40
+    mp20_ids = {m for name in ("train", "val", "test") for m in load_mp20(name)["material_id"]}
+    assert not set(extra["material_id"]) & mp20_ids and extra["mp20_split"].isna().all()
+    held_out = held_out_formulas()
+    assert len(held_out) > 10_000 and not set(extra["pretty_formula"]) & held_out
+    assert Composition(extra["pretty_formula"].iloc[0]).reduced_formula == extra["pretty_formula"].iloc[0]
+    assert (extra["n_sites"] > 20).mean() > 0.5  # mostly cells larger than MP-20's
+    tensors, stats = build_split("mp2018_extra", workers=1, rows=slice(0, 6))
+    assert stats["rows"] == 6 and stats["reconstruction_matched"] == 6 and stats["too_large"] == 0
+    assert tensors["material_ids"] == list(extra["material_id"].iloc[:6])
+
+
 def test_step_profile_counts_the_training_step(split, tmp_path):
     from evals import profile_unimdm_step
 

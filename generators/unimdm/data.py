@@ -11,6 +11,12 @@ Split ``val_rest``: the ``--val-rest-rows`` MP-20 val rows after the validation 
 shared MP-20 train holds 21,226 of the standard 27,136 crystals; these 5,910 val crystals
 (never test, never the validation subset) bring a training set back to the standard size
 (``train.py --train-sets train,val_rest``).
+
+Split ``mp2018_extra``: crystals of the 2018 MP snapshot outside MP-20 (no ``mp20_split``) with at
+most ``EXTRA_MAX_SITES`` sites whose reduced formula is in neither MP-20 val nor test (so no
+renamed or deprecated copy of a held-out crystal enters training) and whose conventional cell
+has at most ``MAX_CELL_ATOMS`` atoms: extra training data (``--train-sets train,val_rest,mp2018_extra``),
+never evaluated on.
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from generators.unimdm.symmetry import LETTERS, SymmetryInfo, encode_operations, polar_axes
 from generators.unimdm.tensor_files import concatenate, split_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _symmetry_of_cif_unchecked(cif: str):
@@ -96,6 +106,37 @@ STANDARD_TRAIN_ROWS = 27_136  # MP-20 train as CDVAE/DiffCSP split it
 SHARED_TRAIN_ROWS = 21_226  # the rows of it in the shared data (../shared/data/README.md)
 
 
+EXTRA_MAX_SITES = 40  # primitive sites of an mp2018_extra crystal (MP-20 stops at 20)
+
+
+def held_out_formulas() -> set[str]:
+    """Reduced formulas of MP-20 val and test."""
+    from pymatgen.core import Composition
+
+    from generators.datasets import load_mp20
+
+    return {Composition(f).reduced_formula for split in ("val", "test") for f in load_mp20(split)["pretty_formula"]}
+
+
+def load_mp2018_extra(max_sites: int = EXTRA_MAX_SITES) -> pd.DataFrame:
+    """The mp2018_extra rows (module docstring) as an MP-20-like table (``pretty_formula`` reduced)."""
+    from pymatgen.core import Composition
+
+    from generators.datasets import MP2018_FILE, formula_from_cif_header, read_table
+
+    table = read_table(MP2018_FILE)
+    table = table[table["mp20_split"].isna() & (table["n_sites"] <= max_sites)].copy()
+    table["pretty_formula"] = [Composition(formula_from_cif_header(cif)).reduced_formula for cif in table["cif"]]
+    return table[~table["pretty_formula"].isin(held_out_formulas())].reset_index(drop=True)
+
+
+def load_table(name: str) -> pd.DataFrame:
+    """An MP-20 table (``train``, ``val``, ``test``) or ``mp2018_extra``."""
+    from generators.datasets import load_mp20
+
+    return load_mp2018_extra() if name == "mp2018_extra" else load_mp20(name)
+
+
 def split_rows(split: str, val_rows: int = 2048, val_rest_rows: int = STANDARD_TRAIN_ROWS - SHARED_TRAIN_ROWS,
                limit: int | None = None) -> tuple[str, slice]:
     """(MP-20 table, row slice) of a split name: ``train``/``test`` whole, ``val`` its first
@@ -111,9 +152,9 @@ def build_split(split: str, workers: int, rows: slice = slice(None), part: tuple
     """Tensors of rows ``rows`` of one MP-20 table (or of part i of n contiguous parts of them)
     and their statistics (rows, failures, reconstruction matches: the Wyckoff expansion matches
     the CIF's structure)."""
-    from generators.datasets import load_mp20
+    from generators.unimdm.network import MAX_CELL_ATOMS
 
-    table = load_mp20(split).iloc[rows]
+    table = load_table(split).iloc[rows]
     index, parts = part
     size = len(table)
     table = table.iloc[index * size // parts : (index + 1) * size // parts]
@@ -124,13 +165,14 @@ def build_split(split: str, workers: int, rows: slice = slice(None), part: tuple
             results = pool.map(function, cifs, chunksize=32)
     else:
         results = [function(cif) for cif in cifs]
-    keep = [i for i, (info, _) in enumerate(results) if info is not None]
+    keep = [i for i, (info, _) in enumerate(results) if info is not None and info.n_atoms <= MAX_CELL_ATOMS]
     errors = [results[i][1] for i in range(len(results)) if results[i][0] is None]
+    too_large = sum(info is not None and info.n_atoms > MAX_CELL_ATOMS for info, _ in results)
     pick = lambda column, cast=lambda v: v: [cast(table[column].iloc[i]) for i in keep]  # noqa: E731
     tensors = pack_infos([results[i][0] for i in keep], pick("material_id"), pick("pretty_formula"),
                          pick("band_gap", _float), pick("formation_energy_per_atom", _float))
     stats = {
-        "rows": len(keep), "failed": len(errors), "errors": errors[:5],
+        "rows": len(keep), "failed": len(errors), "errors": errors[:5], "too_large": too_large,
         "reconstruction_matched": sum(bool(results[i][1]) for i in keep) if check else None,
         "atoms": int(tensors["n_atoms"].long().sum()), "max_atoms": int(tensors["n_atoms"].max()),
         "orbits": int(tensors["n_orbits"].long().sum()), "max_orbits": int(tensors["n_orbits"].max()),
@@ -149,6 +191,7 @@ def merge_parts(out: Path, split: str, parts: int) -> dict:
     stats = [meta["splits"].pop(f"{split}.part{i}of{parts}") for i in range(parts)]
     meta["splits"][split] = {
         "rows": len(tensors["material_ids"]), "failed": sum(s["failed"] for s in stats),
+        "too_large": sum(s.get("too_large", 0) for s in stats),
         "errors": [e for s in stats for e in s["errors"]][:5],
         "reconstruction_matched": None if any(s["reconstruction_matched"] is None for s in stats) else sum(s["reconstruction_matched"] for s in stats),
         "atoms": int(tensors["n_atoms"].long().sum()), "max_atoms": int(tensors["n_atoms"].max()),
@@ -191,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser = commands.add_parser("build", help="write the symmetry tensor files of MP-20 splits")
     build_parser.add_argument("--out", type=Path, default=Path(".device_data_unimdm"))
-    build_parser.add_argument("--splits", default="test,val,train", help="comma-separated: train, val, val_rest, test")
+    build_parser.add_argument("--splits", default="test,val,train", help="comma-separated: train, val, val_rest, test, mp2018_extra")
     build_parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     build_parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (tests)")
     build_parser.add_argument("--val-rows", type=int, default=2048, help="rows of MP-20 val kept for the validation loss")

@@ -16,6 +16,8 @@
 #   STOP_AFTER   end the trainer this many minutes after it starts (default MINUTES + 0.5: the
 #                cosine ends; less to split one cosine over two calls of one warm machine, the
 #                second with START=RUN/checkpoint.pt and the same GROW_ARGS)
+#   TRAIN_SETS   comma-separated training split files (default train,val_rest: the standard 27,136;
+#                add mp2018_extra for the 2018 MP crystals outside MP-20, generators/unimdm/data.py)
 #   BATCH, LR    crystals per step and peak learning rate (default 512, 3e-4)
 #   GROW_ARGS    training arguments that change the network, e.g. "--message-layers 4" (it grows
 #                CSPNet message layers, identities at first) or "--self-conditioning" (zero maps of
@@ -47,6 +49,7 @@ MINUTES=${MINUTES:-5}
 STOP_AFTER=${STOP_AFTER:-$("$PYTHON" -c "print($MINUTES + 0.5)")}
 BATCH=${BATCH:-512}
 LR=${LR:-3e-4}
+TRAIN_SETS=${TRAIN_SETS:-train,val_rest}
 GROW_ARGS=${GROW_ARGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 PREFLIGHT=${PREFLIGHT:-}
@@ -73,7 +76,7 @@ ORIGIN=(--resume "$START")
 # shellcheck disable=SC2086  # GROW_ARGS, TRAIN_ARGS and SAMPLE_ARGS are word lists
 step train "$PYTHON" -m generators.unimdm.train --data "$DATA" --out "$RUN" --minutes "$MINUTES" \
     --stop-after "$STOP_AFTER" --batch "$BATCH" --lr "$LR" --threads "$THREADS" --val-seconds 1e9 \
-    --log-seconds 60 --train-sets train,val_rest --cuda-graphs "${ORIGIN[@]}" $GROW_ARGS $TRAIN_ARGS
+    --log-seconds 60 --train-sets "$TRAIN_SETS" --cuda-graphs "${ORIGIN[@]}" $GROW_ARGS $TRAIN_ARGS
 trained=$?
 if [ "$trained" != 0 ]; then  # a failed trainer may leave an older model.pt in RUN: never pass that on as new
     report

@@ -129,6 +129,10 @@ DIT_PRESETS = {
     # 6.7 M parameters, 13.4 MB). Memory: the messages are [B, N, N, 128] per layer; at batch 1024
     # a batch of 80-atom cells saves ~40 GB for the backward pass (7 layers: ~60 GB)
     "csp": {"message_layers": 4},
+    # the width of DiffCSP++'s CSPNet (6 message-passing layers of 512) under 6 transformer blocks of
+    # 512, as Uni-MDM's DiT stacks them: about 35.9 M parameters (72 MB as float16, 36 MB as int8,
+    # over the 20 MB a weights file may take); for cost estimates (`evals.profile_unimdm_step`)
+    "diffcsp_width": {"width": 512, "depth": 6, "head_dim": 64, "message_layers": 6, "message_width": 512},
     # about 0.1 M parameters: tests and CPU dry runs
     "tiny": {"width": 48, "depth": 2, "head_dim": 16, "mlp_ratio": 2.0, "element_dim": 16, "time_dim": 32,
              "fourier_frequencies": 4, "pair_frequencies": 3},

@@ -16,7 +16,8 @@ resumed model.pt);
 ``--low-symmetry-weight W`` draws monoclinic and triclinic crystals W times per pass;
 ``--cuda-graphs`` records each padded width's whole step as a CUDA graph and replays it (the
 eager step is launch-bound); ``--train-sets train,val_rest`` adds the MP-20 val rows that bring the shared train split back to
-the standard 27,136 crystals (:mod:`generators.unimdm.data`). Batches group crystals
+the standard 27,136 crystals and ``mp2018_extra`` the 2018 MP crystals outside MP-20 (up to 40 sites, no
+formula of MP-20 val or test; :mod:`generators.unimdm.data`). Batches group crystals
 of similar size (sorted within random pools of 32 batches) and are padded to a multiple of 8
 atoms. Writes ``DIR/train_log.jsonl`` (one JSON object per line), ``DIR/model.pt`` (EMA
 weights, float16) and ``DIR/checkpoint.pt`` (full state), atomically.
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--low-symmetry-weight", type=int, default=1,
                         help="times each monoclinic or triclinic crystal (space group 1-15) is drawn per pass, 1-8")
     parser.add_argument("--train-sets", default="train",
-                        help="comma-separated split files to train on: train, val_rest (val and test are held out)")
+                        help="comma-separated split files to train on: train, val_rest, mp2018_extra (val and test are held out)")
     args = parser.parse_args(argv)
     args.train_sets = [s for s in args.train_sets.split(",") if s]
     held_out = [s for s in args.train_sets if s in ("val", "test")]
