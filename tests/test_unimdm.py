@@ -1091,7 +1091,7 @@ def test_generate_unimdm_command(tmp_path):
     assert missing.exit_code == 2 and "--elements" in missing.output
 
 
-@pytest.mark.parametrize("preset", ["base", "large", "edges", "csp"])
+@pytest.mark.parametrize("preset", ["base", "large", "edges", "csp", "csp_wide"])
 def test_preset_weights_fit_the_repository_file_limit(preset, tmp_path):
     """A trained model of each GPU preset, saved as the trainer saves it, stays under 20 MB."""
     from generators.diffusion.diffusion import DiffusionConfig

@@ -129,6 +129,10 @@ DIT_PRESETS = {
     # 6.7 M parameters, 13.4 MB). Memory: the messages are [B, N, N, 128] per layer; at batch 1024
     # a batch of 80-atom cells saves ~40 GB for the backward pass (7 layers: ~60 GB)
     "csp": {"message_layers": 4},
+    # DiffCSP++'s 6 message-passing layers, at 448 (its 512 would take 20.5 MB), one before each of
+    # the first 6 blocks: about 9.6 M parameters, 19.3 MB as float16. Memory: [B, N, N, 448]
+    # messages per layer, so batch 256 (~40 GB at 80-atom cells)
+    "csp_wide": {"message_layers": 6, "message_width": 448},
     # the width of DiffCSP++'s CSPNet (6 message-passing layers of 512) under 6 transformer blocks of
     # 512, as Uni-MDM's DiT stacks them: about 35.9 M parameters (72 MB as float16, 36 MB as int8,
     # over the 20 MB a weights file may take); for cost estimates (`evals.profile_unimdm_step`)
