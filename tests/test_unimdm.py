@@ -669,8 +669,12 @@ def test_gpu_continue_script_trains_then_samples_the_test_split(split, tmp_path)
     samples = torch.load(grown / "test.pt", weights_only=True)
     assert samples["space_group"].tolist() == split["space_group"].tolist() and samples["info"]["steps"] == 3
 
-    scratch, stages = run("scratch", START="scratch", PRESET="base", GROW_ARGS="", SAMPLE_SECONDS="0")
+    # a model file over PART_BYTES (the device returns at most 16 MiB a file) comes in parts that join
+    scratch, stages = run("scratch", START="scratch", PRESET="base", GROW_ARGS="", SAMPLE_SECONDS="0", PART_BYTES="5000000")
     assert [stage["stage"] for stage in stages] == ["train"] and stages[0]["rc"] == 0
+    parts = sorted(scratch.glob("model.pt.part-*"))
+    assert len(parts) == 3 and not (scratch / "model.pt").exists() and (scratch / "train_log.jsonl").exists()
+    (scratch / "model.pt").write_bytes(b"".join(part.read_bytes() for part in parts))
     assert load_model(scratch / "model.pt").network.config.width == dit_config("base").width  # not the tiny start
 
     plain, stages = run("plain", PREFLIGHT="tiny", SAMPLE_SECONDS="0")

@@ -31,6 +31,8 @@
 #                ~200 s replayed on an H100, 381 s with 4 message layers, so a grown network
 #                samples in a call of its own); 0: no sampling (a cosine split over calls samples
 #                after the last)
+#   PART_BYTES   files larger than this reach COPY_TO in parts (`split -b`; default 15000000: the
+#                device returns files of at most 16 MiB): join them with `cat model.pt.part-* > model.pt`
 #   THREADS      CPU threads (default 8); SAMPLE_ARGS extra sampling arguments; PYTHON (python3)
 #   COPY_TO      where the results go as each phase ends (the device's $OUT; default RUN):
 #                model.pt, train_log.jsonl, test.pt, job.log (one JSON line per stage, gpu_steps.sh's
@@ -61,7 +63,18 @@ mkdir -p "$RUN" "$COPY_TO"
 rm -f "$RUN/job.log"  # this call's stages only
 # shellcheck source=../gpu_steps.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../gpu_steps.sh"  # step NAME COMMAND...: a stage logged in $RUN/job.log
-report() { [ "$COPY_TO" -ef "$RUN" ] || cp "$@" "$RUN/job.log" "$COPY_TO/" 2>/dev/null; }
+PART_BYTES=${PART_BYTES:-15000000}
+report() {  # a file over PART_BYTES goes in parts NAME.part-aa, -ab, ... (16 MiB a file comes back from the device)
+    [ "$COPY_TO" -ef "$RUN" ] && return
+    for file in "$@" "$RUN/job.log"; do
+        [ -f "$file" ] || continue
+        if [ "$(stat -c %s "$file")" -gt "$PART_BYTES" ]; then
+            split -b "$PART_BYTES" "$file" "$COPY_TO/$(basename "$file").part-"
+        else
+            cp "$file" "$COPY_TO/"
+        fi
+    done
+}
 
 if [ -n "$PREFLIGHT" ]; then
     step preflight "$PYTHON" -m evals.profile_unimdm_step --data "$DATA" --preset "$PREFLIGHT" --batch "$BATCH" \
