@@ -149,9 +149,9 @@ def split_rows(split: str, val_rows: int = 2048, val_rest_rows: int = STANDARD_T
 
 def build_split(split: str, workers: int, rows: slice = slice(None), part: tuple[int, int] = (0, 1),
                 check: bool = True) -> tuple[dict, dict]:
-    """Tensors of rows ``rows`` of one MP-20 table (or of part i of n contiguous parts of them)
-    and their statistics (rows, failures, reconstruction matches: the Wyckoff expansion matches
-    the CIF's structure)."""
+    """Tensors of rows ``rows`` of one MP-20 table or ``mp2018_extra`` (or of part i of n contiguous
+    parts of them) and their statistics (rows, failures, cells over ``MAX_CELL_ATOMS`` left out,
+    reconstruction matches: the Wyckoff expansion matches the CIF's structure)."""
     from generators.unimdm.network import MAX_CELL_ATOMS
 
     table = load_table(split).iloc[rows]
