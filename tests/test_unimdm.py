@@ -719,7 +719,7 @@ def test_val_rest_fills_the_training_set_and_held_out_splits_are_refused(split, 
             train.parse_args(["--data", str(data), "--out", str(out), "--minutes", "1", "--train-sets", bad])
 
 
-def test_mp2018_extra_holds_no_mp20_crystal_nor_a_held_out_formula():
+def test_mp2018_extra_holds_no_mp20_crystal_nor_a_held_out_formula(tmp_path, capsys):
     """The 2018 MP crystals added to training: outside MP-20 by id, at most 40 sites, no reduced
     formula of MP-20 val or test (a renamed copy of a held-out crystal would leak it); their
     symmetry files rebuild the crystals."""
@@ -727,6 +727,7 @@ def test_mp2018_extra_holds_no_mp20_crystal_nor_a_held_out_formula():
 
     from generators.datasets import load_mp20
     from generators.unimdm.data import EXTRA_MAX_SITES, build_split, held_out_formulas, load_mp2018_extra
+    from generators.unimdm.data import main as data_main
 
     extra = load_mp2018_extra()
     assert len(extra) > 10_000 and extra["n_sites"].max() <= EXTRA_MAX_SITES == 40
@@ -739,6 +740,11 @@ def test_mp2018_extra_holds_no_mp20_crystal_nor_a_held_out_formula():
     tensors, stats = build_split("mp2018_extra", workers=1, rows=slice(0, 6))
     assert stats["rows"] == 6 and stats["reconstruction_matched"] == 6 and stats["too_large"] == 0
     assert tensors["material_ids"] == list(extra["material_id"].iloc[:6])
+    for bad in ("tran", ","):  # a misspelt or empty split list names the splits there are, before any work
+        with pytest.raises(SystemExit):
+            data_main(["build", "--out", str(tmp_path), "--splits", bad])
+        assert "--splits takes train, val, val_rest, test, mp2018_extra" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_step_profile_counts_the_training_step(split, tmp_path):

@@ -106,6 +106,7 @@ STANDARD_TRAIN_ROWS = 27_136  # MP-20 train as CDVAE/DiffCSP split it
 SHARED_TRAIN_ROWS = 21_226  # the rows of it in the shared data (../shared/data/README.md)
 
 
+BUILD_SPLITS = ("train", "val", "val_rest", "test", "mp2018_extra")  # what `build --splits` takes
 EXTRA_MAX_SITES = 40  # primitive sites of an mp2018_extra crystal (MP-20 stops at 20)
 
 
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser = commands.add_parser("build", help="write the symmetry tensor files of MP-20 splits")
     build_parser.add_argument("--out", type=Path, default=Path(".device_data_unimdm"))
-    build_parser.add_argument("--splits", default="test,val,train", help="comma-separated: train, val, val_rest, test, mp2018_extra")
+    build_parser.add_argument("--splits", default="test,val,train", help=f"comma-separated: {', '.join(BUILD_SPLITS)}")
     build_parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     build_parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (tests)")
     build_parser.add_argument("--val-rows", type=int, default=2048, help="rows of MP-20 val kept for the validation loss")
@@ -250,8 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "merge":
         print(json.dumps(merge_parts(args.out, args.split, args.parts)))
         return
+    splits = [s for s in args.splits.split(",") if s]
+    unknown = [s for s in splits if s not in BUILD_SPLITS]
+    if unknown or not splits:
+        parser.error(f"--splits takes {', '.join(BUILD_SPLITS)}; got {', '.join(unknown) or 'none'}")
     index, parts = (int(v) for v in args.part.split("/"))
-    build(args.out, [s for s in args.splits.split(",") if s], args.workers, args.limit, args.val_rows, (index, parts),
+    build(args.out, splits, args.workers, args.limit, args.val_rows, (index, parts),
           not args.no_check, args.val_rest_rows)
 
 
