@@ -1429,6 +1429,30 @@ def test_autoguidance_extrapolates_from_the_guide(split, tmp_path):
         with_guide(main, other, 1.0)
 
 
+def test_training_resumes_an_int8_model_file_as_its_float_weights(split, tmp_path):
+    """``train --resume`` of a ``checkpoint quantize`` file starts from the int8 rows times their scales
+    (the network the file holds, the loss within 2% of the float one); the bare int8 values, which a
+    plain float() of the state gives, are another network (its loss far off or NaN)."""
+    from generators.unimdm import train
+    from generators.unimdm.checkpoint import load_model, main as checkpoint_main
+
+    start_network = TrainedTinyNetwork(split)
+    data, start = start_network.saved(tmp_path)
+    quantized = tmp_path / "start_q8.pt"
+    checkpoint_main(["quantize", str(quantized), str(start)])
+    run = train.DiTRun(train.parse_args(["--data", str(data), "--out", str(tmp_path / "run"), "--minutes", "0.02",
+                                         "--batch", "4", "--threads", "1", "--resume", str(quantized)]))
+    expected = load_model(quantized).network.state_dict()
+    for network in (run.model, run.ema):
+        for name, tensor in network.state_dict().items():
+            torch.testing.assert_close(tensor.cpu(), expected[name].float())
+    assert start_network.loss(run.ema) == pytest.approx(start_network.loss(start_network.network), rel=0.02)
+    raw = torch.load(quantized, weights_only=True)["state_dict"]
+    bare = CrystalDiT(start_network.network.config)
+    bare.load_state_dict({name: tensor.float() for name, tensor in raw.items()})
+    assert start_network.loss(bare) != pytest.approx(start_network.loss(start_network.network), rel=0.5)  # far off or NaN
+
+
 def test_int8_model_file_is_smaller_and_computes_nearly_the_same(split, tmp_path):
     """``checkpoint quantize`` stores weight matrices as int8 rows with scales: the file is under 60%
     of the float16 one, every weight within half a step of its row's scale, the outputs of a random base

@@ -32,7 +32,7 @@ import torch
 
 from generators.diffusion.diffusion import DiffusionConfig, NoiseSchedule
 from generators.training import TrainingRun, add_training_arguments, prepare_torch, train_loop
-from generators.unimdm.checkpoint import MODEL_FORMAT, model_payload
+from generators.unimdm.checkpoint import MODEL_FORMAT, float_state, model_payload
 from generators.unimdm.diffusion import Tables, training_losses
 from generators.unimdm.lattice import KNormaliser, free_mask_table
 from generators.unimdm.network import DIT_PRESETS, CrystalDiT, DiTConfig, dit_config, grow_network
@@ -164,6 +164,15 @@ class DiTRun(TrainingRun):
             self.network_config.self_conditioning = True
         self.schedule = NoiseSchedule(self.diffusion_config, self.device)
         self.setup(CrystalDiT(self.network_config), resumed, dynamic_compile=True)
+
+    def load_resumed(self) -> dict | None:
+        """The ``--resume`` payload; an int8 model file (``checkpoint quantize``) comes back as float32
+        weights, since its int8 rows alone, without their scales, are not the network."""
+        resumed = super().load_resumed()
+        if resumed is None or "int8_scales" not in resumed:
+            return resumed
+        payload = {key: value for key, value in resumed.items() if key != "int8_scales"}
+        return {**payload, "state_dict": float_state(resumed)}
 
     def grown(self, resumed: dict) -> dict:
         """``resumed`` with its network grown (the same function) for ``--metric-features`` /
