@@ -50,8 +50,10 @@ class Progress:
     best_val_loss: float = math.inf
 
 
-class StopRequested(Exception):
-    """SIGTERM or SIGINT arrived: save and leave."""
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived: save and leave. A BaseException, as KeyboardInterrupt is, so that the
+    fallbacks' ``except Exception`` (CUDA graph recording, torch.compile) cannot take it for a failure
+    and train on (session 25: a SIGTERM during a recording became "cuda_graphs_fallback")."""
 
 
 def _request_stop(signum, frame):

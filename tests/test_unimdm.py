@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 import warnings
 
 import numpy as np
@@ -861,6 +862,33 @@ def test_failed_recording_keeps_its_warm_up_step_once(split, tmp_path, monkeypat
     assert graphed_run.graphed is None
     log = [json.loads(line) for line in (tmp_path / "graphed" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "cuda_graphs_fallback" and "capturing" in log[-1]["error"]
+
+
+def test_a_stop_signal_during_a_recording_stops_training(split, tmp_path, monkeypatch):
+    """SIGTERM or SIGINT arriving while a step is recorded (the handler raises StopRequested there) ends
+    the training: it is not taken for a failed recording that falls back to eager steps."""
+    import contextlib
+
+    from generators.training import GraphedSteps, StopRequested, _request_stop
+
+    _, graphed_run = twin_runs(split, tmp_path, "tiny")
+    graphed_run.graphed = GraphedSteps(graphed_run)
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    def signal_arrives():
+        _request_stop(signal.SIGTERM, None)
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", signal_arrives)
+    with pytest.raises(StopRequested, match="SIGTERM"):
+        graphed_run.step(torch.arange(7), 1e-3)
+    log = tmp_path / "graphed" / "train_log.jsonl"
+    assert not log.exists() or "cuda_graphs_fallback" not in log.read_text()
 
 
 def test_fixed_step_lattice_exponential_and_determinant_match_torch():
