@@ -891,6 +891,36 @@ def test_a_stop_signal_during_a_recording_stops_training(split, tmp_path, monkey
     assert not log.exists() or "cuda_graphs_fallback" not in log.read_text()
 
 
+def test_sigterm_saves_the_weights_and_ends_training(split, tmp_path):
+    """A trainer sent SIGTERM (a device call's time limit, ``pkill``) leaves at once with exit code 0,
+    its last record says why, and model.pt and checkpoint.pt hold the steps made."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from generators.unimdm.checkpoint import load_model
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    for name in ("train", "val"):
+        torch.save(split, data / f"{name}.pt")
+    trainer = subprocess.Popen([sys.executable, "-m", "generators.unimdm.train", "--data", str(data), "--out", str(out),
+                                "--minutes", "30", "--preset", "tiny", "--batch", "4", "--threads", "1",
+                                "--log-seconds", "0.5", "--val-seconds", "1e9"],
+                               cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and '"step"' in log.read_text()):
+        time.sleep(0.2)
+    trainer.send_signal(signal.SIGTERM)
+    assert trainer.wait(timeout=60) == 0, trainer.stderr.read().decode()[-2000:]
+    end = json.loads(log.read_text().splitlines()[-1])
+    assert end["event"] == "end" and end["reason"] == "signal SIGTERM" and not end["finished"]
+    assert end["step"] > 0 and load_model(out / "model.pt").training["steps"] == end["step"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["step"] == end["step"]
+
+
 def test_fixed_step_lattice_exponential_and_determinant_match_torch():
     """The network's lattice decoding without value-dependent steps (what a CUDA graph can record)
     equals torch's matrix exponential over the whole clipped range of the committed normaliser."""
