@@ -5,9 +5,10 @@
 # 10 and 11 of the model card). The CPU machine then scores the samples:
 # `python -m evals.bench_csp_unimdm --samples COPY_TO/test.pt`.
 #   START        model.pt (new AdamW and cosine; an int8 file of `checkpoint quantize` too) or
-#                checkpoint.pt (continues its cosine) to resume (default generators/weights/unimdm/model.pt), or "scratch": a new network of PRESET
-#                (default base; e.g. csp: a CSPNet message-passing layer before each of the first
-#                4 blocks) with the training files' k normaliser (LR=5e-4 as the first runs)
+#                checkpoint.pt (continues its cosine) to resume (default generators/weights/unimdm/model.pt),
+#                or "scratch": a new network of PRESET (default base; e.g. csp: a CSPNet message-passing
+#                layer before each of the first 4 blocks) with the training files' k normaliser (LR=5e-4
+#                as the first runs)
 #   PRESET       the network of START=scratch (a resumed network keeps its own)
 #   RUN          output folder of the trainer (default runs/continue)
 #   DATA         symmetry tensor files (default .device_data_unimdm)
