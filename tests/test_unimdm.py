@@ -830,27 +830,33 @@ def test_graphed_step_body_is_the_eager_step(split, tmp_path, preset):
     assert log[-1]["event"] == "cuda_graphs_fallback"
 
 
+def recording_on_the_cpu(monkeypatch, start_recording) -> None:
+    """The CPU stands in for the GPU's streams, and ``start_recording`` runs where a CUDA graph
+    recording would begin (``torch.cuda.graph_pool_handle``)."""
+    import contextlib
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", start_recording)
+
+
 def test_failed_recording_keeps_its_warm_up_step_once(split, tmp_path, monkeypatch):
     """A recording that fails after the eager warm-up step (e.g. an operation CUDA graphs refuse)
     counts that step once: the weights equal one eager step's, and training goes on eagerly."""
-    import contextlib
-
     from generators.training import GraphedSteps
 
     eager, graphed_run = twin_runs(split, tmp_path, "tiny")
     graphed_run.graphed = GraphedSteps(graphed_run)
 
-    class Stream:  # the CPU stands in for the GPU's streams; the recording itself fails
-        def wait_stream(self, other):
-            pass
-
     def no_recording():
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: Stream())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", no_recording)
+    recording_on_the_cpu(monkeypatch, no_recording)
     index = torch.arange(7)
     torch.manual_seed(3)
     expected = eager.step(index, 1e-3)
@@ -867,24 +873,11 @@ def test_failed_recording_keeps_its_warm_up_step_once(split, tmp_path, monkeypat
 def test_a_stop_signal_during_a_recording_stops_training(split, tmp_path, monkeypatch):
     """SIGTERM or SIGINT arriving while a step is recorded (the handler raises StopRequested there) ends
     the training: it is not taken for a failed recording that falls back to eager steps."""
-    import contextlib
-
     from generators.training import GraphedSteps, StopRequested, _request_stop
 
     _, graphed_run = twin_runs(split, tmp_path, "tiny")
     graphed_run.graphed = GraphedSteps(graphed_run)
-
-    class Stream:
-        def wait_stream(self, other):
-            pass
-
-    def signal_arrives():
-        _request_stop(signal.SIGTERM, None)
-
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: Stream())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", signal_arrives)
+    recording_on_the_cpu(monkeypatch, lambda: _request_stop(signal.SIGTERM, None))
     with pytest.raises(StopRequested, match="SIGTERM"):
         graphed_run.step(torch.arange(7), 1e-3)
     log = tmp_path / "graphed" / "train_log.jsonl"
