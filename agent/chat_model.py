@@ -191,7 +191,10 @@ class OfflineChatModel(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs) -> ChatResult:
         last = messages[-1]
         if isinstance(last, ToolMessage):
-            message = AIMessage(content=summarise(last.name or "", str(last.content)))
+            # The chat shows models each tool result fenced as data (agent.chat.for_the_model) and
+            # keeps the unfenced result in ``artifact``: rules summarise that, not the fence.
+            result = last.artifact if isinstance(last.artifact, str) else last.content
+            message = AIMessage(content=summarise(last.name or "", str(result)))
         elif isinstance(last, HumanMessage):
             message = plan(str(last.content))
         else:

@@ -3,7 +3,8 @@
 Arguments are bounded where clients send them: counts, string lengths and sizes out of range
 are refused by validation, before any work starts, as tool errors. Budget bounds come from
 ``tools.spec`` (the same ones the CLI and the search use); generator names from
-``tools.generation.GENERATORS``; query and passage bounds from ``tools.knowledge``. Result
+``tools.generation.GENERATORS``; text, formula, CIF and batch bounds from ``tools.limits``
+(every input limit in one place); the passage count from ``tools.knowledge``. Result
 models list the keys that clients can rely on and allow extra keys, so a tool that reports
 more does not break the schema.
 """
@@ -17,15 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.generation import GENERATORS
 from tools.knowledge import MAX_K as MAX_PASSAGES
-from tools.knowledge import MAX_QUERY_CHARS
+from tools.limits import (
+    MAX_CIF_CHARS,  # per CIF text; the readers take 2 MB files, MCP clients send at most 1 MB each
+    MAX_EXCLUDED_FORMULAS,
+    MAX_FORMULA_LENGTH,
+    MAX_FORMULAS,
+    MAX_QUERY_CHARS,
+    MAX_REQUEST_CHARS,
+    MAX_STRUCTURES,
+)
 from tools.relaxation import FMAX_RANGE, MAX_STEPS_RANGE
 from tools.spec import Budget, SearchSpec
 
-MAX_CIF_CHARS = 1_000_000  # per CIF text; the readers take 2 MB files, MCP clients send at most 1 MB each
-MAX_REQUEST_CHARS = 2000
-MAX_FORMULAS = 500
-MAX_STRUCTURES = 50
 MAX_SEED = 2**32 - 1
+MAX_LISTED_FORMULA_CHARS = 1000  # a formula in a list: longer than MAX_FORMULA_LENGTH gets its own error report
 MAX_RECALLED = 500  # the bound tools.knowledge.recall_candidates checks
 
 
@@ -47,12 +53,12 @@ Rounds = Annotated[int, *_bounds(Budget, "rounds"), Field(description="Proposal 
 RelaxSteps = Annotated[int, *_bounds(Budget, "relax_steps"), Field(description="CHGNet relaxation steps for each formula's best structure (0: none).")]
 Seconds = Annotated[float, *_bounds(Budget, "seconds"), Field(description="Wall-clock budget, seconds.")]
 Results = Annotated[int, *_bounds(SearchSpec, "n_results"), Field(description="Good candidates wanted.")]
-Formula = Annotated[str, Field(min_length=1, max_length=1000)]
+Formula = Annotated[str, Field(min_length=1, max_length=MAX_LISTED_FORMULA_CHARS)]
 FormulaList = Annotated[list[Formula], Field(min_length=1, max_length=MAX_FORMULAS, description="Chemical formulas, e.g. ['SrTiO3', 'LiMn2O4'].")]
-ExcludeList = Annotated[list[Formula], Field(max_length=10_000, description="Formulas the user already knows; matches count as not unique.")]
+ExcludeList = Annotated[list[Formula], Field(max_length=MAX_EXCLUDED_FORMULAS, description="Formulas the user already knows; matches count as not unique.")]
 Cif = Annotated[str, Field(min_length=1, max_length=MAX_CIF_CHARS, description=f"A crystal structure as CIF text (at most {MAX_CIF_CHARS:,} characters).")]
 CifList = Annotated[list[Cif], Field(min_length=1, max_length=MAX_STRUCTURES, description=f"Crystal structures as CIF texts (1-{MAX_STRUCTURES}).")]
-OneFormula = Annotated[str, Field(min_length=1, max_length=100, description="A formula, e.g. 'MgAl2O4'.")]
+OneFormula = Annotated[str, Field(min_length=1, max_length=MAX_FORMULA_LENGTH, description="A formula, e.g. 'MgAl2O4'.")]
 FamilyName = Annotated[str, Field(min_length=1, max_length=60, description="Crystal family, e.g. 'spinel'; default: every family the formula fits.")]
 StructureCount = Annotated[int, Field(ge=1, le=MAX_STRUCTURES, description="How many structures (L).")]
 Fmax = Annotated[float, Field(ge=FMAX_RANGE[0], le=FMAX_RANGE[1], description="Relaxation force criterion, eV/Å.")]

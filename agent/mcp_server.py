@@ -12,7 +12,12 @@ stops at its next event when the client cancels the call. Run records are resour
 through ``memory.runs.RunStore``, which refuses names outside the run folders.
 
 Transports: stdio (default), or streamable HTTP on 127.0.0.1; another address needs
-``allow_remote`` and a bearer token, which is then checked on every HTTP request.
+``allow_remote`` and a bearer token, which is then checked on every HTTP request. Every HTTP
+request's Host and Origin headers are checked against the names the server answers to (the
+bind address and its port, ``localhost`` on loopback, and ``allowed_hosts``), on every bind
+address, so a web page cannot reach the server by DNS rebinding; a wildcard bind (0.0.0.0,
+::) needs ``allowed_hosts``. Error messages sent to clients name no server paths (the log
+keeps them) and never carry a traceback.
 """
 
 from __future__ import annotations
@@ -21,19 +26,32 @@ import hmac
 import ipaddress
 import logging
 import math
+import os
+import re
+import stat
+import sys
 import threading
-from collections.abc import Awaitable, Callable
-from pathlib import PurePath
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+    UnexpectedResourceError,
+    UnexpectedToolError,
+)
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 
 from agent import mcp_schemas as s
+from tools import limits
 
 logger = logging.getLogger("genms.mcp")
 
@@ -42,9 +60,10 @@ T = TypeVar("T")
 URI_PREFIX = "genms://runs"
 DEFAULT_PORT = 8765
 HTTP_PATH = "/mcp"
-MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024  # above the per-CIF cap, so oversized CIFs get a tool error, not HTTP 413
-MIN_TOKEN_LENGTH = 16
+MAX_HTTP_BODY_BYTES = limits.MAX_HTTP_BODY_BYTES  # above the per-CIF cap, so oversized CIFs get a tool error, not HTTP 413
+MIN_TOKEN_LENGTH = limits.MIN_TOKEN_LENGTH
 TOKEN_ENV = "GENMS_MCP_TOKEN"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 INSTRUCTIONS = (
     "genms finds and checks crystal structures. search_materials runs the full hierarchical search for a "
@@ -116,10 +135,52 @@ async def run_in_worker(
     return value
 
 
+# --- messages to clients ------------------------------------------------------------------------
+
+# An absolute path in a message: POSIX (/x, ~/x), Windows (C:\x) or a file: URL. Not one inside a
+# word, a relative path or a URL (eV/atom, P6_3/mmc, runs/x, https://..., genms://runs/...).
+_ABSOLUTE_PATH = re.compile(
+    r"file://[^\s'\"`<>|,;()\[\]{}]+"
+    r"|(?<![\w.~/:\\-])~?/[^\s'\"`<>|,;()\[\]{}]+"
+    r"|(?<![\w/\\])[A-Za-z]:\\[^\s'\"`<>|,;()\[\]{}]+"
+)
+
+
+def _shown_path(path: str) -> str:
+    """What a client sees of a server path: its final component, or ``<path>`` for a folder that names the user."""
+    core = path.rstrip("/\\")
+    name = re.split(r"[/\\]", core)[-1] if core else ""
+    home = str(Path.home()).rstrip("/\\")
+    if not name or name in {"~", ".", ".."} or core == home or home.startswith(core + "/") or name == Path.home().name:
+        return "<path>"
+    return name
+
+
+def _scrub_path(match: re.Match) -> str:
+    text = match.group(0)
+    core = text.rstrip(".:!?")  # sentence punctuation after the path stays
+    return _shown_path(core) + text[len(core):]
+
+
+def client_message(message: str) -> str:
+    """``message`` as it may be sent to an MCP client: absolute paths reduced to their final component
+    (``<path>`` where that would name the user), at most ``limits.MAX_ERROR_CHARS`` characters."""
+    shown = _ABSOLUTE_PATH.sub(_scrub_path, message)
+    if len(shown) > limits.MAX_ERROR_CHARS:
+        shown = shown[: limits.MAX_ERROR_CHARS - 1] + "…"
+    return shown
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _failure(tool: str, exc: Exception) -> ToolError:
-    """A tool error for an unexpected failure, with its reason; the traceback goes to the log."""
+    """A tool error for an unexpected failure, with its reason (no server paths, no traceback);
+    the full message and the traceback go to the log."""
     logger.exception("%s failed", tool)
-    return ToolError(f"{tool} failed: {type(exc).__name__}: {exc}")
+    return ToolError(client_message(f"{tool} failed: {_reason(exc)}"))
 
 
 def _progress_message(event: dict) -> str:
@@ -137,7 +198,7 @@ def _forward_progress(ctx: Context) -> Callable[[Any], Awaitable[None]]:
     async def forward(event: dict) -> None:
         nonlocal count
         count += 1
-        await ctx.report_progress(count, None, _progress_message(event))
+        await ctx.report_progress(count, None, client_message(_progress_message(event)))
 
     return forward
 
@@ -162,7 +223,8 @@ def _read_run_file(run_id: str, relative: str) -> str:
     try:
         return _store().file(run_id, relative).read_text(encoding="utf-8")
     except (InvalidRunId, RunNotFound, FileNotFoundError) as exc:
-        raise ResourceNotFoundError(str(exc)) from None
+        logger.info("resource %s/%s not found: %s", run_id, relative, exc)
+        raise ResourceNotFoundError(client_message(str(exc))) from None
 
 
 # --- the tools ----------------------------------------------------------------------------------
@@ -266,16 +328,18 @@ def check_formulas(formulas: s.FormulaList, exclude: s.ExcludeList | None = None
     try:
         return s.CheckFormulasOutput(results=check(formulas, exclude=exclude or []))
     except ValueError as exc:  # a malformed exclusion list
-        raise ToolError(str(exc)) from exc
+        raise ToolError(client_message(str(exc))) from exc
+    except Exception as exc:
+        raise _failure("check_formulas", exc) from exc
 
 
 def check_structure(cif: s.Cif) -> s.StructureReport:
     """Check a CIF: parses, shortest interatomic distance > 0.5 Å, sane volume, SMACT composition
     validity, space group (spglib), and whether the formula is known. A CIF that does not parse
     gives ``cif_valid: false`` with the reason in ``error``."""
-    from tools.checks import check_structure_text
+    from tools.checks import check_structure_isolated
 
-    report = check_structure_text(cif, label="structure.cif")
+    report = check_structure_isolated(cif, label="structure.cif")
     report.pop("file", None)
     return s.StructureReport(**report)
 
@@ -296,10 +360,15 @@ def generate_structures(
     from tools.langchain_tools import generate_structures as generate
     from tools.structure import read_cif
 
-    made = generate(formula, generator.value, family=family, n=n, seed=seed)
-    if isinstance(made, dict):
-        raise ToolError(made["error"])
-    return s.GenerateStructuresOutput(structures=[{**g, "n_sites": len(read_cif(g["cif"]))} for g in made])
+    try:
+        made = generate(formula, generator.value, family=family, n=n, seed=seed)
+        if isinstance(made, dict):
+            error = ToolError(client_message(str(made.get("error") or "no structures")))
+        else:
+            return s.GenerateStructuresOutput(structures=[{**g, "n_sites": len(read_cif(g["cif"]))} for g in made])
+    except Exception as exc:
+        raise _failure("generate_structures", exc) from exc
+    raise error
 
 
 async def score_structures(
@@ -381,8 +450,11 @@ def recall_candidates(
 
 def list_runs(limit: s.RunLimit = 20) -> s.ListRunsOutput:
     """The recorded search runs, newest first: request, family, counts, best candidates, report URI."""
-    runs = _store().list(limit)
-    return s.ListRunsOutput(runs=[{**r, "report_uri": run_uri(r["run_id"], "report.md")} for r in runs])
+    try:
+        runs = _store().list(limit)
+        return s.ListRunsOutput(runs=[{**r, "report_uri": run_uri(r["run_id"], "report.md")} for r in runs])
+    except Exception as exc:
+        raise _failure("list_runs", exc) from exc
 
 
 def get_run(run_id: s.RunId) -> s.RunRecord:
@@ -393,11 +465,17 @@ def get_run(run_id: s.RunId) -> s.RunRecord:
     try:
         record = _store().load(run_id)
     except (InvalidRunId, RunNotFound) as exc:
-        raise ToolError(str(exc)) from exc
-    for candidate in record.get("candidates") or []:
-        if candidate.get("cif_path"):
-            candidate["cif_uri"] = run_uri(run_id, candidate["cif_path"])
-    return s.RunRecord(**record, resources=[run_uri(run_id, f) for f in record["files"]])
+        logger.info("get_run %r: %s", run_id, exc)
+        raise ToolError(client_message(str(exc))) from exc
+    except Exception as exc:  # an unreadable record
+        raise _failure("get_run", exc) from exc
+    try:
+        for candidate in record.get("candidates") or []:
+            if candidate.get("cif_path"):
+                candidate["cif_uri"] = run_uri(run_id, candidate["cif_path"])
+        return s.RunRecord(**{**record, "resources": [run_uri(run_id, f) for f in record["files"]]})
+    except Exception as exc:
+        raise _failure("get_run", exc) from exc
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -405,6 +483,52 @@ def get_run(run_id: s.RunId) -> s.RunRecord:
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 COMPUTE = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exception under the SDK's Unexpected*Error wrappers."""
+    while isinstance(exc, (UnexpectedToolError, UnexpectedResourceError)) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+class GenmsServer(MCPServer):
+    """MCPServer whose failures reach clients as short reasons without server paths or tracebacks.
+
+    Every tool error and resource error passes through :func:`client_message` (the full text is
+    logged); an exception a tool did not turn into a ToolError itself (a bug, or a result that
+    fails its schema) becomes a ToolError naming the tool and the exception's reason, where the
+    SDK would say only "Error executing tool ...".
+    """
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:
+            cause = _root_cause(exc)
+            logger.error("tool %s raised an unexpected exception", name, exc_info=cause)
+            raise ToolError(client_message(f"{name} failed: {_reason(cause)}")) from cause
+        except ToolError as exc:
+            shown = client_message(str(exc))
+            if shown == str(exc):
+                raise
+            logger.info("tool %s failed: %s", name, exc)
+            raise ToolError(shown) from exc.__cause__
+
+    async def read_resource(self, uri: Any, context: Context | None = None):
+        try:
+            return await super().read_resource(uri, context)
+        except UnexpectedResourceError as exc:  # its message names only the (client's) URI; the SDK logs the traceback
+            shown = client_message(str(exc))
+            if shown == str(exc):
+                raise
+            raise UnexpectedResourceError(shown) from exc.__cause__
+        except ResourceError as exc:
+            shown = client_message(str(exc))
+            if shown == str(exc):
+                raise
+            logger.info("resource %s failed: %s", uri, exc)
+            raise type(exc)(shown) from exc.__cause__
 
 
 def build_server() -> MCPServer:
@@ -415,7 +539,7 @@ def build_server() -> MCPServer:
         genms_version = version("genms")
     except PackageNotFoundError:
         genms_version = "0"
-    server = MCPServer("genms", title="genms: crystal search", version=genms_version, instructions=INSTRUCTIONS)
+    server = GenmsServer("genms", title="genms: crystal search", version=genms_version, instructions=INSTRUCTIONS)
     server.add_tool(search_materials, title="Search for crystals",
                     annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False))
     server.add_tool(propose_formulas, title="Propose formulae", annotations=COMPUTE)
@@ -450,32 +574,230 @@ def build_server() -> MCPServer:
 # --- transports ---------------------------------------------------------------------------------
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(bare)
     except ValueError:
-        return False
+        return None
 
 
-def check_transport(transport: str, host: str, allow_remote: bool, token: str | None) -> None:
-    """Refuse unsafe or incomplete configurations with a message that says what to do."""
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    address = _ip(host)
+    return address is not None and address.is_loopback
+
+
+def is_wildcard(host: str) -> bool:
+    """0.0.0.0, :: (in any spelling), '' or '*': every address of the machine."""
+    if host.strip() in {"", "*"}:
+        return True
+    address = _ip(host)
+    return address is not None and address.is_unspecified
+
+
+# A host name as clients may write it in a URL (letters, digits, '-', '_', dots between labels).
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*$")
+# A bearer token (RFC 6750 b64token): sent in an HTTP header, so printable ASCII without spaces.
+_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+_ORIGIN = re.compile(r"^https?://[^\s/?#@*]+$")
+
+
+def _host_spellings(name: str) -> list[str]:
+    """How a Host header writes ``name`` (without the port): IPv6 in brackets, as given and compressed."""
+    address = _ip(name)
+    if address is None:
+        if not _HOST_NAME.match(name):
+            raise ServeConfigError(f"not a host name or IP address: {name!r}")
+        return [name.lower()]
+    if address.version == 6:
+        given = (name[1:-1] if name.startswith("[") else name).lower()
+        return list(dict.fromkeys([f"[{given}]", f"[{address.compressed}]"]))
+    return [str(address)]
+
+
+def _parse_allowed_host(entry: str, port: int) -> tuple[str, int]:
+    """``NAME``, ``NAME:PORT``, ``[IPv6]`` or ``[IPv6]:PORT`` (a bare IPv6 address takes the server's port)."""
+    text = entry.strip()
+    given_port: str | None = None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or (text[close + 1:] and not text[close + 1:].startswith(":")):
+            raise ServeConfigError(f"--allowed-host {entry!r}: write an IPv6 address as [ADDRESS] or [ADDRESS]:PORT")
+        name, given_port = text[: close + 1], (text[close + 2:] if text[close + 1:] else None)
+    elif text.count(":") == 1:
+        name, given_port = text.split(":")
+    else:
+        name = text
+    if "*" in name or not name.strip("[]"):
+        raise ServeConfigError(f"--allowed-host {entry!r}: name the host clients use; wildcards would turn the Host check off")
+    if given_port is not None and not (given_port.isdigit() and 1 <= int(given_port) <= 65535):
+        raise ServeConfigError(f"--allowed-host {entry!r}: the port must be a number from 1 to 65535")
+    return name, int(given_port) if given_port else port
+
+
+@dataclass(frozen=True)
+class HttpSecurity:
+    """The Host and Origin header values the HTTP transport accepts (lower case, exact)."""
+
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+
+    def settings(self) -> TransportSecuritySettings:
+        """The same lists for the SDK's own check (``streamable_http_app(transport_security=...)``)."""
+        return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=list(self.hosts),
+                                         allowed_origins=list(self.origins))
+
+
+def http_security(host: str, port: int, allowed_hosts: Sequence[str] = (),
+                  allowed_origins: Sequence[str] = ()) -> HttpSecurity:
+    """The Host/Origin allow lists for a server bound to ``host``:``port``.
+
+    The names the server answers to are the bind address (both spellings of an IPv6 address),
+    ``localhost`` and the loopback addresses for a loopback bind, and ``allowed_hosts``
+    (``NAME`` or ``NAME:PORT``). A wildcard bind answers for any name that reaches the
+    machine, so it needs ``allowed_hosts``; it also accepts the loopback names. Allowed
+    Origins are ``http://`` and ``https://`` forms of those Host values, and ``allowed_origins``.
+    """
+    if len(allowed_hosts) + len(allowed_origins) > limits.MAX_ALLOWED_HOSTS:
+        raise ServeConfigError(f"at most {limits.MAX_ALLOWED_HOSTS} --allowed-host and --allowed-origin entries")
+    names: list[tuple[str, int]] = []
+    if is_wildcard(host):
+        if not allowed_hosts:
+            raise ServeConfigError(
+                f"refusing to serve on {host or '*'} without --allowed-host: a wildcard address answers for every name "
+                "that reaches this machine, so the Host check (against DNS rebinding) needs the names clients use; pass "
+                "--allowed-host NAME for each (e.g. --allowed-host my-host.example --allowed-host 192.168.1.5), or bind "
+                "one address with --host")
+        names += [(name, port) for name in LOOPBACK_NAMES]
+    else:
+        names.append((host, port))
+        if is_loopback(host):
+            names += [(name, port) for name in (LOOPBACK_NAMES if host.lower() == "localhost" else ("localhost",))]
+    names += [_parse_allowed_host(entry, port) for entry in allowed_hosts]
+
+    hosts: list[str] = []
+    origins: list[str] = []
+    for name, name_port in names:
+        for spelled in _host_spellings(name):
+            hosts.append(f"{spelled}:{name_port}")
+            origins += [f"http://{spelled}:{name_port}", f"https://{spelled}:{name_port}"]
+            if name_port == 80:  # default ports: clients leave them out
+                hosts.append(spelled)
+                origins.append(f"http://{spelled}")
+            elif name_port == 443:
+                hosts.append(spelled)
+                origins.append(f"https://{spelled}")
+    for entry in allowed_origins:
+        origin = entry.strip().rstrip("/").lower()
+        if not _ORIGIN.match(origin):
+            raise ServeConfigError(f"--allowed-origin {entry!r}: write an origin as http://HOST:PORT or https://HOST")
+        origins.append(origin)
+    return HttpSecurity(hosts=tuple(dict.fromkeys(hosts)), origins=tuple(dict.fromkeys(origins)))
+
+
+def normalise_token(token: str | None) -> str | None:
+    """The token without surrounding whitespace; None for none or an empty one."""
+    if token is None:
+        return None
+    return token.strip() or None
+
+
+def read_token_file(path: str | os.PathLike) -> str:
+    """The bearer token in the first line of ``path``, which other users must not be able to read."""
+    path = Path(path)
+    try:  # non-blocking: a FIFO does not hang the open; a folder opens and is refused below
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ServeConfigError(f"--token-file {path}: not a regular file")
+            if os.name == "posix" and info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+                raise ServeConfigError(
+                    f"--token-file {path}: other users can read or write it; restrict it with chmod 600 {path}")
+            data = os.read(fd, limits.MAX_TOKEN_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ServeConfigError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if len(data) > limits.MAX_TOKEN_FILE_BYTES:
+        raise ServeConfigError(f"--token-file {path}: larger than {limits.MAX_TOKEN_FILE_BYTES} bytes; put the token alone on its first line")
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ServeConfigError(f"--token-file {path}: not UTF-8 text") from None
+    token = normalise_token(lines[0] if lines else None)
+    if token is None:
+        raise ServeConfigError(f"--token-file {path}: the first line is empty; put the token there")
+    return token
+
+
+def check_transport(transport: str, host: str, allow_remote: bool, token: str | None,
+                    allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = (),
+                    port: int = DEFAULT_PORT) -> HttpSecurity | None:
+    """Refuse unsafe or incomplete configurations with a message that says what to do.
+
+    Returns the Host/Origin allow lists for HTTP (None for stdio).
+    """
     if transport not in {"stdio", "http"}:
         raise ServeConfigError(f"unknown transport {transport!r}; use stdio or http")
     if transport == "stdio":
-        return
+        return None
     if not is_loopback(host):
         if not allow_remote:
             raise ServeConfigError(
                 f"refusing to serve on {host}: only 127.0.0.1 is served by default; to accept connections from "
-                f"other machines pass --allow-remote and a bearer token (--token or {TOKEN_ENV})")
+                f"other machines pass --allow-remote and a bearer token ({TOKEN_ENV} or --token-file)")
         if not token:
             raise ServeConfigError(
-                f"refusing to serve on {host} without a bearer token: pass --token or set {TOKEN_ENV} "
+                f"refusing to serve on {host} without a bearer token: set {TOKEN_ENV} or pass --token-file PATH "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise ServeConfigError(f"the bearer token is too short: use at least {MIN_TOKEN_LENGTH} characters")
+    if token is not None:
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ServeConfigError(f"the bearer token is too short: use at least {MIN_TOKEN_LENGTH} characters")
+        if len(token) > limits.MAX_TOKEN_LENGTH:
+            raise ServeConfigError(f"the bearer token is too long: use at most {limits.MAX_TOKEN_LENGTH} characters")
+        if not _TOKEN.match(token):
+            raise ServeConfigError("the bearer token must be letters, digits and - . _ ~ + / (then = padding), "
+                                   "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return http_security(host, port, allowed_hosts, allowed_origins)
+
+
+async def _refuse(send, status: int, message: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    body = message.encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()), *extra_headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class HostOriginMiddleware:
+    """ASGI middleware: one Host header, from the allow list; at most one Origin header, from the allow list.
+
+    Refuses others (421 Host, 403 Origin) before anything else runs, on every path, ahead of the
+    SDK's own check of the same lists (which some SDK responses precede). Accepted values are
+    passed on in lower case, as the SDK compares them exactly.
+    """
+
+    def __init__(self, app, security: HttpSecurity):
+        self.app, self.hosts, self.origins = app, frozenset(security.hosts), frozenset(security.origins)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = scope.get("headers") or []
+            hosts = [value.decode("latin-1").lower() for key, value in headers if key == b"host"]
+            origins = [value.decode("latin-1").lower() for key, value in headers if key == b"origin"]
+            if len(hosts) != 1 or hosts[0] not in self.hosts:
+                logger.warning("refused an HTTP request with Host %r", hosts)
+                await _refuse(send, 421, "Invalid Host header")
+                return
+            if len(origins) > 1 or (origins and origins[0] not in self.origins):
+                logger.warning("refused an HTTP request with Origin %r", origins)
+                await _refuse(send, 403, "Invalid Origin header")
+                return
+            scope = {**scope, "headers": [(key, value.lower() if key in (b"host", b"origin") else value)
+                                          for key, value in headers]}
+        await self.app(scope, receive, send)
 
 
 class BearerTokenMiddleware:
@@ -486,8 +808,8 @@ class BearerTokenMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            given = [value for key, value in scope.get("headers") or [] if key == b"authorization"]
+            if len(given) != 1 or not hmac.compare_digest(given[0], self.expected):
                 body = b'{"error": "unauthorized: send Authorization: Bearer <token>"}'
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="genms"'),
@@ -497,27 +819,30 @@ class BearerTokenMiddleware:
         await self.app(scope, receive, send)
 
 
-async def _serve_http(server: MCPServer, host: str, port: int, token: str | None) -> None:
-    import sys
-
+async def _serve_http(server: MCPServer, host: str, port: int, token: str | None, security: HttpSecurity) -> None:
     import uvicorn
 
-    app = server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host, max_request_body_size=MAX_HTTP_BODY_BYTES)
+    app = server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host, max_request_body_size=MAX_HTTP_BODY_BYTES,
+                                     max_sessions=limits.MAX_MCP_SESSIONS, transport_security=security.settings())
     if token:
         app = BearerTokenMiddleware(app, token)
-    shown = f"[{host}]" if ":" in host else host
+    app = HostOriginMiddleware(app, security)  # outermost: a foreign Host or Origin learns nothing else
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     print(f"genms MCP server: http://{shown}:{port}{HTTP_PATH} (streamable HTTP"
-          f"{', bearer token required' if token else ''})", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+          f"{', bearer token required' if token else ''}; Host: {', '.join(security.hosts)})", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="warning", lifespan="on",
+                            limit_concurrency=limits.MAX_HTTP_CONNECTIONS, proxy_headers=False, server_header=False)
     await uvicorn.Server(config).serve()
 
 
 def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          allow_remote: bool = False, token: str | None = None) -> None:
+          allow_remote: bool = False, token: str | None = None,
+          allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()) -> None:
     """Serve until the client disconnects (stdio) or the process is stopped (http)."""
-    check_transport(transport, host, allow_remote, token)
+    token = normalise_token(token)
+    security = check_transport(transport, host, allow_remote, token, allowed_hosts, allowed_origins, port)
     server = build_server()
     if transport == "stdio":
         server.run("stdio")
     else:
-        anyio.run(_serve_http, server, host, port, token)
+        anyio.run(_serve_http, server, host, port, token, security)

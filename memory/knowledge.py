@@ -2,13 +2,17 @@
 
 Kinds: ``seed`` (articles genms writes itself), ``wikipedia`` (fetched, with their URLs) and
 ``user`` (added with ``genms knowledge add``). Adding an article again replaces its chunks.
+Fetched articles carry ``fetched_at`` (Unix time) and ``revision`` in their chunks' metadata,
+so the caller can tell a cached copy's age (:func:`fetched_epoch`) and mark old ones stale.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from memory.vectors import collection, similarity, write_lock
@@ -21,7 +25,11 @@ KINDS = ("seed", "wikipedia", "user")
 
 @dataclass(frozen=True)
 class Passage:
-    """A retrieved chunk: its text, the article's title and source (URL or genms path), score in [-1, 1]."""
+    """A retrieved chunk: its text, the article's title and source (URL or genms path), score in [-1, 1].
+
+    ``fetched_at``: when a fetched (Wikipedia) article was downloaded (UTC, ISO 8601), else None;
+    ``stale``: that copy is older than the allowed age and could not be refreshed.
+    """
 
     text: str
     title: str
@@ -29,6 +37,8 @@ class Passage:
     score: float
     kind: str
     chunk: int
+    fetched_at: str | None = None
+    stale: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +72,24 @@ def chunk_text(text: str) -> list[str]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def _iso(epoch: float) -> str | None:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def fetched_epoch(metadata: dict) -> float:
+    """When an article's copy was fetched (Unix time): ``fetched_at``, else ``added_at`` (older stores), else 0."""
+    value = metadata.get("fetched_at")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # not NaN
+        return float(value)
+    try:
+        return float(calendar.timegm(time.strptime(str(metadata.get("added_at")), "%Y-%m-%dT%H:%M:%SZ")))
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
 
 
 def _source_key(source: str) -> str:
@@ -108,6 +136,11 @@ class KnowledgeStore:
         found = self._collection.get(where={"kind": kind} if kind else None, include=["metadatas"])
         return {m["source"]: m for m in found["metadatas"] if m.get("chunk") == 0}
 
+    def delete_source(self, source: str) -> None:
+        """Remove an article's chunks."""
+        with write_lock():
+            self._collection.delete(where={"source_key": _source_key(source)})
+
     def delete_kind(self, kind: str) -> None:
         with write_lock():
             self._collection.delete(where={"kind": kind})
@@ -115,15 +148,22 @@ class KnowledgeStore:
     def count(self) -> int:
         return self._collection.count()
 
-    def query(self, text: str, k: int = 5, kinds: tuple[str, ...] | None = None) -> list[Passage]:
-        """The ``k`` chunks closest in meaning to ``text``, best first."""
+    def query(self, text: str, k: int = 5, kinds: tuple[str, ...] | None = None,
+              is_stale: Callable[[dict], bool] | None = None) -> list[Passage]:
+        """The ``k`` chunks closest in meaning to ``text``, best first.
+
+        ``is_stale(metadata)`` marks the passages of fetched (Wikipedia) articles whose copy is too old.
+        """
         if not self.count():
             return []
         where = {"kind": {"$in": list(kinds)}} if kinds else None
         found = self._collection.query(query_texts=[text], n_results=min(k, self.count()), where=where,
                                        include=["documents", "metadatas", "distances"])
-        return [
-            Passage(text=doc, title=meta["title"], source=meta["source"], score=similarity(distance),
-                    kind=meta["kind"], chunk=int(meta["chunk"]))
-            for doc, meta, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0])
-        ]
+        passages = []
+        for doc, meta, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0]):
+            fetched = meta["kind"] == "wikipedia"
+            passages.append(Passage(
+                text=doc, title=meta["title"], source=meta["source"], score=similarity(distance), kind=meta["kind"],
+                chunk=int(meta["chunk"]), fetched_at=_iso(fetched_epoch(meta)) if fetched else None,
+                stale=bool(fetched and is_stale and is_stale(meta))))
+        return passages

@@ -363,7 +363,7 @@ def test_remote_http_checks_the_bearer_token_on_every_request(tmp_path):
     port = free_port("0.0.0.0")
     log = tmp_path / "server.log"
     with open(log, "w") as errlog:
-        process = subprocess.Popen([GENMS, "mcp", "--transport", "http", "--host", "0.0.0.0", "--allow-remote", "--port", str(port)],
+        process = subprocess.Popen([GENMS, "mcp", "--transport", "http", "--host", "0.0.0.0", "--allow-remote", "--allowed-host", "genms.test", "--port", str(port)],
                                    env=server_env(GENMS_MCP_TOKEN=token), cwd=ROOT, stdin=subprocess.DEVNULL,
                                    stdout=errlog, stderr=errlog)
     try:

@@ -1,11 +1,14 @@
 """Per-item checks of formulas and structures, as the reports the CLI, agent and evals share.
 
 Each check returns a JSON-ready dict and never raises on bad input: the problem goes into
-the item's ``error`` field so that one bad item does not lose the rest of a batch.
+the item's ``error`` field so that one bad item does not lose the rest of a batch. Structure
+text from outside (files, MCP clients, the chat) is checked by :func:`check_structure_isolated`,
+in a worker process (:mod:`tools.sandbox`), so a crash or a runaway check costs that item only.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,7 +17,9 @@ from tools.composition import charge_balance
 from tools.families import families_fitting
 from tools.formula import FormulaError, ParsedFormula, parse_formula
 from tools.structure import StructureError, detect_spacegroup, read_structure_text, read_text_file, structural_validity
-from tools.uniqueness import check_uniqueness
+from tools.uniqueness import check_uniqueness, exclusion_keys
+
+log = logging.getLogger(__name__)
 
 
 def _formula_verdicts(parsed: ParsedFormula, exclude: tuple[str, ...]) -> dict[str, object]:
@@ -57,12 +62,21 @@ def check_formula(text: str, exclude: Iterable[str] = ()) -> dict[str, object]:
         verdicts = _formula_verdicts(parsed, exclude)
     except FormulaError as exc:
         return {"input": text, "valid": False, "error": str(exc), **_EMPTY_FORMULA_VERDICTS}
+    except Exception as exc:  # a check that failed on this formula: its own error, the batch goes on
+        log.exception("formula check failed on %r", text)
+        return {"input": text, "valid": False, "error": f"check failed: {type(exc).__name__}: {exc}",
+                **_EMPTY_FORMULA_VERDICTS}
     return {"input": text, "valid": True, "error": None, **verdicts}
 
 
 def check_formulas(texts: Iterable[str], exclude: Iterable[str] = ()) -> list[dict[str, object]]:
-    """:func:`check_formula` over a batch."""
+    """:func:`check_formula` over a batch.
+
+    A malformed exclusion list concerns the whole call, not one formula: it raises
+    :class:`FormulaError` (a ``ValueError``) before any formula is checked.
+    """
     exclude = tuple(exclude)
+    exclusion_keys(exclude)
     return [check_formula(text, exclude) for text in texts]
 
 
@@ -87,6 +101,14 @@ def check_structure_text(text: str, label: str | None = None) -> dict[str, objec
     except StructureError as exc:
         report["error"] = str(exc)
         return report
+    try:
+        return _structure_verdicts(report, structure)
+    except Exception as exc:  # a verdict that failed on this structure (e.g. an element without data)
+        log.exception("structure check failed on %s", label)
+        return {**report, "cif_valid": True, "error": f"check failed: {type(exc).__name__}: {exc}"}
+
+
+def _structure_verdicts(report: dict, structure) -> dict:
     composition = structure.composition
     parsed = ParsedFormula(text=composition.formula.replace(" ", ""), amounts=composition.get_el_amt_dict())
     validity = structural_validity(structure)
@@ -96,7 +118,7 @@ def check_structure_text(text: str, label: str | None = None) -> dict[str, objec
         cif_valid=True,
         structurally_valid=validity.valid,
         min_distance=round(validity.min_distance, 4) if math.isfinite(validity.min_distance) else None,
-        volume_per_atom=round(validity.volume_per_atom, 3),
+        volume_per_atom=round(validity.volume_per_atom, 3) if math.isfinite(validity.volume_per_atom) else None,
         composition_valid=balance.composition_valid,
         charge_balanced=balance.charge_balanced,
         reduced_formula=parsed.reduced_formula,
@@ -110,10 +132,24 @@ def check_structure_text(text: str, label: str | None = None) -> dict[str, objec
     return report
 
 
+def check_structure_isolated(text: str, label: str | None = None) -> dict[str, object]:
+    """:func:`check_structure_text` on outside text, run in a worker process.
+
+    A check that crashes, runs out of memory or takes longer than the sandbox allows gives a
+    report with the reason in ``error``; the caller and the next check are unaffected.
+    """
+    from tools.sandbox import SandboxError, run_isolated
+
+    try:
+        return run_isolated("check_structure", {"text": text, "label": label})
+    except SandboxError as exc:
+        return {"file": label, "cif_valid": False, **_EMPTY_STRUCTURE_VERDICTS, "error": f"check refused: {exc}"}
+
+
 def check_structure_file(path: str | Path) -> dict[str, object]:
-    """:func:`check_structure_text` on a file, unreadable or oversized files reported as errors."""
+    """:func:`check_structure_isolated` on a file, unreadable or oversized files reported as errors."""
     try:
         text = read_text_file(path)
     except StructureError as exc:
         return {"file": str(path), "cif_valid": False, **_EMPTY_STRUCTURE_VERDICTS, "error": str(exc)}
-    return check_structure_text(text, label=str(path))
+    return check_structure_isolated(text, label=str(path))

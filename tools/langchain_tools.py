@@ -9,7 +9,7 @@ from __future__ import annotations
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
-from tools.checks import check_formulas, check_structure_text
+from tools.checks import check_formulas, check_structure_isolated
 from tools.relaxation import FMAX_RANGE, MAX_STEPS_RANGE
 from tools.scoring import score_texts
 from tools.structure import MAX_CIF_BYTES
@@ -145,7 +145,7 @@ def _check_formulas(formulas: list[str], exclude: list[str] | None = None) -> li
 
 
 def _check_structure(cif: str) -> dict:
-    return check_structure_text(cif, label="structure.cif")
+    return check_structure_isolated(cif, label="structure.cif")
 
 
 def _score_structures(cifs: list[str], relax: bool = False, fmax: float = 0.05, max_steps: int = 500) -> list[dict]:

@@ -20,7 +20,7 @@ from pymatgen.core import Structure
 from tools.energy import EnergyPrediction, UnsupportedStructureError, check_supported, predict
 from tools.formation_energy import elemental_references
 from tools.hull import energy_above_hull
-from tools.structure import StructureError, read_structure_text, read_text_file, structural_validity, write_cif
+from tools.structure import StructureError, read_text_file, structural_validity, write_cif
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class ScoringLimits:
 
 def guard_structure(structure: Structure, limits: ScoringLimits) -> str | None:
     """Reason to reject a structure before scoring it, or ``None``."""
+    if len(structure) == 0:
+        return "structure has no atoms"
     if len(structure) > limits.max_sites:
         return f"too many sites ({len(structure)}; the scoring cap is {limits.max_sites})"
     try:
@@ -125,12 +127,20 @@ def score_structures(
     reports = [_empty_report(label, s) for label, s in zip(labels, structures)]
     scored: list[tuple[int, Structure]] = []
     for i, structure in enumerate(structures):
-        reports[i]["reason"] = guard_structure(structure, limits)
+        reports[i]["reason"] = _isolated(guard_structure, structure, limits)
         if reports[i]["reason"] is None:
             scored.append((i, structure))
     if relax:
         for done, (i, structure) in enumerate(list(scored), start=1):
-            result = relax_structure(structure, fmax=fmax, max_steps=max_steps)
+            try:
+                result = relax_structure(structure, fmax=fmax, max_steps=max_steps)
+            except ValueError:
+                raise  # fmax or max_steps out of range: the call's arguments, not this structure
+            except Exception as exc:  # this structure broke the relaxation; the others go on
+                reports[i]["reason"] = f"relaxation failed: {type(exc).__name__}: {exc}"
+                if progress:
+                    progress("relax", done, len(scored))
+                continue
             reports[i].update(
                 relaxed_cif=write_cif(result.structure),
                 relax_converged=result.converged,
@@ -152,25 +162,42 @@ def score_structures(
         if isinstance(prediction, Exception):
             reports[i]["reason"] = str(prediction)
         else:
-            _fill_energies(reports[i], structure, prediction, limits)
+            failure = _isolated(_fill_energies, reports[i], structure, prediction, limits)
+            if failure:
+                reports[i].update(plausible=False, reason=failure)
     return reports
+
+
+def _isolated(check: Callable[..., str | None], *arguments) -> str | None:
+    """``check(*arguments)``, with an unexpected failure turned into that item's reason."""
+    try:
+        return check(*arguments)
+    except Exception as exc:
+        return f"scoring failed: {type(exc).__name__}: {exc}"
 
 
 def score_texts(items: Sequence[tuple[str, str | StructureError]], **options) -> list[dict[str, object]]:
     """Score ``(label, CIF or POSCAR text)`` pairs; unreadable ones get a report with the reason.
 
-    A text may also be the :class:`StructureError` met while reading it (a file that could not
-    be read). ``options`` are those of :func:`score_structures`. Reports keep the input order.
+    The texts come from outside, so each is read in a worker process (:mod:`tools.sandbox`):
+    one that crashes or stalls the reader costs its own report only. A text may also be the
+    :class:`StructureError` met while reading it (a file that could not be read). ``options``
+    are those of :func:`score_structures`. Reports keep the input order.
     """
+    from tools.sandbox import SandboxError, run_isolated
+
     structures, positions = [], []
     reports: list[dict[str, object] | None] = [None] * len(items)
     for position, (label, text) in enumerate(items):
         try:
             if isinstance(text, StructureError):
                 raise text
-            structures.append(read_structure_text(text, label))
+            read = run_isolated("read_structure", {"text": text, "label": label})
+            if "error" in read:
+                raise StructureError(read["error"])
+            structures.append(Structure.from_dict(read["structure"]))
             positions.append(position)
-        except StructureError as exc:
+        except (StructureError, SandboxError) as exc:
             reports[position] = {**_empty_report(label, None), "reason": str(exc)}
     scored = score_structures(structures, [items[p][0] for p in positions], **options)
     for position, report in zip(positions, scored):

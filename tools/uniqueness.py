@@ -98,7 +98,8 @@ def known_formula_index() -> KnownFormulaIndex:
 
 
 @lru_cache(maxsize=64)
-def _exclusion_keys(formulas: tuple[str, ...]) -> frozenset[str]:
+def exclusion_keys(formulas: tuple[str, ...]) -> frozenset[str]:
+    """Uniqueness keys of a user's exclusion list; :class:`FormulaError` naming the first bad entry."""
     keys = set()
     for formula in formulas:
         try:
@@ -126,7 +127,7 @@ def check_uniqueness(
     """Uniqueness of a formula against the known sets and an optional user exclusion list."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     known_in = known_formula_index().sources(parsed)
-    excluded = parsed.key in _exclusion_keys(tuple(exclude))
+    excluded = parsed.key in exclusion_keys(tuple(exclude))
     unique = not excluded and not (set(known_in) & set(against))
     return Uniqueness(parsed.reduced_formula, known_in, excluded, unique)
 
