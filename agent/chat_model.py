@@ -18,7 +18,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from tools.formula import is_valid_formula
+from tools.limits import MAX_CHAT_MESSAGE_CHARS
 from tools.spec import RequestNotUnderstood, SpecConflict, family_mentioned, parse_request
+from tools.structure import StructureError, read_text_file
 
 HELP = (
     "I can check formulas ('is LiMn2O4 known?'), check or score a CIF file ('score examples/SrTiO3.cif'), "
@@ -34,8 +36,26 @@ def _formulas(text: str) -> list[str]:
     return [token for token in _FORMULA.findall(text) if is_valid_formula(token) and not token.isupper()]
 
 
+_QUOTES = "'\"`,;:()[]{}<>"
+
+
 def _cif_paths(text: str) -> list[str]:
-    return [token for token in re.findall(r"[\w./~-]+\.(?:cif|vasp)\b|[\w./~-]*POSCAR\w*", text) if Path(token).expanduser().is_file()]
+    """Structure files named in a message (``*.cif``, ``*.vasp``, ``POSCAR*``) that exist.
+
+    Token by token, so the work is linear in the message (a pattern scanning for the suffix
+    backtracked quadratically over long runs of path characters)."""
+    paths = []
+    for token in text.split():
+        token = token.lstrip(_QUOTES).rstrip(_QUOTES + ".!?")
+        name = token.rsplit("/", 1)[-1]
+        if not (name.lower().endswith((".cif", ".vasp")) or name.startswith("POSCAR")):
+            continue
+        try:
+            if Path(token).expanduser().is_file():
+                paths.append(token)
+        except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
+            continue
+    return paths
 
 
 def _tool_call(name: str, arguments: dict) -> AIMessage:
@@ -61,9 +81,15 @@ def _understood(text: str) -> tuple[bool, str | None]:
 
 def plan(text: str) -> AIMessage:
     """The tool call (or direct answer) for one user message."""
+    if len(text) > MAX_CHAT_MESSAGE_CHARS:
+        return AIMessage(content=f"That message is {len(text):,} characters; I read at most {MAX_CHAT_MESSAGE_CHARS:,}. "
+                                 "Please shorten it.")
     paths = _cif_paths(text)
     if paths:
-        cifs = [Path(p).expanduser().read_text(errors="replace") for p in paths]
+        try:  # bounded and regular files only: a FIFO or /dev/zero named in a message must not hang the chat
+            cifs = [read_text_file(Path(p).expanduser()) for p in paths]
+        except StructureError as exc:
+            return AIMessage(content=f"I cannot read that structure file: {exc}")
         if re.search(r"\b(score|energy|energies|relax|stable|stability|hull)\b", text, re.I):
             return _tool_call("score_structures", {"cifs": cifs, "relax": bool(re.search(r"\brelax", text, re.I))})
         return _tool_call("check_structure", {"cif": cifs[0]})

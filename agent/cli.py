@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agent.cli_diffusion import generate_diffusion_command
@@ -15,7 +14,7 @@ from agent.cli_eval import eval_app
 from agent.cli_gfn import generate_gfn_command
 from agent.cli_memory import knowledge_app, memory_app
 from agent.cli_unimdm import generate_unimdm_command
-from agent.render import JsonOption, console
+from agent.render import JsonOption, check_out_folder, console, err_console, safe, write_output
 from agent.render import emit_json as _emit_json
 from agent.render import fail as _fail
 from agent.render import fail_as
@@ -63,6 +62,7 @@ def search(
 
     from agent.search import run_search, save_run
 
+    check_out_folder(out)  # before the search, not after it
     overrides = {
         "seed": seed,
         "budget": {"proposals": proposals, "formulas": formulas, "structures_per_formula": structures, "rounds": rounds,
@@ -70,7 +70,7 @@ def search(
     }
     if results is not None:
         overrides["n_results"] = results
-    stderr = Console(stderr=True)
+    stderr = err_console
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True) as bar:
         tasks: dict[str, int] = {}
@@ -80,23 +80,27 @@ def search(
                 d = event["decision"]
                 if d["step"] == "understand" and d["decision"] == "stop":
                     return  # the error is printed once, below
-                bar.console.print(f"[dim]{d['step']}:[/dim] {d['decision']} - {d['reason']}")
+                bar.console.print(f"[dim]{safe(d['step'])}:[/dim] {safe(d['decision'])} - {safe(d['reason'])}")
                 return
-            label = f"{event['stage']} {event.get('detail', '')}".strip()
+            label = safe(f"{event['stage']} {event.get('detail', '')}".strip())
             if event["stage"] not in tasks:
                 tasks[event["stage"]] = bar.add_task(label, total=max(event["total"], 1))
             bar.update(tasks[event["stage"]], description=label, completed=event["done"], total=max(event["total"], 1))
 
         result = run_search(request, overrides, on_progress=show)
-    written = save_run(result, out)
+    try:
+        written = save_run(result, out)
+    except OSError as exc:  # the folder was checked up front; a full disk or a change since
+        _fail(f"the search ran but its files could not be written to {out or 'the runs folder'}: {exc.strerror or exc}", code=1)
     if as_json:
         _emit_json({**result.as_dict(), "files": written})
     elif result.error:
-        stderr.print(f"[red]not searched:[/red] {result.error}")
+        stderr.print(f"[red]not searched:[/red] {safe(result.error)}")
     else:
         _print_candidates(result)
         if written:
-            console.print(f"run {written['run_id']}: results {written['results']}, report {written['report']}, CIFs {written['cifs']}")
+            console.print(f"run {safe(written['run_id'])}: results {safe(written['results'])}, report {safe(written['report'])}, "
+                          f"CIFs {safe(written['cifs'])}")
     if result.error or not result.good:
         raise typer.Exit(1)
 
@@ -132,14 +136,14 @@ def doctor(as_json: JsonOption = False) -> None:
         _emit_json(report)
         return
     table = Table(title="genms doctor", show_header=False)
-    table.add_row("Python", report["python"])
+    table.add_row("Python", safe(report["python"]))
     for name, version in report["packages"].items():
-        table.add_row(name, version or "[red]not installed[/red]")
-    table.add_row("CHGNet weights", ", ".join(report["chgnet_weights"]) or "[red]none found[/red]")
+        table.add_row(safe(name), safe(version) or "[red]not installed[/red]")
+    table.add_row("CHGNet weights", safe(", ".join(report["chgnet_weights"])) or "[red]none found[/red]")
     data = report["data"]
     missing = [name for name, present in data["files"].items() if not present]
-    table.add_row("data dir", data["data_dir"] or f"[red]{data['error']}[/red]")
-    table.add_row("data files", "all present" if not missing else f"[red]missing: {', '.join(missing)}[/red]")
+    table.add_row("data dir", safe(data["data_dir"]) or f"[red]{safe(data['error'])}[/red]")
+    table.add_row("data files", "all present" if not missing else f"[red]missing: {safe(', '.join(missing))}[/red]")
     table.add_row("formula index", f"{report['formula_index']['formulas']:,} formulas")
     table.add_row("ANTHROPIC_API_KEY", "set" if report["anthropic_api_key"] else "not set")
     table.add_row("planner", "Claude" if report["planner"] == "claude" else "offline planner (no network needed)")
@@ -148,17 +152,21 @@ def doctor(as_json: JsonOption = False) -> None:
     for column in ("feature", "available", "offline"):
         features.add_column(column)
     for row in report["features"]:
-        features.add_row(row["feature"], _mark(row["available"]), _mark(row["offline"]))
+        features.add_row(safe(row["feature"]), _mark(row["available"]), _mark(row["offline"]))
     console.print(features)
     if not report["ok"]:
         raise typer.Exit(1)
 
 
 def _read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a list file (regular files of at most MAX_STRUCTURE_BYTES only)."""
+    from tools.files import InputFileError, read_bounded_text
+    from tools.limits import MAX_STRUCTURE_BYTES
+
     try:
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror or exc}")
+        return [line.strip() for line in read_bounded_text(path, MAX_STRUCTURE_BYTES).splitlines() if line.strip()]
+    except InputFileError as exc:
+        _fail(f"cannot read {path}: {exc}")
     return []
 
 
@@ -202,13 +210,13 @@ def _print_formula_table(reports: list[dict]) -> None:
         table.add_column(column)
     for r in reports:
         if r["error"]:
-            table.add_row(r["input"][:40] or "(empty)", "[red]invalid[/red]", "", "", "", "", "")
+            table.add_row(safe(r["input"][:40]) or "(empty)", "[red]invalid[/red]", "", "", "", "", "")
             continue
         states = " ".join(_species(el, q) for el, qs in (r["oxidation_states"] or {}).items() for q in sorted(set(qs)))
-        known = ", ".join(r["known_in"]) or "[green]novel[/green]"
+        known = safe(", ".join(r["known_in"])) or "[green]novel[/green]"
         table.add_row(
-            r["input"], r["reduced_formula"], _mark(r["charge_balanced"]), states,
-            _mark(r["electronegativity_ok"]), known, ", ".join(r["families"]) or "-",
+            safe(r["input"]), safe(r["reduced_formula"]), _mark(r["charge_balanced"]), safe(states),
+            _mark(r["electronegativity_ok"]), known, safe(", ".join(r["families"])) or "-",
         )
     console.print(table)
     _print_errors((r["input"][:40] or "(empty)", r["error"]) for r in reports)
@@ -217,7 +225,7 @@ def _print_formula_table(reports: list[dict]) -> None:
 def _print_errors(items) -> None:
     for label, error in items:
         if error:
-            console.print(f"[red]{label}:[/red] {error}")
+            console.print(f"[red]{safe(label)}:[/red] {safe(error)}")
 
 
 @formula_app.command("propose")
@@ -237,20 +245,20 @@ def formula_propose(
         spec = parse_request(request, seed=seed)
     except (RequestNotUnderstood, SpecConflict) as exc:
         fail_as(as_json, str(exc), kind=type(exc).__name__)
-    with Console(stderr=True).status("proposing formulae..."):
+    with err_console.status("proposing formulae..."):
         proposals, proposer = propose(spec, n, seed=seed, use_claude=False if offline else None)
         screened = screen(proposals, spec)
     if as_json:
         _emit_json([item.as_dict() for item in screened])
         return
-    console.print(f"[bold]request:[/bold] {spec.summary()}   [dim]proposer: {proposer}, seed {seed}[/dim]")
+    console.print(f"[bold]request:[/bold] {safe(spec.summary())}   [dim]proposer: {safe(proposer)}, seed {seed}[/dim]")
     table = Table(title=f"{sum(s.passed for s in screened)} of {len(screened)} proposals pass the screen")
     for column in ("formula", "passed", "score", "rejected by", "rationale"):
         table.add_column(column)
     for item in screened:
         verdict = item.rejected_by and f"{item.rejected_by}: {item.reason}"
-        table.add_row(item.formula, _mark(item.passed), f"{item.score:.2f}" if item.score is not None else "-",
-                      verdict or "-", item.rationale)
+        table.add_row(safe(item.formula), _mark(item.passed), f"{item.score:.2f}" if item.score is not None else "-",
+                      safe(verdict) or "-", safe(item.rationale))
     console.print(table)
 
 
@@ -272,9 +280,9 @@ def structure_check(
         for r in reports:
             group = f"{r['spacegroup_symbol']} ({r['spacegroup_number']})" if r["spacegroup_number"] else "-"
             table.add_row(
-                Path(r["file"]).name, r["reduced_formula"] or "-", _mark(r["cif_valid"]),
+                safe(Path(r["file"]).name), safe(r["reduced_formula"] or "-"), _mark(r["cif_valid"]),
                 _mark(r["structurally_valid"]), f"{r['min_distance']:.3f}" if r["min_distance"] else "-",
-                _mark(r["composition_valid"]), group, str(r["n_sites"] or "-"), ", ".join(r["known_in"] or []) or "-",
+                _mark(r["composition_valid"]), safe(group), safe(r["n_sites"] or "-"), safe(", ".join(r["known_in"] or []) or "-"),
             )
         console.print(table)
         _print_errors((Path(r["file"]).name, r["error"]) for r in reports)
@@ -295,7 +303,7 @@ def score(
 
     from tools.scoring import ScoringLimits, score_files
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=err_console, transient=True) as bar:
         tasks = {}
 
         def report(stage: str, done: int, total: int) -> None:
@@ -323,7 +331,7 @@ def _print_score_table(reports: list[dict], relaxed: bool) -> None:
         table.add_column(column)
     for r in reports:
         row = [
-            Path(r["file"]).name, r.get("reduced_formula") or "-", _number(r.get("energy_per_atom")),
+            safe(Path(r["file"]).name), safe(r.get("reduced_formula") or "-"), _number(r.get("energy_per_atom")),
             _number(r.get("formation_energy_per_atom")), _number(r.get("e_above_hull")),
             _number(r.get("max_force")), _mark(r["plausible"]),
         ]
@@ -348,6 +356,7 @@ def generate_template_command(
     from tools.generation import GenerationError, generate_template
     from tools.structure import detect_spacegroup, structural_validity, write_cif
 
+    check_out_folder(out)
     try:
         generated = generate_template(formula, family=family, n=n, seed=seed)
     except (FormulaError, GenerationError, KeyError) as exc:
@@ -355,11 +364,10 @@ def generate_template_command(
             _emit_json({"error": str(exc).strip("'\""), "formula": formula})
             raise typer.Exit(1)
         _fail(str(exc).strip("'\""), code=1)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, item in enumerate(generated):
         path = out / f"{item.formula}_{index:02d}_{item.prototype}.cif"
-        path.write_text(write_cif(item.structure))
+        write_output(path, write_cif(item.structure))
         group = detect_spacegroup(item.structure)
         validity = structural_validity(item.structure)
         rows.append({
@@ -371,12 +379,13 @@ def generate_template_command(
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title=f"{len(rows)} template structures for {generated[0].formula} in {out}")
+    table = Table(title=f"{len(rows)} template structures for {safe(generated[0].formula)} in {safe(out)}")
     for column in ("file", "family", "prototype", "sites on", "space group", "min dist (Å)"):
         table.add_column(column)
     for row in rows:
         sites = " ".join(f"{label}={el}" for label, el in row["assignment"].items())
-        table.add_row(Path(row["file"]).name, row["family"], row["prototype"], sites, str(row["spacegroup_number"]), f"{row['min_distance']:.2f}")
+        table.add_row(safe(Path(row["file"]).name), safe(row["family"]), safe(row["prototype"]), safe(sites),
+                      str(row["spacegroup_number"]), f"{row['min_distance']:.2f}")
     console.print(table)
 
 
@@ -393,8 +402,8 @@ def family_list(as_json: JsonOption = False) -> None:
         table.add_column(column)
     for f in FAMILIES:
         table.add_row(
-            f.name, ", ".join(f"{t.name} ({t.ratio})" for t in f.templates), " ".join(sorted(f.anions)) or "-",
-            "; ".join(f.prototypes), " ".join(map(str, f.spacegroups)),
+            safe(f.name), safe(", ".join(f"{t.name} ({t.ratio})" for t in f.templates)), safe(" ".join(sorted(f.anions)) or "-"),
+            safe("; ".join(f.prototypes)), " ".join(map(str, f.spacegroups)),
         )
     console.print(table)
 
@@ -411,7 +420,7 @@ def family_references(
 
     try:
         family = get_family(name)
-        with console.status(f"scanning the shared MP data for {family.name} structures..."):
+        with console.status(f"scanning the shared MP data for {safe(family.name)} structures..."):
             entries = reference_entries(family.name)
     except (KeyError, DataNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
@@ -422,27 +431,40 @@ def family_references(
     if as_json:
         _emit_json({"family": family.name, "total": len(entries), "entries": rows})
         return
-    table = Table(title=f"{family.title}: {len(entries)} MP reference structures (showing {len(rows)})")
+    table = Table(title=f"{safe(family.title)}: {len(entries)} MP reference structures (showing {len(rows)})")
     for column in ("material_id", "formula", "space group", "dataset"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["material_id"], row["formula"], str(row["spacegroup_number"]), row["dataset"])
+        table.add_row(safe(row["material_id"]), safe(row["formula"]), str(row["spacegroup_number"]), safe(row["dataset"]))
     console.print(table)
 
 
 @app.command()
 def mcp(
+    ctx: typer.Context,
     transport: Annotated[str, typer.Option(help="stdio (for IDE assistants that start genms) or http (streamable HTTP).")] = "stdio",
-    host: Annotated[str, typer.Option(help="Address for --transport http; other than 127.0.0.1 needs --allow-remote and a token.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address for --transport http; other than loopback needs --allow-remote and a token; 0.0.0.0 or :: also --allowed-host.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port for --transport http.")] = 8765,
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow binding an address other machines can reach.")] = False,
-    token: Annotated[str | None, typer.Option(envvar="GENMS_MCP_TOKEN", show_envvar=True, help="Bearer token required on every HTTP request.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="GENMS_MCP_TOKEN", show_envvar=True, help="Bearer token required on every HTTP request. On the command line it shows in the process list: prefer GENMS_MCP_TOKEN or --token-file.")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="Read the bearer token from the first line of this file (not readable by other users).")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="A name (NAME or NAME:PORT) clients use to reach the HTTP server, accepted in the Host header besides the bind address; repeatable; needed for 0.0.0.0 or ::.")] = None,
+    allowed_origin: Annotated[list[str] | None, typer.Option("--allowed-origin", help="A browser origin (http://HOST:PORT) allowed to call the HTTP server besides its own names; repeatable.")] = None,
 ) -> None:
     """Serve genms to IDE assistants over MCP (Claude Desktop, Claude Code, VS Code, Cursor)."""
-    from agent.mcp_server import ServeConfigError, serve
+    from agent.mcp_server import ServeConfigError, read_token_file, serve
 
     try:
-        serve(transport, host=host, port=port, allow_remote=allow_remote, token=token)
+        source = ctx.get_parameter_source("token")  # an enum of the click that typer runs on (typer may vendor its own)
+        if token is not None and getattr(source, "name", None) == "COMMANDLINE":
+            print("warning: --token shows in the process list (ps) to every user of this machine; "
+                  "set GENMS_MCP_TOKEN or pass --token-file PATH instead", file=sys.stderr, flush=True)
+        if token_file is not None:
+            if token is not None:
+                raise ServeConfigError("give the bearer token one way: --token-file, or GENMS_MCP_TOKEN (or --token), not both")
+            token = read_token_file(token_file)
+        serve(transport, host=host, port=port, allow_remote=allow_remote, token=token,
+              allowed_hosts=allowed_host or (), allowed_origins=allowed_origin or ())
     except ServeConfigError as exc:
         _fail(str(exc))
 

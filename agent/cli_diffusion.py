@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from agent.render import JsonOption, console
+from agent.render import JsonOption, check_out_folder, console, err_console, safe, write_output
 from agent.render import emit_json as _emit_json
 from agent.render import fail_as
 from agent.render import number as _number
@@ -19,7 +18,7 @@ from agent.render import number as _number
 def _sample(formula: str, n: int, seed: int, formula_units: int | None, method: str, steps: int | None) -> list:
     from tools.diffusion_generation import generate_diffusion
 
-    with Console(stderr=True).status(f"sampling {n} structure(s) of {formula} ({method})"):
+    with err_console.status(f"sampling {n} structure(s) of {safe(formula)} ({safe(method)})"):
         return generate_diffusion(formula, n=n, seed=seed, formula_units=formula_units, method=method, steps=steps)
 
 
@@ -27,7 +26,7 @@ def _scores(structures: list) -> list[dict]:
     """CHGNet scores (GenMS's best-of-N selection), with a progress bar on stderr."""
     from tools.scoring import score_structures
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("scoring (CHGNet)", total=len(structures))
         return score_structures(structures, progress=lambda stage, done, total: bar.update(task, completed=done, total=total))
 
@@ -51,18 +50,18 @@ def generate_diffusion_command(
 
     if method not in ("fast", "ddpm"):
         raise typer.BadParameter(f"choose fast or ddpm, got {method!r}", param_hint="--method")
+    check_out_folder(out)
     try:
         generated = _sample(formula, n, seed, formula_units, method, steps)
     except (FormulaError, GenerationError) as exc:
         fail_as(as_json, str(exc), formula=formula)
     reports = _scores([g.structure for g in generated]) if rank else [{} for _ in generated]
     order = sorted(range(len(generated)), key=lambda i: _energy_key(reports[i])) if rank else list(range(len(generated)))
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for place, index in enumerate(order):
         item, report = generated[index], reports[index]
         path = out / f"{item.formula}_{place:02d}_diffusion.cif"
-        path.write_text(write_cif(item.structure))
+        write_output(path, write_cif(item.structure))
         group = detect_spacegroup(item.structure)
         rows.append({
             "file": str(path), "formula": item.formula, "n_sites": len(item.structure), "method": method,
@@ -84,11 +83,11 @@ def _energy_key(report: dict) -> tuple:
 
 def _print_table(rows: list[dict], out: Path, ranked: bool) -> None:
     order = ", lowest CHGNet formation energy first" if ranked else ""
-    table = Table(title=f"{len(rows)} diffusion structures of {rows[0]['formula']} in {out}{order}")
+    table = Table(title=f"{len(rows)} diffusion structures of {safe(rows[0]['formula'])} in {safe(out)}{order}")
     for column in ("file", "sites", "space group", "Å^3/atom", "E_f (eV/atom)", "E_hull (eV/atom)", "plausible"):
         table.add_column(column)
     for row in rows:
-        table.add_row(Path(row["file"]).name, str(row["n_sites"]), f"{row['spacegroup_symbol']} ({row['spacegroup_number']})",
+        table.add_row(safe(Path(row["file"]).name), str(row["n_sites"]), safe(f"{row['spacegroup_symbol']} ({row['spacegroup_number']})"),
                       f"{row['volume_per_atom']:.1f}", _number(row["formation_energy_per_atom"]), _number(row["e_above_hull"]),
-                      "-" if row["plausible"] is None else ("yes" if row["plausible"] else f"no: {row['reason']}"))
+                      "-" if row["plausible"] is None else ("yes" if row["plausible"] else f"no: {safe(row['reason'])}"))
     console.print(table)

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agent.render import JsonOption, console, emit_json, fail
+from agent.render import JsonOption, check_out_folder, console, emit_json, err_console, fail, safe
 
 eval_app = typer.Typer(help="Evaluation suites: measure the system and baselines (GenMS tables, CSP, Crystal-GFN).",
                        no_args_is_help=True)
@@ -38,9 +37,10 @@ def eval_list(as_json: JsonOption = False) -> None:
         table.add_column(column, overflow="fold")
     for item in items:
         if item["error"]:
-            table.add_row(item["name"], "-", "-", "-", "-", f"[red]{item['error']}[/red]")
+            table.add_row(safe(item["name"]), "-", "-", "-", "-", f"[red]{safe(item['error'])}[/red]")
         else:
-            table.add_row(item["name"], item["task"], str(item["cases"]), ", ".join(item["systems"]), str(item["units"]), item["description"])
+            table.add_row(safe(item["name"]), safe(item["task"]), str(item["cases"]), safe(", ".join(item["systems"])), str(item["units"]),
+                          safe(item["description"]))
     console.print(table)
 
 
@@ -63,7 +63,8 @@ def eval_run(
     except SuiteError as exc:
         fail(str(exc))
     out = out or Path("runs") / "eval" / suite.name
-    stderr = Console(stderr=True)
+    check_out_folder(out)
+    stderr = err_console
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=False, disable=as_json) as bar:
         task = None
@@ -71,15 +72,15 @@ def eval_run(
         def show(event: dict) -> None:
             nonlocal task
             if event["event"] == "start":
-                task = bar.add_task(f"{suite.name} ({event['backend']})", total=event["total"], completed=event["finished"])
+                task = bar.add_task(safe(f"{suite.name} ({event['backend']})"), total=event["total"], completed=event["finished"])
                 if event["finished"]:
-                    bar.console.print(f"[dim]resuming: {event['finished']} of {event['total']} units already finished in {out}[/dim]")
+                    bar.console.print(f"[dim]resuming: {event['finished']} of {event['total']} units already finished in {safe(out)}[/dim]")
                 return
             unit, record = event["unit"], event["record"]
             bar.advance(task)
             note = f"{record['status']}" + (f": {record['reason']}" if record.get("reason") else "")
-            bar.console.print(f"[dim]{unit['case']['id']} / {unit['system']['name']} / {unit['variant']} "
-                              f"(seed {unit['seed']}): {note[:200]}, {record.get('seconds', 0):.1f} s[/dim]")
+            bar.console.print(f"[dim]{safe(unit['case']['id'])} / {safe(unit['system']['name'])} / {safe(unit['variant'])} "
+                              f"(seed {unit['seed']}): {safe(note[:200])}, {record.get('seconds', 0):.1f} s[/dim]")
 
         try:
             result = run_suite(suite, out, workers=workers, ray_address=ray_address, on_event=show)
@@ -89,15 +90,15 @@ def eval_run(
         emit_json({"out": str(out), **result})
         return
     names = suite.table or suite.metrics
-    table = Table(title=f"{suite.name}: overall by system ({out / 'report.md'})")
+    table = Table(title=f"{safe(suite.name)}: overall by system ({safe(out / 'report.md')})")
     table.add_column("system")
     if suite.grid:
         table.add_column("variant")
     for name in names:
         meta = result["metrics"][name]
-        table.add_column(f"{meta['label']} ({meta['unit']})", justify="right")
+        table.add_column(safe(f"{meta['label']} ({meta['unit']})"), justify="right")
     for row in result["overall"]:
-        cells = [row["system"]] + ([row["variant"]] if suite.grid else [])
+        cells = [safe(row["system"])] + ([safe(row["variant"])] if suite.grid else [])
         if row["status"] == "skipped":
             cells += ["skipped"] + [""] * (len(names) - 1)
         else:
@@ -106,5 +107,6 @@ def eval_run(
     console.print(table)
     for row in result["overall"]:
         if row["status"] != "ok":
-            console.print(f"[yellow]{row['system']}{' ' + row['variant'] if suite.grid else ''}: {row['status']}: {row['reason']}[/yellow]")
-    console.print(f"report {out / 'report.md'}, metrics {out / 'metrics.json'}, cases {out / 'cases'}")
+            variant = " " + str(row["variant"]) if suite.grid else ""
+            console.print(f"[yellow]{safe(row['system'])}{safe(variant)}: {safe(row['status'])}: {safe(row['reason'])}[/yellow]")
+    console.print(f"report {safe(out / 'report.md')}, metrics {safe(out / 'metrics.json')}, cases {safe(out / 'cases')}")

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agent.render import JsonOption, console
+from agent.render import JsonOption, check_out_folder, console, err_console, safe, write_output
 from agent.render import emit_json as _emit_json
 from agent.render import fail_as
 from agent.render import number as _number
@@ -74,24 +73,24 @@ def generate_gfn_command(
     except GenerationError as exc:
         raise typer.BadParameter(str(exc), param_hint="--reward") from None
     chosen_elements, groups = _elements(elements), _space_groups(space_groups)
+    check_out_folder(out)
     try:
-        with Progress(console=Console(stderr=True), transient=True) as bar:
+        with Progress(console=err_console, transient=True) as bar:
             tasks: dict[str, int] = {}
 
             def report(stage: str, done: int, total: int) -> None:
                 if stage not in tasks:
-                    tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=total)
+                    tasks[stage] = bar.add_task(safe(STAGES.get(stage, stage)), total=total)
                 bar.update(tasks[stage], completed=done, total=total)
 
             generated = generate_gfn(reward, elements=chosen_elements, space_groups=groups, n=n, seed=seed,
                                      max_atoms=max_atoms, relax_steps=relax_steps, progress=report)
     except GenerationError as exc:
         fail_as(as_json, str(exc), reward=reward)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, item in enumerate(generated):
         path = out / f"{index:02d}_{item.formula}_sg{item.sampled['space_group']}.cif"
-        path.write_text(write_cif(item.structure))
+        write_output(path, write_cif(item.structure))
         group = detect_spacegroup(item.structure)
         rows.append({
             "file": str(path), "formula": item.formula, "reward": reward, "sampled": item.sampled,
@@ -101,11 +100,11 @@ def generate_gfn_command(
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title=f"{len(rows)} Crystal-GFN structures ({reward}) in {out}")
+    table = Table(title=f"{len(rows)} Crystal-GFN structures ({safe(reward)}) in {safe(out)}")
     for column in ("file", "sampled group", "group after relax", "sites", "proxy E_f", "proxy gap", "density", "CHGNet E"):
         table.add_column(column)
     for row in rows:
-        table.add_row(Path(row["file"]).name, str(row["sampled"]["space_group"]), str(row["spacegroup_number"]),
+        table.add_row(safe(Path(row["file"]).name), str(row["sampled"]["space_group"]), str(row["spacegroup_number"]),
                       str(row["n_sites"]), _number(row["proxy_formation_energy"]), _number(row["proxy_band_gap"]),
                       _number(row.get("density_final")), _number(row.get("chgnet_energy")))
     console.print(table)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agent.render import JsonOption, console, emit_json, fail, number
+from agent.render import JsonOption, console, emit_json, err_console, fail, number, safe
 
 knowledge_app = typer.Typer(help="The knowledge store: seeded articles, Wikipedia, your own notes.", no_args_is_help=True)
 memory_app = typer.Typer(help="What genms has done: runs and the candidates they produced.", no_args_is_help=True)
@@ -25,18 +24,18 @@ def knowledge_search(
     from tools.knowledge import KnowledgeError, search_knowledge
 
     try:
-        with Console(stderr=True).status("searching the knowledge store..."):
+        with err_console.status("searching the knowledge store..."):
             found = search_knowledge(query, k, wikipedia=wikipedia)
     except KnowledgeError as exc:
         fail(str(exc))
     if as_json:
         emit_json(found.as_dict())
         return
-    table = Table(title=f"{len(found.passages)} passages for: {found.query}  ({found.wikipedia}; {found.seconds:.2f} s)")
+    table = Table(title=f"{len(found.passages)} passages for: {safe(found.query)}  ({safe(found.wikipedia)}; {found.seconds:.2f} s)")
     for column in ("score", "title", "source", "passage"):
         table.add_column(column, overflow="fold")
     for p in found.passages:
-        table.add_row(f"{p.score:.3f}", p.title, p.source, p.text[:300] + ("..." if len(p.text) > 300 else ""))
+        table.add_row(f"{p.score:.3f}", safe(p.title), safe(p.source), safe(p.text[:300] + ("..." if len(p.text) > 300 else "")))
     console.print(table)
 
 
@@ -49,14 +48,15 @@ def knowledge_add(
     from tools.knowledge import KnowledgeError, add_knowledge
 
     try:
-        with Console(stderr=True).status(f"adding {file_or_title}..."):
+        with err_console.status(f"adding {safe(file_or_title)}..."):
             added = add_knowledge(file_or_title)
     except KnowledgeError as exc:
         fail(str(exc))
     if as_json:
         emit_json(added)
     else:
-        console.print(f"added [bold]{added['title']}[/bold] ({added['kind']}, {added['chunks']} chunks) from {added['source']}")
+        console.print(f"added [bold]{safe(added['title'])}[/bold] ({safe(added['kind'])}, {safe(added['chunks'])} chunks) "
+                      f"from {safe(added['source'])}")
 
 
 @memory_app.command("list")
@@ -72,12 +72,16 @@ def memory_list(
     if as_json:
         emit_json({"root": str(store.root), "runs": runs})
         return
-    table = Table(title=f"{len(runs)} runs in {store.root}")
+    table = Table(title=f"{len(runs)} runs in {safe(store.root)}")
     for column in ("run", "request", "planner", "good / all", "best (E_hull eV/atom)", "s"):
         table.add_column(column, overflow="fold")
     for run in runs:
-        best = ", ".join(f"{b['formula']} ({number(b['e_above_hull'])})" for b in run.get("best", [])[:3]) or "-"
-        table.add_row(run["run_id"], run["request"], run["planner"], f"{run['n_good']} / {run['n_candidates']}", best, f"{run['seconds']:.0f}")
+        if run.get("damaged"):  # listed with the reason; `memory show` refuses it
+            table.add_row(safe(run["run_id"]), f"[red]damaged:[/red] {safe(run['reason'])}", "-", "-", "-", "-")
+            continue
+        best = ", ".join(f"{b['formula']} ({number(b.get('e_above_hull'))})" for b in run.get("best", [])[:3]) or "-"
+        table.add_row(safe(run["run_id"]), safe(run["request"]), safe(run["planner"]), f"{run['n_good']} / {run['n_candidates']}",
+                      safe(best), number(run["seconds"], 0))
     console.print(table)
 
 
@@ -101,7 +105,7 @@ def memory_show(
         emit_json({**run, "run_dir": str(store.path(run_id))})
         return
     console.print(candidates_table(run))
-    console.print(f"files in {store.path(run_id)}: {', '.join(run['files'])}")
+    console.print(f"files in {safe(store.path(run_id))}: {safe(', '.join(run['files']))}")
 
 
 @memory_app.command("candidates")
@@ -122,10 +126,10 @@ def memory_candidates(
     if as_json:
         emit_json([c.as_dict() for c in found])
         return
-    table = Table(title=f"{len(found)} remembered candidates for: {query}")
+    table = Table(title=f"{len(found)} remembered candidates for: {safe(query)}")
     for column in ("formula", "family", "E_f", "E_hull", "good", "run", "CIF"):
         table.add_column(column, overflow="fold")
     for c in found:
-        table.add_row(c.formula, c.family, number(c.formation_energy_per_atom), number(c.e_above_hull),
-                      "yes" if c.good else "no", c.run_id, c.cif_path)
+        table.add_row(safe(c.formula), safe(c.family), number(c.formation_energy_per_atom), number(c.e_above_hull),
+                      "yes" if c.good else "no", safe(c.run_id), safe(c.cif_path))
     console.print(table)

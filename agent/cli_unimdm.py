@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agent.render import JsonOption, console
+from agent.render import JsonOption, check_out_folder, console, err_console, safe, write_output
 from agent.render import emit_json as _emit_json
 from agent.render import fail_as
 
@@ -35,18 +34,18 @@ def generate_unimdm_command(
     if not elements and not formula:
         raise typer.BadParameter("give --elements or --formula", param_hint="--elements")
     element_list = [e.strip() for e in elements.split(",") if e.strip()] if elements else None
+    check_out_folder(out)
     try:
-        with Console(stderr=True).status(f"Uni-MDM: sampling {n} structure(s)"):
+        with err_console.status(f"Uni-MDM: sampling {n} structure(s)"):
             generated = generate_unimdm(formula=formula, elements=element_list, band_gap=band_gap, formation_energy=formation_energy,
                                         space_group=space_group, n=n, seed=seed, method=method, steps=steps)
     except GenerationError as exc:
         fail_as(as_json, str(exc), formula=formula, elements=element_list)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     gaps = proxy_gaps([item.structure for item in generated]) if band_gap is not None else [None] * len(generated)
     for index, (item, gap) in enumerate(zip(generated, gaps)):
         path = out / f"{item.formula}_{index:02d}_unimdm.cif"
-        path.write_text(write_cif(item.structure))
+        write_output(path, write_cif(item.structure))
         rows.append({"file": str(path), "formula": item.formula, "n_sites": len(item.structure), "prototype": item.prototype,
                      "band_gap_target": band_gap, "band_gap_proxy": gap, "formation_energy_target": formation_energy,
                      "volume_per_atom": round(item.structure.volume / len(item.structure), 3), "notes": item.notes})
@@ -54,14 +53,14 @@ def generate_unimdm_command(
         _emit_json(rows)
         return
     columns = ("file", "formula", "n_sites", "prototype", "volume_per_atom") + (("band_gap_proxy",) if band_gap is not None else ())
-    table = Table(title=f"{len(rows)} Uni-MDM structures in {out}")
+    table = Table(title=f"{len(rows)} Uni-MDM structures in {safe(out)}")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
+        table.add_row(*(safe(row[c]) for c in columns))
     console.print(table)
     for note in dict.fromkeys(text for item in generated for text in item.notes if text.startswith("stoichiometry")):
-        console.print(note)
+        console.print(safe(note))
 
 
 def proxy_gaps(structures: list) -> list[float | None]:

@@ -217,12 +217,13 @@ def _store():
 
 
 def _read_run_file(run_id: str, relative: str) -> str:
-    """A run file's text through RunStore.file (which refuses traversal); missing or invalid -> not found."""
+    """A run file's text through RunStore.read_text (no traversal, no symlinks, bounded size, read through
+    the descriptor it checked); missing, refused or invalid -> not found."""
     from memory.runs import InvalidRunId, RunNotFound
 
     try:
-        return _store().file(run_id, relative).read_text(encoding="utf-8")
-    except (InvalidRunId, RunNotFound, FileNotFoundError) as exc:
+        return _store().read_text(run_id, relative)
+    except (InvalidRunId, RunNotFound, FileNotFoundError, UnicodeDecodeError) as exc:
         logger.info("resource %s/%s not found: %s", run_id, relative, exc)
         raise ResourceNotFoundError(client_message(str(exc))) from None
 

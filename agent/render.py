@@ -1,16 +1,44 @@
-"""Rich renderings shared by the command line and the chat."""
+"""Rich renderings shared by the command line and the chat.
+
+Every piece of outside text (requests, formulas, file names, CIF-derived text, LLM answers,
+Wikipedia titles, run records, exception messages quoting any of these) goes through
+:func:`safe` before it reaches a rich markup string, a table cell, a title, a panel or a
+progress description: ``[/red]`` or ``[bold]`` in it prints as written, never as markup, and
+control characters (terminal escape sequences, carriage returns, bidirectional overrides) print
+as visible ``\\xNN`` escapes instead of acting on the terminal. The consoles here do not turn
+``:name:`` into emoji either. Markdown written for people (a run's ``report.md``) uses
+:func:`md_text` and :func:`md_code` the same way.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-console = Console()
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides/isolates.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(value: object) -> str:
+    """``value`` as text with control characters shown as ``\\xNN`` / ``\\uNNNN`` (no markup escaping)."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def safe(value: object) -> str:
+    """Outside text made inert for rich: markup escaped, control characters visible (None -> '')."""
+    return escape(plain(value))
 
 
 def emit_json(payload: object) -> None:
@@ -18,8 +46,10 @@ def emit_json(payload: object) -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print the error on stderr and exit with ``code`` (2: bad input, 1: nothing usable)."""
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    """Print the error on stderr and exit with ``code`` (2: bad input, 1: nothing usable).
+
+    ``message`` is plain text (it often quotes user input): it is escaped, never read as markup."""
+    err_console.print(f"[red]error:[/red] {safe(message)}")
     raise typer.Exit(code)
 
 
@@ -32,7 +62,12 @@ def fail_as(as_json: bool, message: str, code: int = 1, **context) -> None:
 
 
 def number(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    """A number with ``digits`` decimals; '-' for None, '?' for anything that is not a finite number."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "?"
+    return f"{value:.{digits}f}"
 
 
 def mark(value: object) -> str:
@@ -41,18 +76,99 @@ def mark(value: object) -> str:
     return "[green]yes[/green]" if value else "[red]no[/red]"
 
 
-def candidates_table(result: dict) -> Table:
-    """Ranked candidates of a search result (``SearchResult.as_dict()``)."""
+def _field(mapping: object, *keys: str) -> object:
+    """``mapping[k1][k2]...`` or None where a level is missing or not a dict (records read back from disk)."""
+    for key in keys:
+        if not isinstance(mapping, dict):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _is_good(candidate: dict) -> bool:
     from agent.graph import good_candidates
 
-    good = len(good_candidates(result["candidates"]))
-    table = Table(title=f"{good} good candidates for: {result['request']}  ({result['seconds']:.0f} s, planner {result['planner']})")
+    try:
+        return bool(good_candidates([candidate]))
+    except (KeyError, TypeError):  # a damaged record
+        return False
+
+
+def candidates_table(result: dict) -> Table:
+    """Ranked candidates of a search result (``SearchResult.as_dict()``, or a run read back from disk)."""
+    candidates = [c for c in (result.get("candidates") or []) if isinstance(c, dict)]
+    good = sum(_is_good(c) for c in candidates)
+    request = result.get("request") or _field(result, "summary", "request") or "-"
+    planner = result.get("planner") or _field(result, "summary", "planner") or "-"
+    seconds = number(result.get("seconds"), 0) + " s"
+    table = Table(title=f"{good} good candidates for: {safe(request)}  ({seconds}, planner {safe(planner)})")
     for column in ("rank", "formula", "family / prototype", "E_f (eV/atom)", "E_hull (eV/atom)", "space group", "known in", "plausible"):
         table.add_column(column)
-    for rank, c in enumerate(result["candidates"], start=1):
+    for rank, c in enumerate(candidates, start=1):
+        known = c.get("known_in")
+        known = ", ".join(map(str, known)) if isinstance(known, list) else known
         table.add_row(
-            str(rank), c["formula"], f"{c['family']} / {c['prototype']}", number(c["formation_energy_per_atom"]),
-            number(c["e_above_hull"]), c["checks"]["spacegroup_symbol"] or "-", ", ".join(c["known_in"] or []) or "novel",
-            mark(c["plausible"]),
+            str(rank), safe(c.get("formula")), f"{safe(c.get('family'))} / {safe(c.get('prototype'))}",
+            number(c.get("formation_energy_per_atom")), number(c.get("e_above_hull")),
+            safe(_field(c, "checks", "spacegroup_symbol") or "-"), safe(known or "novel"), mark(c.get("plausible")),
         )
     return table
+
+
+def check_out_folder(out, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be written, before any work (exit 2 with the reason).
+
+    ``out`` must be a folder or not exist yet; it (or, when it does not exist, its nearest
+    existing parent, where it will be created) must take a new file. Nothing is left behind.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if out is None:
+        return
+    out = Path(out)
+    if os.path.lexists(out) and not out.is_dir():
+        fail(f"{option} {out} is {'a broken link' if not out.exists() else 'a file'}, not a folder")
+    probe_dir = out
+    while not probe_dir.exists():
+        if os.path.lexists(probe_dir):  # a broken link on the way
+            fail(f"cannot create {option} {out}: {probe_dir} is a broken link")
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        fail(f"cannot create {option} {out}: {probe_dir} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=probe_dir, prefix=".genms-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        fail(f"cannot write to {option} {out}: {probe_dir}: {exc.strerror or exc}")
+
+
+def write_output(path, text: str) -> None:
+    """Write one output file (its folder created); a failure exits 1 with the reason, no traceback."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}", code=1)
+
+
+# Characters that can open Markdown structure in the middle of a line (emphasis, code, links,
+# images, HTML, table cells, entities, strikethrough); a backslash makes each literal (CommonMark).
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|&~])")
+# Those that can add structure beyond emphasis: code, links, images, HTML, table cells.
+_MARKDOWN_STRUCTURE = re.compile(r"([\\`\[\]<>|])")
+
+
+def md_text(value: object, emphasis: bool = True) -> str:
+    """Outside text for one line of a Markdown report (a title, a list item, a table cell): on one
+    line, control characters visible, every character that could start Markdown structure escaped
+    (``emphasis=False`` leaves ``*``, ``_``, ``~`` and ``&`` as they are: identifiers stay readable)."""
+    one_line = " ".join(plain(value).splitlines()) if value is not None else ""
+    return (_MARKDOWN if emphasis else _MARKDOWN_STRUCTURE).sub(r"\\\1", one_line)

@@ -143,27 +143,34 @@ def _number(value, digits=3) -> str:
 
 
 def markdown_report(result: SearchResult) -> str:
-    """A human-readable report of the search."""
-    lines = [f"# genms search: {result.request}", ""]
+    """A human-readable report of the search.
+
+    Every piece of outside text (the request, formulas, reasons, rationales, retrieved titles) is
+    escaped with ``md_text``: a request cannot add headings, links, HTML or table cells."""
+    from agent.render import md_text as md
+
+    lines = [f"# genms search: {md(result.request)}", ""]
     if result.error:
-        return "\n".join(lines + [f"**Not searched:** {result.error}", ""])
-    lines += [f"Planner: {result.planner}. Time: {result.seconds:.1f} s. Good candidates: {len(result.good)} of {len(result.candidates)}.", ""]
+        return "\n".join(lines + [f"**Not searched:** {md(result.error)}", ""])
+    lines += [f"Planner: {md(result.planner)}. Time: {result.seconds:.1f} s. Good candidates: {len(result.good)} of {len(result.candidates)}.", ""]
     lines += ["| rank | formula | family / prototype | E_f (eV/atom) | E_hull (eV/atom) | space group | known in | plausible |",
               "|---|---|---|---|---|---|---|---|"]
     for rank, c in enumerate(result.candidates, start=1):
+        verdict = "yes" if c in result.good else "no: " + md(c["reason"] or "too far above the hull")
         lines.append(
-            f"| {rank} | {c['formula']} | {c['family']} / {c['prototype']} | {_number(c['formation_energy_per_atom'])} | "
-            f"{_number(c['e_above_hull'])} | {c['checks']['spacegroup_symbol'] or '-'} | {', '.join(c['known_in'] or []) or 'novel'} | "
-            f"{'yes' if c in result.good else 'no: ' + str(c['reason'] or 'too far above the hull')} |"
+            f"| {rank} | {md(c['formula'])} | {md(c['family'])} / {md(c['prototype'])} | {_number(c['formation_energy_per_atom'])} | "
+            f"{_number(c['e_above_hull'])} | {md(c['checks']['spacegroup_symbol'] or '-')} | {md(', '.join(c['known_in'] or []) or 'novel')} | "
+            f"{verdict} |"
         )
     lines += ["", "## Decisions", ""]
-    lines += [f"- round {d['round']}, {d['elapsed_s']:.1f} s, **{d['step']}** -> {d['decision']}: {d['reason']}" for d in result.decisions]
+    lines += [f"- round {d['round']}, {d['elapsed_s']:.1f} s, **{md(d['step'])}** -> {md(d['decision'])}: {md(d['reason'])}"
+              for d in result.decisions]
     if result.dropped:
-        lines += ["", "## Dropped formulae", ""] + [f"- {d['formula']}: {d['reason']}" for d in result.dropped]
+        lines += ["", "## Dropped formulae", ""] + [f"- {md(d['formula'])}: {md(d['reason'])}" for d in result.dropped]
     if result.context:
         lines += ["", "## Background retrieved", ""]
         sources = {p["source"]: p for p in result.context}
-        lines += [f"- {p['title']} ({p['kind']}): {source}, similarity {p['score']:.2f}" for source, p in sources.items()]
+        lines += [f"- {md(p['title'])} ({md(p['kind'])}): {md(source)}, similarity {p['score']:.2f}" for source, p in sources.items()]
     lines += ["", "## Candidates", ""]
-    lines += [f"- **{c['formula']}**: {c['rationale']}" for c in result.candidates]
+    lines += [f"- **{md(c['formula'])}**: {md(c['rationale'])}" for c in result.candidates]
     return "\n".join(lines) + "\n"

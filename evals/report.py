@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from agent.render import md_text
 from evals.metrics import METRICS, pool, values_of
 from evals.suite import Suite
 
@@ -85,15 +86,21 @@ def _cell(value, unit: str) -> str:
     return f"{value:.3f}"
 
 
+def _md(value) -> str:
+    """Outside text (case ids, reasons quoting inputs or errors) for one line of report.md: no table
+    cells, links, HTML or code can be opened by it (``agent.render.md_text``)."""
+    return md_text(value, emphasis=False)
+
+
 def _table(metrics: dict, rows: list[dict], names: list[str], keys: list[str]) -> list[str]:
     headers = keys + [f"{metrics[n]['label']} ({metrics[n]['unit']})" for n in names]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         if row["status"] == "skipped":
-            cells = [f"skipped: {row['reason']}"] + [""] * (len(names) - 1)
+            cells = [f"skipped: {_md(row['reason'])}"] + [""] * (len(names) - 1)
         else:
             cells = [_cell(row["metrics"][n], metrics[n]["unit"]) for n in names]
-        lines.append("| " + " | ".join([str(row[k]) for k in keys] + cells) + " |")
+        lines.append("| " + " | ".join([_md(row[k]) for k in keys] + cells) + " |")
     return lines
 
 
@@ -120,13 +127,13 @@ def markdown(result: dict, suite: Suite, run_info: dict | None, plots: list[str]
     problems = [r for r in result["rows"] if r["status"] not in ("ok",)]
     if problems:
         lines += ["", "## Skipped and failed", ""]
-        lines += [f"- {r['case']} / {r['system']}{' / ' + r['variant'] if multi_variant else ''}: **{r['status']}**: {r['reason']}"
-                  for r in problems]
+        lines += [f"- {_md(r['case'])} / {_md(r['system'])}{' / ' + _md(r['variant']) if multi_variant else ''}: "
+                  f"**{_md(r['status'])}**: {_md(r['reason'])}" for r in problems]
     dropped = [r for r in result["rows"] if r.get("dropped")]
     if dropped:
         lines += ["", "## Formulae not placed", ""]
-        lines += [f"- {r['case']} / {r['system']}{' / ' + r['variant'] if multi_variant else ''}: {r['dropped']['count']} "
-                  f"(e.g. {r['dropped']['examples'][0]})" for r in dropped]
+        lines += [f"- {_md(r['case'])} / {_md(r['system'])}{' / ' + _md(r['variant']) if multi_variant else ''}: {r['dropped']['count']} "
+                  f"(e.g. {_md(r['dropped']['examples'][0])})" for r in dropped]
     lines += ["", "## Metrics", ""]
     lines += [f"- **{m['label']}** (`{n}`, {m['unit']}, pooled as {m['pool']}, {m['better']} is better): {m['description']}"
               for n, m in metrics.items()]

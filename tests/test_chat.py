@@ -148,3 +148,29 @@ def test_claude_chat_with_tool_use_turns(anthropic_env, tmp_path):
     assert len(server.requests) == 2
     assert server.requests[0]["body"]["system"]  # the system prompt travels as Anthropic's system field
 
+
+
+def test_a_failing_turn_keeps_the_session(tmp_path, monkeypatch):
+    """A turn whose model or graph raises (an API error, a bug) prints one line; the chat goes on."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from agent.chat import ChatSession
+
+    monkeypatch.setenv("GENMS_HOME", str(tmp_path))
+    console = Console(file=StringIO(), width=300)
+    session = ChatSession(console, "t", {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("overloaded [/red]\nsecond line")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(session.agent, "stream", broken)
+        session.turn("is NaCl known?")
+    session.turn("is NaCl known?")
+    session.turn("x" * 5000)
+    shown = console.file.getvalue()
+    assert "error: RuntimeError: overloaded [/red] second line (the session goes on)" in shown
+    assert "NaCl: known in MP" in shown
+    assert "That message is 5,000 characters; at most 4,000." in shown

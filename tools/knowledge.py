@@ -28,6 +28,7 @@ from memory.candidates import CandidateMemory, cif_location
 from memory.knowledge import KnowledgeStore, Passage, chunk_text, fetched_epoch
 from memory.vectors import store_dir, write_lock
 from tools.families import FAMILIES, CrystalFamily, family_members
+from tools.files import InputFileError, read_bounded_text
 from tools.fencing import attribute, data_json, fence
 from tools.limits import MAX_PASSAGE_CHARS, MAX_PROMPT_PASSAGES, WIKIPEDIA_MAX_AGE_DAYS
 
@@ -425,12 +426,12 @@ def add_knowledge(file_or_title: str) -> dict:
     path = Path(file_or_title).expanduser()
     store = ensure_seeded()
     if path.is_file():
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise KnowledgeError(f"{path} is {path.stat().st_size:,} bytes; at most {MAX_FILE_BYTES:,}")
         try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise KnowledgeError(f"{path} is not UTF-8 text (add .txt or .md files): {exc}") from None
+            text = read_bounded_text(path, MAX_FILE_BYTES)
+        except InputFileError as exc:
+            raise KnowledgeError(f"{path.name}: {exc}") from None
+        if "\ufffd" in text:
+            raise KnowledgeError(f"{path.name} is not UTF-8 text (add .txt or .md files)")
         if not text.strip():
             raise KnowledgeError(f"{path} is empty")
         first = text.strip().splitlines()[0].lstrip("# ").strip()

@@ -12,6 +12,7 @@ from __future__ import annotations
 # --- text -----------------------------------------------------------------------------------------
 MAX_REQUEST_CHARS = 2000  # a plain-language request (search, propose, chat tools, MCP)
 MAX_QUERY_CHARS = 2000  # a knowledge or memory query
+MAX_CHAT_MESSAGE_CHARS = 4000  # one message typed into the chat
 MAX_FORMULA_LENGTH = 100  # characters of one formula
 MAX_FORMULA_ATOMS = 1000  # atoms in one formula as written
 MAX_FORMULA_ELEMENTS = 10

@@ -184,6 +184,7 @@ def shutdown() -> None:
 def _check_structure(text: str, label: str | None) -> dict:
     from tools.checks import check_structure_text
 
+    _inject_fault(text)
     return check_structure_text(text, label)
 
 
@@ -191,6 +192,7 @@ def _read_structure(text: str, label: str) -> dict:
     """The structure as pymatgen's dict, or ``{"error": reason}`` for unreadable text."""
     from tools.structure import StructureError, read_structure_text
 
+    _inject_fault(text)
     try:
         return {"structure": read_structure_text(text, label).as_dict()}
     except StructureError as exc:
@@ -212,8 +214,19 @@ def _crash_for_tests(how: str) -> None:
             time.sleep(1)
 
 
+FAULT_PREFIX = "#genms-sandbox-fault:"
+TESTING = os.environ.get("GENMS_SANDBOX_TEST_TASKS") == "1"
+
+
+def _inject_fault(text: str) -> None:
+    """With ``GENMS_SANDBOX_TEST_TASKS=1`` only: a text starting ``#genms-sandbox-fault:HOW`` fails as HOW
+    says, so tests can prove end to end (CLI, MCP) that a crashing input costs one item."""
+    if TESTING and isinstance(text, str) and text.startswith(FAULT_PREFIX):
+        _crash_for_tests(text[len(FAULT_PREFIX):].split(None, 1)[0])
+
+
 TASKS = {"check_structure": _check_structure, "read_structure": _read_structure}
-if os.environ.get("GENMS_SANDBOX_TEST_TASKS") == "1":
+if TESTING:
     TASKS["crash"] = _crash_for_tests
 
 

@@ -15,7 +15,6 @@ The bounds live in :mod:`tools.limits`.
 from __future__ import annotations
 
 import math
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pymatgen.core import Structure
 from pymatgen.io.cif import CifBlock, CifFile, CifParser, CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from tools.files import InputFileError, read_bounded_text
 from tools.limits import (
     MAX_LATTICE_LENGTH,
     MAX_NEIGHBOUR_PAIRS,
@@ -204,22 +204,11 @@ def read_structure_text(text: str, filename: str = "") -> Structure:
 
 
 def read_text_file(path: str | Path, max_bytes: int = MAX_CIF_BYTES) -> str:
-    """Text of a structure file; :class:`StructureError` when unreadable or over ``max_bytes``.
-
-    Only regular files are read (a FIFO would block, ``/dev/zero`` reports size 0 and never
-    ends), and never more than ``max_bytes`` + 1 bytes, whatever the size the file reports.
-    """
-    path = Path(path)
+    """Text of a structure file (regular files only, at most ``max_bytes``); :class:`StructureError` otherwise."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise StructureError("not a regular file (a device, FIFO, socket or folder)")
-        with path.open("rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise StructureError(f"cannot read file: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise StructureError(f"file too large (over {max_bytes:,} bytes)")
-    return data.decode("utf-8", errors="replace")
+        return read_bounded_text(path, max_bytes)
+    except InputFileError as exc:
+        raise StructureError(str(exc)) from None
 
 
 def _describe(exc: Exception) -> str:

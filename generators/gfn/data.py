@@ -118,7 +118,7 @@ def load(rebuild: bool = False) -> dict:
         tmp = path.with_suffix(".tmp")
         build(out=tmp)
         tmp.replace(path)
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=True)  # a user-cache file: tensors and plain data only, never code
 
 
 def main() -> None:

@@ -349,7 +349,7 @@ class GFNSampler:
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu") -> "GFNSampler":
         path = Path(path) if path else WEIGHTS_DIR / "sampler_formation_energy.pt"
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only: never unpickle code
         env = CrystalEnv(CrystalConfig.from_dict(ckpt["config"]))
         policy = CrystalPolicy(env, **ckpt["hparams"])
         policy.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})

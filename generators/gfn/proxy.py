@@ -99,7 +99,7 @@ class Proxy:
     @classmethod
     def load(cls, target: str = "formation_energy", path: str | Path | None = None, device: str = "cpu") -> "Proxy":
         path = Path(path) if path else WEIGHTS_DIR / f"proxy_{target}.pt"
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only: never unpickle code
         model = ProxyMLP(**ckpt["hparams"])
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
         return cls(model.to(device), ckpt["meta"])
