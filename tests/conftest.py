@@ -77,3 +77,14 @@ def anthropic_env(monkeypatch):
     yield start
     for server in servers:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fresh_store(tmp_path, monkeypatch):
+    """An empty vector store of its own, offline unless a test turns Wikipedia on."""
+    from tools.knowledge import _offline_until
+
+    monkeypatch.setenv("GENMS_VECTOR_DIR", str(tmp_path / "store"))
+    _offline_until.cache_clear()
+    yield tmp_path / "store"
+    _offline_until.cache_clear()

@@ -73,3 +73,20 @@ def test_noble_gas_has_no_states():
     assert not result.charge_balanced
     assert "He" in result.note
     assert oxidation_states("He") == ()
+
+
+def test_enumerations_are_bounded_before_they_run():
+    """Formulae within the parser's limits whose oxidation-state search would take seconds are
+    answered from counts alone (the work a formula can cause is bounded), with the reason."""
+    from tools.composition import _charge_balance_of
+
+    splits = _charge_balance_of((("Co", 99), ("Fe", 99), ("Mn", 99), ("Ni", 99), ("O", 1)))
+    assert not splits.charge_balanced and splits.note == "too many mixed-valence splits to enumerate"
+    metals = tuple((el, 1) for el in ("Co", "Cr", "Cu", "Fe", "Mn", "Nb", "Ni", "Ti", "V")) + (("O", 9),)
+    combinations = _charge_balance_of(metals)
+    assert combinations.note == "too many oxidation-state combinations to enumerate"
+    assert not combinations.composition_valid  # not an alloy: SMACT's alloy rule does not apply
+    alloy = _charge_balance_of(metals[:-1])
+    assert alloy.composition_valid and alloy.is_alloy
+    magnetite = charge_balance(parse_formula("Fe3O4"))
+    assert magnetite.mixed_valence and magnetite.charge_balanced

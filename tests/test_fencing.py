@@ -21,7 +21,7 @@ from memory.knowledge import KnowledgeStore
 from tests.fake_mediawiki import FakeMediaWiki
 from tools.claude_proposer import propose_with_claude
 from tools.fencing import boundary, data_json, fence_tool_result
-from tools.knowledge import _offline_until, format_passages, search_knowledge
+from tools.knowledge import format_passages, search_knowledge
 from tools.limits import MAX_PASSAGE_CHARS, MAX_TOOL_RESULT_CHARS
 from tools.spec import parse_request
 
@@ -57,14 +57,6 @@ def _block(prompt: str, tag: str) -> tuple[str, str, str]:
     start, end = opening.end(), prompt.index(closing)
     assert end > start
     return prompt[:opening.start()], prompt[start:end], prompt[end + len(closing):]
-
-
-@pytest.fixture
-def fresh_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENMS_VECTOR_DIR", str(tmp_path / "store"))
-    _offline_until.cache_clear()
-    yield tmp_path / "store"
-    _offline_until.cache_clear()
 
 
 # --- the fence itself ------------------------------------------------------------------------

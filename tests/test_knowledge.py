@@ -11,7 +11,6 @@ from memory.knowledge import CHUNK_CHARS, KnowledgeStore, chunk_text
 from tests.fake_mediawiki import FakeMediaWiki
 from tools.knowledge import (
     KnowledgeError,
-    _offline_until,
     add_knowledge,
     format_passages,
     search_knowledge,
@@ -25,15 +24,6 @@ PYROCHLORE_WIKI = (
     "Spin ice behaviour was discovered in Ho2Ti2O7 and Dy2Ti2O7, whose magnetic moments sit on corner-sharing tetrahedra."
 )
 SPINEL_WIKI = "Spinels are a class of minerals of general formulation AB2X4 which crystallise in the cubic crystal system."
-
-
-@pytest.fixture
-def fresh_store(tmp_path, monkeypatch):
-    """An empty vector store of its own, offline unless a test turns Wikipedia on."""
-    monkeypatch.setenv("GENMS_VECTOR_DIR", str(tmp_path / "store"))
-    _offline_until.cache_clear()
-    yield tmp_path / "store"
-    _offline_until.cache_clear()
 
 
 @pytest.fixture

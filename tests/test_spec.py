@@ -1,6 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
+from tools.limits import MAX_REQUEST_CHARS
 from tools.spec import RequestNotUnderstood, SearchSpec, SpecConflict, parse_request, spec_conflicts
 
 
@@ -36,7 +37,7 @@ def test_group_exclusions():
     assert "Al" not in spec.excluded_elements
 
 
-@pytest.mark.parametrize("text", ["make me a sandwich", "", "   ", "hello there", "x" * 3000])
+@pytest.mark.parametrize("text", ["make me a sandwich", "", "   ", "hello there", "x" * 3000, "a spinel " * (MAX_REQUEST_CHARS // 9 + 1)])
 def test_not_understood_explains_what_is_supported(text):
     with pytest.raises(RequestNotUnderstood) as info:
         parse_request(text)
@@ -73,3 +74,45 @@ def test_spec_validation():
 def test_summary_reads_back():
     summary = parse_request("a novel spinel oxide containing Mn").summary()
     assert summary == "spinel; oxide; with Mn; not in MP/ICSD"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a crystal with band gap 20 eV", "band gap: Input should be less than or equal to 15"),
+        ("a crystal with band gap near " + "9" * 400 + " eV", "band gap"),
+        ("a perovskite in space group 999", "spacegroup: Input should be less than or equal to 230"),
+        ("a perovskite with at most 0 atoms", "max sites"),
+        ("a garnet with density near 99 g/cm3", "density"),
+        ("an oxide with atom ratio 1:0", "every part of the ratio '1:0' must be at least 1"),
+        ("an oxide with atom ratio 999:999:999", "more atoms than a formula may have (1000)"),
+        ("a crystal with atom ratio " + ":".join(["1"] * 30), "a ratio of 30 parts has more elements"),
+    ],
+)
+def test_values_out_of_range_are_not_understood(text, fragment):
+    """Numbers the spec cannot hold are the reader's own refusal, not a pydantic error callers do not catch."""
+    with pytest.raises(RequestNotUnderstood, match="outside what genms searches") as info:
+        parse_request(text)
+    assert fragment in str(info.value)
+
+
+def test_invalid_overrides_stay_the_callers_error():
+    with pytest.raises(ValidationError, match="budget"):
+        parse_request("a spinel oxide", budget={"formulas": 0})
+
+
+@pytest.mark.parametrize(
+    ("text", "required", "excluded"),
+    [
+        ("a spinel not containing Fe", [], ["Fe"]),
+        ("a spinel oxide without cobalt. It should contain manganese", ["Mn"], ["Co"]),
+        ("a spinel without Ni, Cu or Zn", [], ["Cu", "Ni", "Zn"]),
+        ("a spinel without Ni, 5 Fe", ["Fe"], ["Ni"]),  # after a comma, a number ends the list
+        ("a nano-sized iron oxide spinel", ["Fe"], []),  # 'no' inside a word is not a negation
+        ("a mono-layer Mn oxide", ["Mn"], []),
+    ],
+)
+def test_negation_scope(text, required, excluded):
+    spec = parse_request(text)
+    assert spec.required_elements == required
+    assert spec.excluded_elements == excluded

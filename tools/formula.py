@@ -4,6 +4,12 @@ A formula is element symbols with optional positive counts, possibly grouped by 
 or brackets with a multiplier (``Ca(OH)2``, ``Ba2[FeMoO6]``). Parsing is strict and every
 failure raises :class:`FormulaError` with a message that says what is wrong and where, so
 that callers can report it per input without losing the rest of a batch.
+
+Formulae come from users, files and models, so every reader here is bounded by
+:mod:`tools.limits`: the text's length, its elements and atoms, the smallest amount of an
+element, and the size of the whole-number formula unit the amounts reduce to. The parser
+walks the tokens once with an explicit stack (no recursion), so its work is linear in the
+text whatever the nesting.
 """
 
 from __future__ import annotations
@@ -16,12 +22,20 @@ from functools import cached_property, lru_cache, reduce
 
 from pymatgen.core import Composition, Element
 
-MAX_FORMULA_LENGTH = 100
-MAX_ATOMS = 1000
-MAX_ELEMENTS = 10
-# Formulae as people type them: subscript digits and the middle dot are normalised first.
+from tools.limits import MAX_FORMULA_ATOMS, MAX_FORMULA_ELEMENTS, MAX_FORMULA_LENGTH, MIN_FORMULA_COUNT
+
+# Names other modules import (kept as aliases of the limits).
+MAX_ATOMS = MAX_FORMULA_ATOMS
+MAX_ELEMENTS = MAX_FORMULA_ELEMENTS
+# Whole-number ratios approximate each amount by the nearest fraction with at most this
+# denominator (a float 0.333333 reads as 1/3): the resolution is the smallest amount allowed.
+_MAX_DENOMINATOR = round(1 / MIN_FORMULA_COUNT)
+# The limit as an exact decimal (the float 0.001 is a little above 1/1000, which is allowed).
+_MIN_COUNT = Fraction(str(MIN_FORMULA_COUNT))
+# Formulae as people type them: subscript digits are normalised first. Other digits are ASCII
+# only (``\d`` would also take Arabic-Indic or full-width digits).
 _SUBSCRIPTS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
-_TOKEN = re.compile(r"(?P<element>[A-Z][a-z]{0,2})|(?P<number>\d+(?:\.\d+)?)|(?P<open>[(\[])|(?P<close>[)\]])")
+_TOKEN = re.compile(r"(?P<element>[A-Z][a-z]{0,2})|(?P<number>[0-9]+(?:\.[0-9]+)?)|(?P<open>[(\[])|(?P<close>[)\]])")
 _CLOSING = {"(": ")", "[": "]"}
 
 
@@ -40,41 +54,75 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     return tokens
 
 
-def _parse_group(tokens: list, index: int, text: str, closing: str | None) -> tuple[dict[str, Fraction], int]:
-    """Recursive descent over ``element count? | (group) count?``; returns amounts and next index."""
-    amounts: dict[str, Fraction] = {}
+def _parse_amounts(tokens: list[tuple[str, str, int]], text: str) -> dict[str, Fraction]:
+    """Amounts per element over ``element count? | (group) count?``, groups multiplied out.
+
+    An explicit stack of open groups (their amounts so far, the bracket that closes them and
+    where they opened) replaces recursive descent, so deep nesting cannot exhaust Python's
+    recursion limit.
+    """
+    stack: list[tuple[dict[str, Fraction], str | None, int]] = [({}, None, 0)]
+    index = 0
     while index < len(tokens):
         kind, value, position = tokens[index]
-        if kind == "close":
-            if value != closing:
-                raise FormulaError(f"unbalanced parentheses in {text!r} (unexpected {value!r} at position {position})")
-            return amounts, index + 1
+        index += 1
+        if kind == "open":
+            stack.append(({}, _CLOSING[value], position))
+            continue
         if kind == "number":
             raise FormulaError(f"a count must follow an element or a group, not stand alone, at position {position} in {text!r}")
         if kind == "element":
             if not Element.is_valid_symbol(value):
                 raise FormulaError(f"unknown element {value!r} in {text!r}")
-            part, index = {value: Fraction(1)}, index + 1
+            part = {value: Fraction(1)}
         else:
-            part, index = _parse_group(tokens, index + 1, text, _CLOSING[value])
+            part, closing, opened = stack[-1]
+            if value != closing:
+                raise FormulaError(f"unbalanced parentheses in {text!r} (unexpected {value!r} at position {position})")
             if not part:
-                raise FormulaError(f"empty group at position {position} in {text!r}")
+                raise FormulaError(f"empty group at position {opened} in {text!r}")
+            stack.pop()
         multiplier = Fraction(1)
         if index < len(tokens) and tokens[index][0] == "number":
             multiplier = Fraction(tokens[index][1])
             if multiplier <= 0:
                 raise FormulaError(f"counts must be positive, got {tokens[index][1]!r} in {text!r}")
             index += 1
+        amounts = stack[-1][0]
         for symbol, amount in part.items():
             amounts[symbol] = amounts.get(symbol, Fraction(0)) + amount * multiplier
-    if closing is not None:
-        raise FormulaError(f"unbalanced parentheses in {text!r} (missing {closing!r})")
-    return amounts, index
+    if len(stack) > 1:
+        raise FormulaError(f"unbalanced parentheses in {text!r} (missing {stack[-1][1]!r})")
+    return stack[0][0]
 
 
 def integer_amounts(amounts: dict[str, float | Fraction]) -> dict[str, int]:
-    """Smallest whole-number amounts with the same ratios (``Li0.5CoO2`` -> Li1 Co2 O4)."""
-    fractions = {el: Fraction(a).limit_denominator(1000) for el, a in amounts.items()}
+    """Smallest whole-number amounts with the same ratios (``Li0.5CoO2`` -> Li1 Co2 O4).
+
+    Each amount is approximated by the nearest fraction with a denominator of at most
+    1/``MIN_FORMULA_COUNT`` (so float noise such as 0.333333 reads as 1/3), then all are
+    scaled by the common denominator and divided by their greatest common divisor. Every
+    result is a positive integer: an empty composition, an amount that is not a positive
+    finite number, or one too small to survive the approximation (it would round to zero)
+    raises :class:`FormulaError` instead.
+    """
+    if not amounts:
+        raise FormulaError("a composition needs at least one element")
+    fractions = {}
+    for element, amount in amounts.items():
+        try:
+            exact = amount if isinstance(amount, (int, Fraction)) else Fraction(float(amount))
+        except (TypeError, ValueError, OverflowError):  # NaN, infinity, not a number
+            raise FormulaError(f"the amount of {element} must be a finite number, got {amount!r}") from None
+        if exact <= 0:
+            raise FormulaError(f"the amount of {element} must be positive, got {amount!r}")
+        fraction = Fraction(exact).limit_denominator(_MAX_DENOMINATOR)
+        if fraction == 0:
+            raise FormulaError(
+                f"the amount of {element} ({float(exact):g}) is too small to express as a whole-number ratio "
+                f"(the finest resolution is {MIN_FORMULA_COUNT:g})"
+            )
+        fractions[element] = fraction
     denominator = reduce(math.lcm, (f.denominator for f in fractions.values()), 1)
     whole = {el: int(f * denominator) for el, f in fractions.items()}
     divisor = reduce(math.gcd, whole.values())
@@ -139,27 +187,43 @@ def parse_formula(text: str) -> ParsedFormula:
     """Parse a chemical formula, raising :class:`FormulaError` with a clear message if invalid.
 
     Accepts element symbols with integer or decimal counts, nested ``()``/``[]`` groups,
-    whitespace between tokens and Unicode subscript digits.
+    whitespace between tokens and Unicode subscript digits. Refuses text over
+    ``MAX_FORMULA_LENGTH`` characters, more than ``MAX_FORMULA_ELEMENTS`` elements or
+    ``MAX_FORMULA_ATOMS`` atoms (as written, and in the whole-number formula unit), and an
+    element amount below ``MIN_FORMULA_COUNT`` (``H0.0001``), which no ratio could keep.
     """
     if not isinstance(text, str):
         raise FormulaError(f"a formula must be text, got {type(text).__name__}")
+    if len(text) > MAX_FORMULA_LENGTH:  # before the cache, so over-long text is never kept as a key
+        raise FormulaError(f"formula too long ({len(text)} characters; at most {MAX_FORMULA_LENGTH})")
     return _parse_text(text)
 
 
 @lru_cache(maxsize=65536)
 def _parse_text(text: str) -> ParsedFormula:
-    if len(text) > MAX_FORMULA_LENGTH:
-        raise FormulaError(f"formula too long ({len(text)} characters; at most {MAX_FORMULA_LENGTH})")
     cleaned = re.sub(r"\s+", "", text.translate(_SUBSCRIPTS))
     if not cleaned:
         raise FormulaError("empty formula")
-    amounts, _ = _parse_group(_tokens(cleaned), 0, cleaned, None)
-    if len(amounts) > MAX_ELEMENTS:
-        raise FormulaError(f"too many elements ({len(amounts)}; at most {MAX_ELEMENTS}) in {text!r}")
+    amounts = _parse_amounts(_tokens(cleaned), cleaned)
+    if len(amounts) > MAX_FORMULA_ELEMENTS:
+        raise FormulaError(f"too many elements ({len(amounts)}; at most {MAX_FORMULA_ELEMENTS}) in {text!r}")
     total = sum(amounts.values())
-    if total > MAX_ATOMS:
-        raise FormulaError(f"too many atoms ({float(total):g}; at most {MAX_ATOMS}) in {text!r}")
-    return ParsedFormula(text=cleaned, amounts={el: float(a) for el, a in amounts.items()})
+    if total > MAX_FORMULA_ATOMS:
+        raise FormulaError(f"too many atoms ({float(total):g}; at most {MAX_FORMULA_ATOMS}) in {text!r}")
+    for element, amount in amounts.items():
+        if amount < _MIN_COUNT:
+            raise FormulaError(
+                f"the amount of {element} ({float(amount):g}) is below the smallest supported amount "
+                f"{MIN_FORMULA_COUNT:g} in {text!r}"
+            )
+    parsed = ParsedFormula(text=cleaned, amounts={el: float(a) for el, a in amounts.items()})
+    unit = sum(parsed.reduced_amounts.values())
+    if unit > MAX_FORMULA_ATOMS:
+        raise FormulaError(
+            f"the counts in {text!r} reduce to a whole-number formula unit of {unit} atoms (at most "
+            f"{MAX_FORMULA_ATOMS}); write them with fewer decimal places"
+        )
+    return parsed
 
 
 def is_valid_formula(text: str) -> bool:

@@ -5,17 +5,25 @@ elements that must, may or must not appear, the anion class, novelty (not in MP,
 user's list), property targets, a space group, size limits, how many results, and the
 search budget. ``parse_request`` reads a request with deterministic rules (the offline
 planner's understanding); ``spec_conflicts`` explains requests that cannot be satisfied.
+
+Requests come from users and MCP clients, so the reader is bounded: at most
+``MAX_REQUEST_CHARS`` characters, and every pattern here runs in time linear in the text (no
+nested or adjacent quantifiers that could backtrack over the same characters, and the
+negation scope is found in one pass rather than by a search per element mention).
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
+from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pymatgen.core import Element
 
 from tools.families import FAMILIES, HALOGENS, get_family
+from tools.limits import MAX_FORMULA_ATOMS, MAX_FORMULA_ELEMENTS, MAX_REQUEST_CHARS
 
 ANION_CLASSES: dict[str, frozenset[str]] = {
     "oxide": frozenset({"O"}),
@@ -102,8 +110,19 @@ class SearchSpec(BaseModel):
     @field_validator("stoichiometry")
     @classmethod
     def _ratio(cls, pattern):
-        if pattern and not re.fullmatch(r"\d+(:\d+)+", pattern):
-            raise ValueError(f"stoichiometry must look like '1:1:2', got {pattern!r}")
+        """A ratio must describe a formula genms could write: whole parts >= 1 within the formula limits."""
+        if not pattern:
+            return pattern
+        if not re.fullmatch(r"[0-9]+(?::[0-9]+)+", pattern):
+            raise ValueError(f"stoichiometry must look like '1:1:2', got {pattern[:40]!r}")
+        parts = pattern.split(":")
+        if len(parts) > MAX_FORMULA_ELEMENTS:
+            raise ValueError(f"a ratio of {len(parts)} parts has more elements than a formula may have ({MAX_FORMULA_ELEMENTS})")
+        counts = [int(part) for part in parts]
+        if min(counts) < 1:
+            raise ValueError(f"every part of the ratio {pattern!r} must be at least 1")
+        if sum(counts) > MAX_FORMULA_ATOMS:
+            raise ValueError(f"the ratio {pattern[:40]!r} has more atoms than a formula may have ({MAX_FORMULA_ATOMS})")
         return pattern
 
     def anions(self) -> frozenset[str] | None:
@@ -178,9 +197,21 @@ _NUMBER_WORDS.update({"twenty": 20, "fifteen": 15, "thirty": 30, "fifty": 50, "h
 _NAME_ALIASES = {"sulphur": "S", "aluminium": "Al", "caesium": "Cs", "cesium": "Cs"}
 # Capitalised words that are element symbols but usually English in a request.
 _AMBIGUOUS_SYMBOLS = {"I", "In", "As", "At", "Be", "He", "No", "Os", "So", "Am", "Bi", "Ca", "Co", "Pa"}
-_NEGATION = r"(?:without|no|not containing|excluding|except|free of|avoid(?:ing)?|but not|minus)"
+# A negation word starts a word ('no' in 'nano' or 'mono-layer' does not negate).
+_NEGATION = r"\b(?:without|no|not containing|excluding|except|free of|avoid(?:ing)?|but not|minus)"
+# Every negation in the text, overlapping ones included ('but not containing'): a lookahead
+# tried at each position, so the scan is linear.
+_NEGATIONS = re.compile(rf"(?=({_NEGATION})\b)", re.IGNORECASE)
+# Where a clause ends, and with it the scope of a negation ('without Co. With Mn' excludes Co
+# and requires Mn). 'but not' and 'not containing' are negations, not clause breaks.
+_CLAUSE_BREAKS = re.compile(r"[.;]|\bbut\b(?!(?i: not))|\bwith\b|(?<!(?i:not) )\bcontaining\b|\bincluding\b")
+# Characters a list of negated elements is written with ('without Co, Ni or Cu'); a comma,
+# then anything else ends the list. Matched case-insensitively like the negations.
+_OUTSIDE_LIST = re.compile(r"[^\sA-Za-z-]", re.IGNORECASE)
+_FREE_SUFFIX = re.compile(r"[\s-]*free\b")  # 'lead-free', 'cobalt free'
 
 
+@lru_cache(maxsize=1)
 def _element_names() -> dict[str, str]:
     names = {el.long_name.lower(): el.symbol for el in Element}
     names.update(_NAME_ALIASES)
@@ -209,12 +240,48 @@ def _symbol_context(text: str, match: re.Match) -> bool:
     return bool(re.search(r"[A-Z][a-z]?\s*(,|and|or|-)\s*$", before) or re.match(r"^\s*(,|-|and\b|or\b)\s*[A-Z][a-z]?", after) or re.search(r"(with|containing|including)\s*$", before))
 
 
-def _excluded(text: str, start: int, end: int) -> bool:
-    """Is the mention at ``start:end`` negated ('without X', 'X-free', 'no X, Y or Z')?"""
-    if re.match(r"^[\s-]*free\b", text[end:]):
-        return True
-    clause = re.split(r"[.;]|\bbut\b(?! not)|\bwith\b|\bcontaining\b|\bincluding\b", text[:start])[-1]
-    return bool(re.search(_NEGATION + r"\b(?:[^,]*?)(?:,|\band\b|\bor\b|\s|[A-Za-z-])*$", clause, re.IGNORECASE))
+class _Negations:
+    """Which mentions in one request are negated ('without X', 'X-free', 'no X, Y or Z').
+
+    A mention is negated when it is followed by 'free', or when a negation word comes before
+    it in the same clause and, after the first comma following the negation, only letters,
+    spaces, hyphens and commas lead up to it: 'without any 3d metal, Co or Ni' negates Co and
+    Ni, 'without Co, 5 Ni' does not negate Ni. The clause breaks, negations and list-ending
+    characters are found once, in linear scans of the text; each mention is then answered by
+    binary search, so a request costs O(n log n) however many mentions it holds (a regular
+    expression per mention over the text before it was quadratic, and one that backtracked
+    over 'and and and ...' was exponential).
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self.breaks = [match.end() for match in _CLAUSE_BREAKS.finditer(text)]
+        spans = sorted((match.end(1), match.start(1)) for match in _NEGATIONS.finditer(text))
+        self.negation_ends = [end for end, _ in spans]
+        self.negation_starts = [start for _, start in spans]
+        # Positions of characters that end a list once it has had a comma, each with the
+        # position of the last comma before it (-1 when none).
+        self.outside, self.comma_before = [], []
+        last_comma = -1
+        for match in _OUTSIDE_LIST.finditer(text):
+            if match.group() == ",":
+                last_comma = match.start()
+            else:
+                self.outside.append(match.start())
+                self.comma_before.append(last_comma)
+
+    def negated(self, start: int, end: int) -> bool:
+        """Is the mention at ``start:end`` negated?"""
+        if _FREE_SUFFIX.match(self.text, end):
+            return True
+        clause_start = self.breaks[bisect_right(self.breaks, start) - 1] if self.breaks and self.breaks[0] <= start else 0
+        latest = bisect_right(self.negation_ends, start) - 1
+        if latest < 0 or self.negation_starts[latest] < clause_start:
+            return False
+        # The list after the latest negation must not have a comma followed by other text.
+        last_outside = bisect_left(self.outside, start) - 1
+        list_broken_at = self.comma_before[last_outside] if last_outside >= 0 else -1
+        return self.negation_ends[latest] > list_broken_at
 
 
 def family_mentioned(text: str) -> str | None:
@@ -262,7 +329,7 @@ def _band_gap(text: str) -> tuple[float | None, float | None, str | None]:
     if between:
         low, high = float(between.group(1)), float(between.group(2))
         return (low + high) / 2, max((high - low) / 2, 0.05), None
-    near = re.search(r"band ?gap\D{0,25}?(\d+(?:\.\d+)?)\s*ev", lowered) or re.search(r"(\d+(?:\.\d+)?)\s*ev\s*band ?gap", lowered)
+    near = re.search(r"band ?gap\D{0,25}?(\d+(?:\.\d+)?)\s*ev", lowered) or re.search(r"(?<!\d)(\d+(?:\.\d+)?)\s*ev\s*band ?gap", lowered)
     if near:
         return float(near.group(1)), None, None
     if re.search(r"\bwide[- ]?(?:band ?)?gap\b", lowered):
@@ -295,7 +362,8 @@ def _count(text: str) -> int | None:
 
 
 def _spacegroup(text: str) -> int | None:
-    match = re.search(r"space ?group\s*(?:no\.?|number|#)?\s*(\d{1,3})\b", text, re.IGNORECASE)
+    # One optional word and one run of spaces per gap (two adjacent ``\s*`` would split a run of spaces every way).
+    match = re.search(r"space ?group\s*(?:(?:no\.?|number|#)\s*)?(\d{1,3})\b", text, re.IGNORECASE)
     if match:
         return int(match.group(1))
     match = re.search(r"space ?group\s+([A-Za-z][A-Za-z0-9_/\-]*)", text, re.IGNORECASE)
@@ -305,7 +373,7 @@ def _spacegroup(text: str) -> int | None:
         try:
             return SpaceGroup(match.group(1)).int_number
         except ValueError:
-            raise RequestNotUnderstood(f"unknown space group symbol {match.group(1)!r}") from None
+            raise RequestNotUnderstood(f"unknown space group symbol {match.group(1)[:40]!r}") from None
     return None
 
 
@@ -339,21 +407,22 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     """
     if not isinstance(text, str) or not text.strip():
         raise RequestNotUnderstood("empty request. " + SUPPORTED)
-    if len(text) > 2000:
-        raise RequestNotUnderstood(f"request too long ({len(text)} characters; at most 2000)")
+    if len(text) > MAX_REQUEST_CHARS:
+        raise RequestNotUnderstood(f"request too long ({len(text)} characters; at most {MAX_REQUEST_CHARS})")
+    negations = _Negations(text)
     required, excluded = set(), set()
     for symbol, start, end in _element_mentions(text):
-        (excluded if _excluded(text, start, end) else required).add(symbol)
+        (excluded if negations.negated(start, end) else required).add(symbol)
     for group, members in ELEMENT_GROUPS.items():
         for match in re.finditer(rf"\b{group}", text, re.IGNORECASE):
-            (excluded if _excluded(text, match.start(), match.end()) else set()).update(members)
+            (excluded if negations.negated(match.start(), match.end()) else set()).update(members)
     if re.search(r"\bany (?:other )?anions?\b", text, re.IGNORECASE) and re.search(_NEGATION, text, re.IGNORECASE):
         excluded |= ALL_ANIONS
     system = re.search(r"\b([A-Z][a-z]?(?:-[A-Z][a-z]?){1,5})\b(?![a-z])", text)
     allowed = None
     if system and all(Element.is_valid_symbol(s) for s in system.group(1).split("-")):
         allowed = set(system.group(1).split("-"))
-    ratio = re.search(r"\b(\d+(?:\s*:\s*\d+)+)\b", text)
+    ratio = re.search(r"\b([0-9]+(?:\s*:\s*[0-9]+)+)\b", text)
     band_gap, tolerance, electronic = _band_gap(text)
     fields = {
         "request": text.strip(),
@@ -377,8 +446,13 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         fields["n_results"] = min(count, 100)
     if (sites := _max_sites(text)) is not None:
         fields["max_sites"] = sites
-    fields.update(overrides)
-    spec = SearchSpec(**fields)
+    try:
+        spec = SearchSpec(**{**fields, **overrides})
+    except ValidationError as exc:
+        if any(error["loc"] and error["loc"][0] in overrides for error in exc.errors()):
+            raise  # the caller's own arguments are wrong, not the request
+        problems = "; ".join(f"{'.'.join(map(str, error['loc'])).replace('_', ' ')}: {error['msg']}" for error in exc.errors())
+        raise RequestNotUnderstood(f"the request asks for something outside what genms searches ({problems}). " + SUPPORTED) from None
     searchable = [spec.family, spec.stoichiometry, spec.required_elements, spec.allowed_elements, spec.anion_class,
                   spec.band_gap, spec.electronic, spec.spacegroup, spec.density, spec.high_density]
     if not any(searchable):
