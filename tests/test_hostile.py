@@ -141,11 +141,12 @@ def test_cli_structure_check_survives_every_hostile_file(hostile_files, hostile_
 
 def test_cli_score_keeps_the_batch_around_bad_files(hostile_files, hostile_home):
     files = [hostile_files / "huge_cell.cif", hostile_files / "oganesson.cif", hostile_files / "[bold]good[red].cif",
-             hostile_files / "infinite_cell.cif", hostile_files / "tiny_cell.cif"]
+             hostile_files / "infinite_cell.cif", hostile_files / "tiny_cell.cif", hostile_files / "symmetry_bomb.cif"]
     genms("score", *map(str, files), "--json", home=hostile_home)
     reports = json.loads(genms.stdout)
-    assert [r["plausible"] for r in reports] == [False, False, True, False, False]
+    assert [r["plausible"] for r in reports] == [False, False, True, False, False, False]
     assert "Og" in reports[1]["reason"] and reports[2]["energy_per_atom"] < -5
+    assert "symmetry expansion too large" in reports[5]["reason"]
     assert "outside 0-1000" in reports[0]["reason"] and "degenerate" in reports[4]["reason"]
 
 
@@ -170,6 +171,19 @@ def test_cli_runs_folder(hostile_home):
     assert code != 0 and "outside" not in output.replace("20260101T000003-dddddd", "")
     code, output, _ = genms("memory", "show", "20260101T000002-cccccc", home=hostile_home)
     assert code != 0 and "damaged" in output
+
+
+def test_chat_tools_refuse_hostile_cifs_and_formulas():
+    """The chat's tools (LangChain) take the same paths: sandboxed checks, per-item reports."""
+    from tools.langchain_tools import check_formulas_tool, check_structure_tool, score_structures_tool
+
+    for name, (text, reason) in HOSTILE_CIFS.items():
+        report = check_structure_tool.invoke({"cif": text})
+        assert report["cif_valid"] is False and reason in report["error"], name
+    scored = score_structures_tool.invoke({"cifs": [HOSTILE_CIFS["infinite_cell"][0], OGANESSON]})
+    assert [r["plausible"] for r in scored] == [False, False] and "Og" in scored[1]["reason"]
+    checked = check_formulas_tool.invoke({"formulas": [*BAD_FORMULAS, "SrTiO3"]})
+    assert [c["valid"] for c in checked] == [False, False, False, True]
 
 
 # --- the MCP server -----------------------------------------------------------------------------------
