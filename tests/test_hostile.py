@@ -26,6 +26,8 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from test_mcp import CIF_TRIAL, GENMS, ROOT, Session, free_port, server_env, stop, wait_for_port
 
+from tools.sandbox import FAULT_PREFIX as FAULT
+
 ANSWER_SECONDS = 30.0
 PEAK_MEMORY_BYTES = 2 * 1024**3
 
@@ -212,7 +214,7 @@ def peak_memory(process: psutil.Process) -> int:
 @pytest.fixture(scope="module", params=["stdio", "http"])
 def server(request, hostile_home, tmp_path_factory):
     log = tmp_path_factory.mktemp(f"hostile-{request.param}") / "server.log"
-    env = server_env(GENMS_HOME=str(hostile_home))
+    env = server_env(GENMS_HOME=str(hostile_home), GENMS_SANDBOX_TEST_TASKS="1")  # faults injectable (tools.sandbox)
     with anyio.from_thread.start_blocking_portal() as portal:
         if request.param == "stdio":
             with open(log, "w") as errlog:
@@ -266,13 +268,23 @@ def test_mcp_check_structure_refuses_hostile_cifs(warm, name):
     assert not result.is_error and report["cif_valid"] is False and reason in report["error"]
 
 
+@pytest.mark.parametrize(("how", "message"), [("segfault", "crashed (SIGSEGV)"), ("memory", "out of memory")])
+def test_mcp_server_survives_a_crashing_check(warm, how, message):
+    """Native code that crashes or exhausts memory on an input (injected in the worker) costs that call only."""
+    result, _ = timed_call(warm, "check_structure", {"cif": f"{FAULT}{how}\n{CIF_TRIAL}"})
+    assert not result.is_error and message in result.structured_content["error"]
+    after = warm.call("check_structure", {"cif": CIF_TRIAL}).structured_content
+    assert after["cif_valid"] and after["reduced_formula"] == "SrTiO3"
+
+
 def test_mcp_score_structures_keeps_the_batch(warm):
     cifs = [HOSTILE_CIFS["huge_cell"][0], OGANESSON, CIF_TRIAL, HOSTILE_CIFS["infinite_cell"][0],
-            HOSTILE_CIFS["tiny_cell"][0], HOSTILE_CIFS["symmetry_bomb"][0]]
+            HOSTILE_CIFS["tiny_cell"][0], HOSTILE_CIFS["symmetry_bomb"][0], f"{FAULT}segfault\n{CIF_TRIAL}"]
     result, _ = timed_call(warm, "score_structures", {"cifs": cifs})
     reports = result.structured_content["results"]
-    assert [r["plausible"] for r in reports] == [False, False, True, False, False, False]
+    assert [r["plausible"] for r in reports] == [False, False, True, False, False, False, False]
     assert "Og" in reports[1]["reason"] and "symmetry expansion" in reports[5]["reason"]
+    assert "crashed (SIGSEGV)" in reports[6]["reason"]
 
 
 def test_mcp_formulas_requests_and_markup(warm):

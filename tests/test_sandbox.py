@@ -1,17 +1,15 @@
 """The structure workers (tools.sandbox): a crash, a memory blow-up or a hang costs one item.
 
 The faults are real (a NULL dereference, unbounded allocation, an endless loop) and happen in
-the worker process, injected through ``GENMS_SANDBOX_TEST_TASKS=1``; the caller, the CLI
-batch and the MCP server go on, and the next call gets a fresh worker.
+the worker process, injected through ``GENMS_SANDBOX_TEST_TASKS=1``; the caller and the CLI
+batch go on, and the next call gets a fresh worker. The MCP server's side of it runs in
+``tests/test_hostile.py``, on its servers.
 """
 
 from __future__ import annotations
 
-import anyio.from_thread
 import pytest
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from test_mcp import CIF_TRIAL, GENMS, ROOT, Session, server_env
+from test_mcp import CIF_TRIAL, GENMS, server_env
 
 from tools import sandbox
 
@@ -30,7 +28,7 @@ def pool(monkeypatch):
 @pytest.mark.parametrize(("how", "timeout", "message"), [
     ("segfault", 120, "crashed (SIGSEGV)"),
     ("memory", 120, "ran out of memory"),
-    ("hang", 3, "took longer than 3 s"),
+    ("hang", 1, "took longer than 1 s"),
 ])
 def test_a_failing_task_costs_one_call(pool, how, timeout, message):
     with pytest.raises(sandbox.SandboxError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -64,29 +62,3 @@ def test_the_cli_batch_survives_a_crashing_file(tmp_path):
     assert "crashed (SIGSEGV)" in crashed["error"] and crashed["cif_valid"] is False
     assert good["reduced_formula"] == "SrTiO3" and good["cif_valid"]
     assert "Traceback" not in done.stdout + done.stderr
-
-
-@pytest.fixture(scope="module")
-def faulty_server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("sandbox-mcp") / "server.log"
-    env = server_env(GENMS_SANDBOX_TEST_TASKS="1", GENMS_SANDBOX_TIMEOUT="5")
-    with anyio.from_thread.start_blocking_portal() as portal, open(log, "w") as errlog:
-        params = StdioServerParameters(command=GENMS, args=["mcp"], env=env, cwd=str(ROOT))
-        with portal.wrap_async_context_manager(Client(stdio_client(params, errlog=errlog), mode="legacy")) as client:
-            yield Session(portal, client, log, "stdio")
-
-
-@pytest.mark.parametrize(("how", "message"), [("segfault", "crashed (SIGSEGV)"), ("memory", "out of memory"),
-                                              ("hang", "took longer than 5 s")])
-def test_the_mcp_server_survives_a_crashing_check(faulty_server, how, message):
-    result = faulty_server.call("check_structure", {"cif": f"{FAULT}{how}\n{CIF_TRIAL}"})
-    assert not result.is_error and message in result.structured_content["error"]
-    after = faulty_server.call("check_structure", {"cif": CIF_TRIAL}).structured_content
-    assert after["cif_valid"] and after["reduced_formula"] == "SrTiO3"
-
-
-def test_the_mcp_score_batch_survives_a_crashing_item(faulty_server):
-    cifs = [CIF_TRIAL, f"{FAULT}segfault\n{CIF_TRIAL}", CIF_TRIAL]
-    reports = faulty_server.call("score_structures", {"cifs": cifs}).structured_content["results"]
-    assert [r["plausible"] for r in reports] == [True, False, True]
-    assert "crashed (SIGSEGV)" in reports[1]["reason"]
