@@ -163,6 +163,10 @@ def test_cli_formulas_and_markup(hostile_home):
     assert code in (0, 1) and seconds < 60
     code, output, _ = genms("search", "[/red]", home=hostile_home)
     assert code == 1 and "[/red]" in output
+    # The backtracking clause reaches the search's reader too; this request is then refused as unsatisfiable.
+    code, output, seconds = genms("search", REDOS_REQUEST.replace("spinel", "spinel oxide").replace("Cu", "O"),
+                                  home=hostile_home)
+    assert code == 1 and "cannot be satisfied" in output and seconds < 60
 
 
 def test_cli_runs_folder(hostile_home):
