@@ -217,3 +217,18 @@ def test_substitution_table_is_the_one_pymatgen_builds():
     assert built.Z == reference.Z and dict(built._px) == dict(reference._px)  # cond_prob reads only these
     pairs = [("Mn2+", "Mg2+"), ("Ti4+", "Zr4+"), ("Bi3+", "La3+"), ("O2-", "S2-"), ("Cs+", "Li+")]
     assert all(built.cond_prob(a, b) == reference.cond_prob(a, b) > 0 for a, b in pairs)
+
+
+def test_the_default_claude_model_is_current():
+    """The default model is one the installed SDK knows and has not deprecated (a retired default
+    makes every Claude call 404 and genms silently falls back to the offline path)."""
+    import typing
+
+    from anthropic._data.deprecated_models import DEPRECATED_MODELS
+    from anthropic.types.model_param import ModelParam
+
+    from tools.claude_proposer import DEFAULT_MODEL
+
+    known = {name for arg in typing.get_args(ModelParam) for name in typing.get_args(arg)}
+    assert DEFAULT_MODEL in known
+    assert DEFAULT_MODEL not in DEPRECATED_MODELS, f"{DEFAULT_MODEL} retires on {DEPRECATED_MODELS.get(DEFAULT_MODEL)}"

@@ -20,7 +20,9 @@ from tools.knowledge import format_passages
 from tools.proposer import Proposal, propose_offline
 from tools.spec import SearchSpec
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+# A model the installed anthropic SDK lists and has not deprecated (claude-sonnet-4-5 was retired on
+# 2026-11-30); tests/test_proposer.py fails when the SDK deprecates it.
+DEFAULT_MODEL = "claude-sonnet-4-6"
 TIMEOUT_SECONDS = 60.0
 KNOWN_SAMPLE = 200
 log = logging.getLogger(__name__)
