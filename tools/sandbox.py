@@ -229,13 +229,21 @@ if TESTING:
 
 
 def _limit_resources() -> None:
+    """No core dumps; address space capped at what the imports took + ``SANDBOX_MEMORY``.
+
+    The cap needs Linux (``/proc/self/statm``, an enforced RLIMIT_AS); elsewhere (macOS) the
+    worker runs without it, still isolated and still under the caller's time limit.
+    """
     import resource
 
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with open("/proc/self/statm") as handle:  # Linux: the first field is the address space in pages
-        current = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    limit = current + SANDBOX_MEMORY
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        with open("/proc/self/statm") as handle:  # the first field is the address space in pages
+            current = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = current + SANDBOX_MEMORY
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (OSError, ValueError):
+        pass
 
 
 def serve() -> None:
