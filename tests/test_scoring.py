@@ -175,3 +175,22 @@ def test_relaxed_scoring_returns_relaxed_cif(srtio3, perturb):
     assert report["energy_drop_per_atom"] > 0
     assert "_cell_length_a" in report["relaxed_cif"]
     assert report["rmsd"] > 0.05
+
+
+def test_a_relaxation_that_fails_costs_its_own_structure(srtio3, rocksalt_nacl, monkeypatch):
+    """Bad arguments refuse the call up front; a structure that breaks the relaxation gets the reason."""
+    import tools.relaxation
+
+    with pytest.raises(ValueError, match="fmax must lie"):
+        score_structures([srtio3], relax=True, fmax=99.0)
+    real = tools.relaxation.relax
+
+    def breaks_on_strontium(structure, **options):
+        if "Sr" in structure.composition:
+            raise ValueError("FIRE diverged")  # an error the structure caused, whatever its type
+        return real(structure, **options)
+
+    monkeypatch.setattr(tools.relaxation, "relax", breaks_on_strontium)
+    broken, fine = score_structures([srtio3, rocksalt_nacl], relax=True, max_steps=5)
+    assert broken["reason"] == "relaxation failed: ValueError: FIRE diverged" and not broken["plausible"]
+    assert fine["plausible"] and fine["relaxed_cif"] and fine["relax_steps"] >= 1

@@ -66,15 +66,20 @@ def displacement_rmsd(initial: Structure, final: Structure) -> float:
     return float(np.sqrt((np.linalg.norm(cartesian, axis=1) ** 2).mean()))
 
 
+def check_relax_options(fmax: float, max_steps: int) -> None:
+    """``ValueError`` unless ``fmax`` (eV/Å) lies in ``FMAX_RANGE`` and ``max_steps`` in ``MAX_STEPS_RANGE``."""
+    if not FMAX_RANGE[0] <= fmax <= FMAX_RANGE[1]:
+        raise ValueError(f"fmax must lie in {FMAX_RANGE[0]}-{FMAX_RANGE[1]} eV/Å, got {fmax}")
+    if not MAX_STEPS_RANGE[0] <= max_steps <= MAX_STEPS_RANGE[1]:
+        raise ValueError(f"max_steps must lie in {MAX_STEPS_RANGE[0]}-{MAX_STEPS_RANGE[1]}, got {max_steps}")
+
+
 def relax(structure: Structure, fmax: float = 0.05, max_steps: int = 500, relax_cell: bool = True) -> RelaxationResult:
     """Relax atomic positions (and the cell) with CHGNet and FIRE until forces < ``fmax``.
 
     ``fmax`` in eV/Å within ``FMAX_RANGE``; ``max_steps`` within ``MAX_STEPS_RANGE``.
     """
-    if not FMAX_RANGE[0] <= fmax <= FMAX_RANGE[1]:
-        raise ValueError(f"fmax must lie in {FMAX_RANGE[0]}-{FMAX_RANGE[1]} eV/Å, got {fmax}")
-    if not MAX_STEPS_RANGE[0] <= max_steps <= MAX_STEPS_RANGE[1]:
-        raise ValueError(f"max_steps must lie in {MAX_STEPS_RANGE[0]}-{MAX_STEPS_RANGE[1]}, got {max_steps}")
+    check_relax_options(fmax, max_steps)
     check_supported(structure)
     n_atoms = len(structure)
     # CHGNet and ASE print per-step tables; keep the user's terminal clean.

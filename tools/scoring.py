@@ -121,21 +121,23 @@ def score_structures(
     relaxed, ``relaxed_cif, relax_converged, rmsd, energy_drop_per_atom, relax_steps``.
     ``progress(stage, done, total)`` reports long work.
     """
+    from tools.relaxation import check_relax_options
     from tools.relaxation import relax as relax_structure
+
+    if relax:  # the call's arguments, refused before any work (a failure inside the loop is one item's)
+        check_relax_options(fmax, max_steps)
 
     labels = list(labels) if labels is not None else [None] * len(structures)
     reports = [_empty_report(label, s) for label, s in zip(labels, structures)]
     scored: list[tuple[int, Structure]] = []
     for i, structure in enumerate(structures):
-        reports[i]["reason"] = _isolated(guard_structure, structure, limits)
+        reports[i]["reason"] = _per_item(guard_structure, structure, limits)
         if reports[i]["reason"] is None:
             scored.append((i, structure))
     if relax:
         for done, (i, structure) in enumerate(list(scored), start=1):
             try:
                 result = relax_structure(structure, fmax=fmax, max_steps=max_steps)
-            except ValueError:
-                raise  # fmax or max_steps out of range: the call's arguments, not this structure
             except Exception as exc:  # this structure broke the relaxation; the others go on
                 reports[i]["reason"] = f"relaxation failed: {type(exc).__name__}: {exc}"
                 if progress:
@@ -162,13 +164,13 @@ def score_structures(
         if isinstance(prediction, Exception):
             reports[i]["reason"] = str(prediction)
         else:
-            failure = _isolated(_fill_energies, reports[i], structure, prediction, limits)
+            failure = _per_item(_fill_energies, reports[i], structure, prediction, limits)
             if failure:
                 reports[i].update(plausible=False, reason=failure)
     return reports
 
 
-def _isolated(check: Callable[..., str | None], *arguments) -> str | None:
+def _per_item(check: Callable[..., str | None], *arguments) -> str | None:
     """``check(*arguments)``, with an unexpected failure turned into that item's reason."""
     try:
         return check(*arguments)
