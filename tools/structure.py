@@ -165,10 +165,11 @@ def _cif_number(value) -> float | None:
 
 
 def _operation_count(data: dict) -> int:
-    """Symmetry operations a block's expansion applies: its listed ones, else its space group's."""
+    """Symmetry operations a block's expansion applies: its listed ones (a magnetic CIF's times its
+    centring translations), else its space group's."""
     for key in _SYMOP_KEYS:
         if key in data:
-            return _count(data[key])
+            return _count(data[key]) * _count(data.get("_space_group_symop_magn_centering.xyz", []) or [1])
     for key in ("_symmetry_Int_Tables_number", "_space_group_IT_number", "_space_group.IT_number"):
         number = _cif_number(data.get(key, ""))
         if number is not None and number.is_integer() and 1 <= number <= 230:
