@@ -29,8 +29,8 @@ from agent.chat_model import HELP, OfflineChatModel
 from agent.render import safe
 from agent.search import run_search, save_run
 from memory.paths import user_data_dir
-from tools.claude_proposer import chat_model as claude_model
-from tools.claude_proposer import claude_configured
+from tools.claude import ClaudeUnavailable, RETRIES, classify, claude_configured, configured_model, model_info
+from tools.claude import chat_model as claude_model
 from tools.fencing import fence_tool_result
 from tools.langchain_tools import chemistry_tools
 from tools.limits import MAX_CHAT_MESSAGE_CHARS
@@ -77,25 +77,65 @@ def search_tool(
 
 
 def chat_model():
-    """Claude with the key set, else the offline planner."""
-    return claude_model() if claude_configured() else OfflineChatModel()
+    """Claude with the key set (and a current model), else the offline planner.
+
+    The chat's Claude keeps the SDK's own retries of transient errors (it honours ``retry-after``
+    up to 60 s and ``x-should-retry``); whatever still fails ends the turn, not the session."""
+    if not claude_configured():
+        return OfflineChatModel()
+    if model_info(configured_model()).deprecated:
+        log.warning("GENMS_CLAUDE_MODEL=%s is deprecated: the chat uses the offline planner", configured_model())
+        return OfflineChatModel()
+    return claude_model("chat", max_tokens=CHAT_MAX_TOKENS).model_copy(update={"max_retries": RETRIES})
+
+
+CHAT_MAX_TOKENS = 8192  # one answer, with its thinking
+OLDER_TOOL_RESULT_CHARS = 4_000  # tool results of earlier turns, as the model sees them again
+SEARCH_DIGEST_CANDIDATES = 10
+
+
+def search_digest(content: str) -> str:
+    """A search result as the chat model needs it: the spec, the best candidates with their numbers,
+    the planner that ran and where the files are (no CIFs, passages or per-formula screen records;
+    ``/results`` shows the whole result)."""
+    try:
+        result = json.loads(content)
+    except (TypeError, ValueError):
+        return content
+    if not isinstance(result, dict):
+        return content
+    keep = ("formula", "family", "prototype", "generator", "formation_energy_per_atom", "e_above_hull", "plausible",
+            "known_in", "reason")
+    candidates = [{k: c.get(k) for k in keep} | {"spacegroup": (c.get("checks") or {}).get("spacegroup_symbol")}
+                  for c in (result.get("candidates") or [])[:SEARCH_DIGEST_CANDIDATES] if isinstance(c, dict)]
+    digest = {"request": result.get("request"), "planner": result.get("planner"), "error": result.get("error"),
+              "spec": result.get("spec"), "seconds": result.get("seconds"), "candidates": candidates,
+              "n_candidates": len(result.get("candidates") or []), "n_screened": len(result.get("screened") or []),
+              "files": result.get("files")}
+    return json.dumps(digest)
 
 
 def for_the_model(messages: list) -> list:
     """The thread as the model is shown it: each tool result fenced as data, cut to a bound.
 
     :func:`tools.fencing.fence_tool_result` puts the result in a ``<tool_output>`` block it cannot
-    close (whatever a Wikipedia passage or a file inside it says). The thread itself keeps the
-    whole, unfenced results (``/results`` and ``/save`` read them); the fenced copies exist only
-    for the model call. The offline planner (rules, not a language model) reads the unfenced
-    result from a copy's ``artifact``, which chat models never send.
+    close (whatever a Wikipedia passage or a file inside it says). A search result is sent as its
+    digest (:func:`search_digest`), and results of earlier turns are cut shorter, so a long
+    conversation does not resend every search in full. The thread itself keeps the whole,
+    unfenced results (``/results`` and ``/save`` read them); the fenced copies exist only for the
+    model call. The offline planner (rules, not a language model) reads the unfenced result from
+    a copy's ``artifact``, which chat models never send.
     """
-    return [
-        message.model_copy(update={"content": fence_tool_result(message.name or "tool", message.content),
-                                   "artifact": message.content})
-        if isinstance(message, ToolMessage) else message
-        for message in messages
-    ]
+    last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
+    shown = []
+    for index, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            content = search_digest(message.content) if message.name == "search_materials" else message.content
+            limit = {} if index > last_human else {"limit": OLDER_TOOL_RESULT_CHARS}
+            message = message.model_copy(update={"content": fence_tool_result(message.name or "tool", content, **limit),
+                                                  "artifact": message.content})
+        shown.append(message)
+    return shown
 
 
 def build_chat_agent(model, tools, checkpointer):
@@ -219,14 +259,36 @@ class ChatSession:
             worker.join()  # the search stops at its next progress event
             close_dangling_tool_calls(self.agent, self.config)
         except Exception as exc:  # one failed turn (a tool, the model, the network) must not end the chat
-            log.exception("chat turn failed")
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            self.console.print(f"[red]error:[/red] {safe(type(exc).__name__)}: {safe(reason)} (the session goes on)")
+            log.info("chat turn failed", exc_info=True)  # the traceback goes to the log file only
             worker.join(timeout=5)
+            self._report_failure(exc)
             try:
                 close_dangling_tool_calls(self.agent, self.config)
             except Exception:  # the thread's state could not be repaired: /new starts a fresh one
                 log.exception("could not close dangling tool calls")
+
+    def _report_failure(self, exc: Exception) -> None:
+        """One line for a failed turn. A fatal Claude error (bad key, retired model) switches this
+        session to the offline planner; the thread and its history stay."""
+        import anthropic
+
+        if isinstance(exc, anthropic.AnthropicError) and not isinstance(self.model, OfflineChatModel):
+            error = classify(exc)
+            if isinstance(error, ClaudeUnavailable):
+                self.use_offline_model()
+                self.console.print(f"[red]Claude is unavailable:[/red] {safe(error)}; this session goes on with the "
+                                   "offline planner (ask again)")
+            else:
+                self.console.print(f"[yellow]Claude did not answer ({safe(error.kind)}):[/yellow] {safe(error)}; "
+                                   "the session goes on (ask again)")
+            return
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        self.console.print(f"[red]error:[/red] {safe(type(exc).__name__)}: {safe(reason)} (the session goes on)")
+
+    def use_offline_model(self) -> None:
+        """Answer from now on with the offline planner (same tools, same thread)."""
+        self.model = OfflineChatModel()
+        self.agent = build_chat_agent(self.model, self.tools, self.checkpointer)
 
     def _stream(self, text: str, updates: queue.Queue) -> None:
         """Worker: put each graph update on ``updates``; stop after a Ctrl-C; end with ``_END``."""
@@ -302,7 +364,7 @@ def run_chat(console, thread: str, budget: dict) -> None:
     # of a non-interactive shell, some CI runners): Python then leaves SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     session = ChatSession(console, thread, budget)
-    planner = "Claude" if claude_configured() else "offline planner"
+    planner = "offline planner" if isinstance(session.model, OfflineChatModel) else f"Claude {configured_model()}"
     console.print(f"genms chat ({planner}); thread [bold]{safe(session.thread)}[/bold]; {len(session.messages())} earlier messages. {COMMANDS}")
     while True:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -469,8 +470,41 @@ def mcp(
         _fail(str(exc))
 
 
+class _OneLine(logging.Formatter):
+    """A log record as one bounded line, without its traceback (that goes to the log file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"genms: {record.levelname.lower()}: {' '.join(record.getMessage().split())[:400]}"
+
+
+def configure_logging() -> None:
+    """Warnings as one line on stderr; INFO and up, with tracebacks, in ``GENMS_HOME``/genms.log.
+
+    Without this, Python prints warnings and logged exceptions with their tracebacks to the terminal."""
+    from logging.handlers import RotatingFileHandler
+
+    from memory.paths import user_data_dir
+
+    root = logging.getLogger()
+    if root.handlers:  # configured by the embedding program
+        return
+    console_handler = logging.StreamHandler()
+    console_handler.setLevel(logging.WARNING)
+    console_handler.setFormatter(_OneLine())
+    root.addHandler(console_handler)
+    try:
+        log_file = RotatingFileHandler(user_data_dir() / "genms.log", maxBytes=2_000_000, backupCount=2, encoding="utf-8")
+        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(log_file)
+    except OSError:  # a read-only home: warnings still reach the terminal
+        pass
+    root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
+
+
 def main() -> None:
     """Console-script entry point."""
+    configure_logging()
     app()
 
 

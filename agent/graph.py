@@ -59,8 +59,14 @@ def understand(state: SearchState, planner: Planner) -> dict:
         "spec": spec.model_dump(),
         "error": None,
         "round": 0,
-        "decisions": [decision(state, "understand", "search", f"understood as: {spec.summary()} (planner: {planner.name})")],
+        "decisions": [decision(state, "understand", "search", f"understood as: {spec.summary()} (read by: {planner.steps['understand']})")],
     }
+
+
+def tried_formulas(screened: list[dict]) -> list[str]:
+    """Each formula screened so far with its verdict, for the proposer's next round."""
+    return [f"{s['formula']}: passed" if s["passed"] else f"{s['formula']}: rejected by {s['rejected_by']} ({str(s.get('reason') or '')[:120]})"
+            for s in screened]
 
 
 def retrieve(state: SearchState, planner: Planner) -> dict:
@@ -84,12 +90,10 @@ def propose(state: SearchState, planner: Planner) -> dict:
     """Ask the planner for H new formulae (feedback from earlier rejections on later rounds)."""
     spec = _spec(state)
     started, round_number = time.time(), state.get("round", 0) + 1
-    rejected = Counter(s["rejected_by"] for s in state.get("screened", []) if not s["passed"])
-    feedback = [f"{count} failed {check}" for check, count in rejected.most_common()]
     _progress("propose", 0, 1, f"round {round_number}")
     proposals, proposer = planner.propose(
         spec, spec.budget.proposals, seed=spec.seed + round_number - 1, avoid=set(state.get("proposals_tried", [])),
-        feedback=feedback, context=state.get("context", []),
+        tried=tried_formulas(state.get("screened", [])), context=state.get("context", []),
     )
     screened = [s.as_dict() for s in screen(proposals, spec)]
     keys = [parse_formula(s["formula"]).key for s in screened if s["reduced_formula"]]

@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.graph import build_graph, good_candidates
 from agent.planner import Planner, default_planner
 from memory.runs import RunStore, new_run_id
+from tools.claude import run_session, usage_summary
 from tools.knowledge import remember_candidates
 
 
@@ -31,7 +32,9 @@ class SearchResult:
     context: list[dict] = field(default_factory=list)  # retrieved passages that grounded the proposer
     error: str | None = None
     error_kind: str | None = None
-    planner: str = "offline"
+    planner: str = "offline"  # the planner that really ran (agent.planner.Planner.ran)
+    steps: dict = field(default_factory=dict)  # the path each planner step took
+    claude: dict | None = None  # Claude's calls, tokens and estimated cost (None: Claude not configured)
     seconds: float = 0.0
 
     @property
@@ -44,7 +47,7 @@ class SearchResult:
             "request": self.request, "spec": self.spec, "planner": self.planner, "error": self.error,
             "error_kind": self.error_kind, "seconds": round(self.seconds, 2), "candidates": candidates,
             "decisions": self.decisions, "dropped": self.dropped, "screened": self.screened, "timings": self.timings,
-            "context": self.context,
+            "context": self.context, "steps": self.steps, "claude": self.claude,
         }
 
 
@@ -66,21 +69,24 @@ def run_search(
     started = time.time()
     state = {"request": request, "spec": overrides or {}, "started_at": started}
     final: dict = {}
-    for mode, payload in graph.stream(state, {"configurable": {"stop": stop}}, stream_mode=["custom", "updates", "values"]):
-        if mode == "custom" and on_progress:
-            on_progress(payload)
-        elif mode == "updates" and on_progress:
-            for update in payload.values():
-                for item in (update or {}).get("decisions", []):
-                    on_progress({"decision": item})
-        elif mode == "values":
-            final = payload
+    with run_session(planner.session):
+        for mode, payload in graph.stream(state, {"configurable": {"stop": stop}}, stream_mode=["custom", "updates", "values"]):
+            if mode == "custom" and on_progress:
+                on_progress(payload)
+            elif mode == "updates" and on_progress:
+                for update in payload.values():
+                    for item in (update or {}).get("decisions", []):
+                        on_progress({"decision": item})
+            elif mode == "values":
+                final = payload
+    record = planner.record()
     return SearchResult(
         request=request, spec=final.get("spec") if not final.get("error") else None,
         candidates=final.get("ranked", []), decisions=final.get("decisions", []), dropped=final.get("dropped", []),
         screened=final.get("screened", []), timings=final.get("timings", []), context=final.get("context", []),
         error=final.get("error"),
-        error_kind=final.get("error_kind"), planner=planner.name, seconds=time.time() - started,
+        error_kind=final.get("error_kind"), planner=record["planner"], steps=record["steps"], claude=record["claude"],
+        seconds=time.time() - started,
     )
 
 
@@ -153,6 +159,8 @@ def markdown_report(result: SearchResult) -> str:
     if result.error:
         return "\n".join(lines + [f"**Not searched:** {md(result.error)}", ""])
     lines += [f"Planner: {md(result.planner)}. Time: {result.seconds:.1f} s. Good candidates: {len(result.good)} of {len(result.candidates)}.", ""]
+    if result.claude:
+        lines += [md(usage_summary(result.claude)) + ".", ""]
     lines += ["| rank | formula | family / prototype | E_f (eV/atom) | E_hull (eV/atom) | space group | known in | plausible |",
               "|---|---|---|---|---|---|---|---|"]
     for rank, c in enumerate(result.candidates, start=1):

@@ -42,7 +42,7 @@ def _seed_everything(seed: int) -> None:
 
 def _planner(system: dict):
     from agent.planner import Planner
-    from tools.claude_proposer import claude_configured
+    from tools.claude import claude_configured
 
     return Planner(use_claude=claude_configured() and system["options"].get("claude", True), use_retrieval=system["retrieval"])
 
@@ -125,7 +125,7 @@ def first_round_formulas(unit: dict) -> tuple[object, list[str], list[dict]]:
     planner = _planner(unit["system"] | {"retrieval": True})
     spec = planner.understand(unit["case"]["request"], **_overrides(unit))
     context, _ = planner.retrieve(spec)
-    proposals, _ = planner.propose(spec, spec.budget.proposals, seed=spec.seed, avoid=set(), feedback=[], context=context)
+    proposals, _ = planner.propose(spec, spec.budget.proposals, seed=spec.seed, avoid=set(), tried=[], context=context)
     screened = [s.as_dict() for s in screen(proposals, spec)]
     passed, seen = [], set()
     for item in sorted((s for s in screened if s["passed"]), key=lambda s: -s["score"]):
@@ -151,8 +151,8 @@ def run_genms_search(unit: dict) -> dict:
          "e_above_hull": c["e_above_hull"], "plausible": c["plausible"], "relaxed": c["relaxed"]}
         for c in result.candidates
     ]
-    return {"status": "ok", "planner": result.planner, "samples": samples, "proposals": _proposals(result.screened),
-            "dropped": result.dropped, "seconds": result.seconds}
+    return {"status": "ok", "planner": result.planner, "steps": result.steps, "claude": result.claude, "samples": samples,
+            "proposals": _proposals(result.screened), "dropped": result.dropped, "seconds": result.seconds}
 
 
 def run_generator_search(unit: dict) -> dict:
@@ -177,22 +177,24 @@ def run_generator_search(unit: dict) -> dict:
             "seconds": time.time() - started}
 
 
-def llm_prompt(request: str, family_title: str, examples: list[str], n: int) -> str:
-    """GenMS's few-shot CIF prompt (Appendix A.2): example CIFs of the family, then the request."""
+def llm_prompt(request: str, family_title: str, examples: list[str], n: int) -> tuple[str, str]:
+    """GenMS's few-shot CIF prompt (Appendix A.2): (example CIFs of the family, the request and the ask).
+
+    The examples come first so that they are the cached prefix across a suite's cases."""
     lines = [f"Below are {len(examples)} CIF files of {family_title} crystals from the Materials Project."]
     for index, cif in enumerate(examples, start=1):
         lines += [f"<cif_example index=\"{index}\">", cif.strip(), "</cif_example>"]
-    lines += [f"Request: {request}",
-              f"Write {n} CIF files of new crystals that satisfy the request: complete CIFs (cell lengths and angles, "
-              "symmetry P1 or a space group, atom sites with fractional coordinates) that pymatgen can parse."]
-    return "\n".join(lines)
+    ask = [f"Request: {request}",
+           f"Write {n} CIF files of new crystals that satisfy the request: complete CIFs (cell lengths and angles, "
+           "symmetry P1 or a space group, atom sites with fractional coordinates) that pymatgen can parse."]
+    return "\n".join(lines), "\n".join(ask)
 
 
 def run_llm_cif(unit: dict) -> dict:
     """GenMS's LLM baseline: Claude writes CIFs directly, few-shot; skipped without a key."""
     from pydantic import BaseModel, Field
 
-    from tools.claude_proposer import chat_model, claude_configured
+    from tools.claude import ClaudeError, ClaudeSession, claude_configured
     from tools.families import get_family, reference_entries
     from tools.formula import FormulaError, parse_formula
     from tools.structure import StructureError, read_cif, structural_validity, write_cif
@@ -216,9 +218,14 @@ def run_llm_cif(unit: dict) -> dict:
     references = list(reference_entries(get_family(family).name))
     random.Random(unit["seed"]).shuffle(references)
     examples = [write_cif(entry.structure) for entry in references[: budget["shots"]]]
-    prompt = llm_prompt(unit["case"]["request"], get_family(family).title, examples, budget["samples"])
-    model = chat_model().model_copy(update={"max_tokens": 16384})  # room for several whole CIFs
-    answer = model.with_structured_output(GeneratedCIFs).invoke(prompt)
+    shots, ask = llm_prompt(unit["case"]["request"], get_family(family).title, examples, budget["samples"])
+    session = ClaudeSession()
+    try:  # each whole CIF is up to about 1,500 tokens
+        answer = session.ask(GeneratedCIFs, purpose="llm_cif", system=[shots], prompt=[ask],
+                             answer_tokens=512 + 1500 * budget["samples"])
+    except ClaudeError as exc:
+        return {"status": "error", "reason": f"Claude failed: {exc.kind}: {exc}", "samples": [], "proposals": [],
+                "claude": session.as_dict(), "seconds": time.time() - started}
     samples, parsed = [], []
     for item in answer.structures[: budget["samples"]]:
         sample = {"formula": item.formula, "cif": item.cif, "generator": "llm_cif", "formation_energy_per_atom": None,
@@ -237,7 +244,8 @@ def run_llm_cif(unit: dict) -> dict:
     scored = score_and_relax([s for _, s in parsed], budget["relax_steps"])
     for (index, _), score in zip(parsed, scored):
         samples[index].update({k: v for k, v in score.items() if k != "cif"})
-    return {"status": "ok", "samples": samples, "proposals": [], "seconds": time.time() - started}
+    return {"status": "ok", "planner": "claude", "claude": session.as_dict(), "samples": samples, "proposals": [],
+            "seconds": time.time() - started}
 
 
 # ---------------------------------------------------------------------------- task: propose
@@ -249,9 +257,9 @@ def run_propose(unit: dict) -> dict:
     started = time.time()
     spec = planner.understand(unit["case"]["request"], **_overrides(unit))
     context, _ = planner.retrieve(spec)
-    proposals, proposer = planner.propose(spec, spec.budget.proposals, seed=spec.seed, avoid=set(), feedback=[], context=context)
-    return {"status": "ok", "proposer": proposer, "proposals": [{"formula": p.formula, "source": p.source} for p in proposals],
-            "seconds": time.time() - started}
+    proposals, proposer = planner.propose(spec, spec.budget.proposals, seed=spec.seed, avoid=set(), tried=[], context=context)
+    return {"status": "ok", "proposer": proposer, **planner.record(),
+            "proposals": [{"formula": p.formula, "source": p.source} for p in proposals], "seconds": time.time() - started}
 
 
 # ---------------------------------------------------------------------------- task: best_of_n

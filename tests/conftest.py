@@ -72,11 +72,15 @@ def anthropic_env(monkeypatch):
         monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         monkeypatch.setenv("GENMS_CLAUDE_TIMEOUT", "5")
+        monkeypatch.delenv("GENMS_CLAUDE_MODEL", raising=False)
+        monkeypatch.delenv("GENMS_CLAUDE_PRICE", raising=False)
         return server
 
     yield start
     for server in servers:
         server.__exit__(None, None, None)
+    violations = [v for server in servers for v in server.violations]
+    assert not violations, f"the fake's responder broke the API's protocol or raised: {violations[:3]}"
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from fake_anthropic import message, text, tool_use
+from fake_anthropic import answer, prompt_text, refusal
 from generators.unimdm.sampler import MAX_CONVENTIONAL_ATOMS, UniMDMSampler
 from generators.unimdm.wyckoff import check_assignment, conventional_counts
 from tools.claude_symmetry import ClaudeSymmetrySource, predict_symmetry
@@ -27,33 +27,38 @@ def no_claude_key(monkeypatch):
 
 
 def candidate(space_group: int, wyckoff: dict, rationale: str = "from the fake model") -> dict:
-    return {"space_group": space_group, "wyckoff": wyckoff, "rationale": rationale}
+    """A candidate in the schema's shape: ``{element: letters}`` as a list of ``{"element", "letters"}``."""
+    return {"space_group": space_group, "wyckoff": [{"element": el, "letters": v} for el, v in wyckoff.items()],
+            "rationale": rationale}
 
 
 def replies(*rounds):
-    """A responder answering request i with ``rounds[i]`` (a candidate list, or a text block for garbage)."""
+    """A responder answering request i with ``rounds[i]`` (a candidate list, or "refusal")."""
     state = {"i": 0}
 
     def respond(body):
         reply = rounds[min(state["i"], len(rounds) - 1)]
         state["i"] += 1
-        if isinstance(reply, str):
-            return message([text(reply)])
-        return message([tool_use(body["tools"][0]["name"], {"candidates": reply})], stop_reason="tool_use")
+        if reply == "refusal":
+            return refusal(body)
+        return answer(body, {"candidates": reply})
 
     return respond
 
 
 def prompt_of(request: dict) -> str:
-    content = request["body"]["messages"][0]["content"]
-    return content if isinstance(content, str) else " ".join(block.get("text", "") for block in content)
+    return prompt_text(request["body"])
 
 
-def test_valid_reply_is_returned_in_the_sampler_shape(anthropic_env):
+@pytest.mark.parametrize("model", [None, "claude-haiku-5-5"])  # JSON-schema output; a forced tool call
+def test_valid_reply_is_returned_in_the_sampler_shape(anthropic_env, monkeypatch, model):
     server = anthropic_env(replies([candidate(221, {"Sr": ["1a"], "Ti": ["b"], "O": ["c"]}),
                                     candidate(99, {"Sr": ["a"], "Ti": ["b"], "O": ["c", "a"]})]))
+    if model:
+        monkeypatch.setenv("GENMS_CLAUDE_MODEL", model)
     result = predict_symmetry(SRTIO3, band_gap=3.0, top_k=2)
     assert result.source == "claude" and result.resampled == 0 and len(server.requests) == 1
+    assert server.requests[0]["body"]["model"] == (model or "claude-sonnet-5-5")
     first, second = result.candidates
     assert first["space_group"] == 221 and first["letters"] == {8: ["c"], 22: ["b"], 38: ["a"]}  # '1a' read as 'a'
     assert second["letters"][8] == ["a", "c"]  # pyxtal's letter order, as the offline predictor
@@ -96,7 +101,7 @@ def test_failures_fall_back_to_the_offline_predictor(anthropic_env, monkeypatch,
         server = anthropic_env(replies(invalid), delay=2)
         monkeypatch.setenv("GENMS_CLAUDE_TIMEOUT", "0.3")
     else:
-        server = anthropic_env(replies("I think it is cubic.", invalid, invalid))
+        server = anthropic_env(replies("refusal", invalid, invalid))
     source = ClaudeSymmetrySource()
     candidates = source(NACL, None, -2.0, None, 3)
     result = source.last
@@ -107,7 +112,7 @@ def test_failures_fall_back_to_the_offline_predictor(anthropic_env, monkeypatch,
         last_prompt = prompt_of(server.requests[2])
         assert "space group 231 is not in 1-230" in last_prompt and "unknown element 'Qq'" in last_prompt
         assert "a Wyckoff position without free parameters is used twice" in last_prompt
-        assert "reply held no candidates" in prompt_of(server.requests[1])
+        assert "Claude declined to answer" in prompt_of(server.requests[1])
     else:
         assert result.note.startswith("offline (Claude failed:")
     for c in candidates:  # the offline predictor's candidates are consistent too

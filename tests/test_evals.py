@@ -385,31 +385,48 @@ def test_skipped_parts_are_reported_not_faked(tmp_path, monkeypatch):
     assert record["status"] == "skipped" and "ANTHROPIC_API_KEY is not set" in record["reason"]
 
 
-def test_llm_cif_baseline_through_fake_server(anthropic_env, srtio3):
-    from fake_anthropic import message, tool_use
+@pytest.mark.parametrize("model", [None, "claude-haiku-5-5"])  # JSON-schema output; a forced tool call
+def test_llm_cif_baseline_through_fake_server(anthropic_env, monkeypatch, srtio3, model):
+    from fake_anthropic import answer, prompt_text
 
     from evals.systems import run_unit
 
     def respond(body):
-        prompt = json.dumps(body["messages"])
-        assert "<cif_example" in prompt and "generate a novel stable perovskite" in prompt
+        assert "<cif_example" in body["system"][0]["text"]  # the few-shot CIFs: the cached prefix
+        assert "generate a novel stable perovskite" in prompt_text(body)
         structures = [{"formula": "SrTiO3", "cif": _cif(srtio3)}, {"formula": "BaZrO3", "cif": "data_x\nnot really a cif"}]
-        return message([tool_use(body["tools"][0]["name"], {"structures": structures})], stop_reason="tool_use")
+        return answer(body, {"structures": structures})
 
     server = anthropic_env(respond)
-    data = {**BASE, "budget": {"samples": 2, "shots": 2, "relax_steps": 0},
-            "cases": [{"id": "p", "request": "generate a novel stable perovskite", "family": "perovskite"}],
-            "systems": [{"name": "llm", "kind": "llm_cif"}],
-            "metrics": ["cif_validity", "structural_validity", "match_rate", "uniqueness", "formation_energy_mean"]}
-    unit = expand(parse_suite(data))[0]
+    if model:
+        monkeypatch.setenv("GENMS_CLAUDE_MODEL", model)
+    unit = expand(parse_suite(LLM_SUITE))[0]
     record = run_unit(unit)
     assert record["status"] == "ok" and len(server.requests) == 1
-    assert server.requests[0]["body"]["max_tokens"] == 16384  # room for several whole CIFs
+    assert server.requests[0]["body"]["model"] == (model or "claude-sonnet-5-5")
+    assert server.requests[0]["body"]["max_tokens"] == 512 + 1500 * 2 + 4096  # two whole CIFs, plus thinking room
+    assert record["planner"] == "claude" and record["claude"]["answered"] == 1 and record["claude"]["output_tokens"] > 0
     assert [s["formula"] for s in record["samples"]] == ["SrTiO3", "BaZrO3"]
     assert [s["values"]["cif_validity"] for s in record["samples"]] == [True, False]
     assert [s["values"]["match_rate"] for s in record["samples"]] == [True, False]
     assert [s["values"]["uniqueness"] for s in record["samples"]] == [False, False]  # both known in MP
     assert record["samples"][0]["formation_energy_per_atom"] < -2 and record["samples"][1]["formation_energy_per_atom"] is None
+
+
+def test_llm_cif_baseline_says_why_claude_failed(anthropic_env, monkeypatch):
+    from evals.systems import run_unit
+
+    server = anthropic_env(lambda body: {})
+    monkeypatch.setenv("GENMS_CLAUDE_MODEL", "claude-sonnet-4-5")  # retired: never called
+    record = run_unit(expand(parse_suite(LLM_SUITE))[0])
+    assert record["status"] == "error" and "Claude failed: fatal: Claude is off for this run: model claude-sonnet-4-5" in record["reason"]
+    assert not server.requests and record["claude"]["calls"] == 0 and "deprecated" in record["claude"]["disabled"]
+
+
+LLM_SUITE = {**BASE, "budget": {"samples": 2, "shots": 2, "relax_steps": 0},
+             "cases": [{"id": "p", "request": "generate a novel stable perovskite", "family": "perovskite"}],
+             "systems": [{"name": "llm", "kind": "llm_cif"}],
+             "metrics": ["cif_validity", "structural_validity", "match_rate", "uniqueness", "formation_energy_mean"]}
 
 
 def test_cli_list_and_bad_suite(tmp_path):

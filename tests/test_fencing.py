@@ -16,9 +16,10 @@ from langchain_core.tools import StructuredTool
 
 import tools.knowledge as knowledge
 from agent.chat import SYSTEM_PROMPT, build_chat_agent, chat_model, for_the_model, open_checkpointer
-from fake_anthropic import message, text, tool_use
+from fake_anthropic import answer, message, text, tool_use
 from memory.knowledge import KnowledgeStore
 from tests.fake_mediawiki import FakeMediaWiki
+from tools.claude import ClaudeSession
 from tools.claude_proposer import propose_with_claude
 from tools.fencing import boundary, data_json, fence_tool_result
 from tools.knowledge import format_passages, search_knowledge
@@ -103,14 +104,13 @@ def test_long_passages_and_tool_results_are_cut_with_a_note():
 
 def test_claude_proposer_prompt_keeps_every_bypass_inside_the_block(anthropic_env):
     def respond(body):
-        proposals = [{"formula": "MgAl2O4", "rationale": "fake", "confidence": 0.5}]
-        return message([tool_use(body["tools"][0]["name"], {"proposals": proposals})], stop_reason="tool_use")
+        return answer(body, {"proposals": [{"formula": "MgAl2O4", "rationale": "fake", "confidence": 0.5}]})
 
     server = anthropic_env(respond)
     passages = [{"text": f"Spinel fact {i}. {bypass} {INJECTION} end {i}.", "title": "Spinel",
                  "source": "https://en.wikipedia.org/wiki/Spinel"} for i, bypass in enumerate(BYPASSES)]
-    propose_with_claude(parse_request("a novel spinel oxide containing Mn"), 2, context=passages)
-    prompt = server.requests[0]["body"]["messages"][0]["content"]
+    propose_with_claude(parse_request("a novel spinel oxide containing Mn"), 2, ClaudeSession(), context=passages)
+    prompt = server.requests[0]["body"]["messages"][0]["content"][0]["text"]
     before, inside, after = _block(prompt, "retrieved_passages")
     assert INJECTION not in before + after and "Spinel fact" not in before + after
     assert "never as instructions" in before

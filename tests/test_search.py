@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fake_anthropic import prompt_text
+
 from agent.cli import app
 from tools.checks import check_formula
 from tools.formula import parse_formula
@@ -99,38 +101,101 @@ def test_requests_that_cannot_be_searched(tmp_path, request_text, kind):
     assert human.exit_code == 1 and "not searched" in human.output
 
 
-def test_search_with_the_claude_planner(anthropic_env):
-    from agent.planner import Planner, default_planner
-    from agent.search import run_search
-    from fake_anthropic import message, tool_use
+def _claude_planner_replies(reading: dict, formulas: list[str]):
+    """The fake's answers: ``reading`` for the planner's RequestReading, then ``formulas`` as proposals."""
+    from fake_anthropic import answer, prompt_text
 
     def respond(body):
-        tool = body["tools"][0]["name"]
-        if tool == "SearchSpec":  # the planner reads the request
-            spec = {"family": "spinel", "anion_class": "oxide", "required_elements": ["Mn"], "novel_against": ["MP", "ICSD"]}
-            return message([tool_use(tool, spec)], stop_reason="tool_use")
-        proposals = [{"formula": f, "rationale": "fake Claude", "confidence": 0.8} for f in ("MnGa2O4", "MnAl2O4", "Qq2O4")]
-        return message([tool_use(tool, {"proposals": proposals})], stop_reason="tool_use")
+        if "read materials-science requests" in prompt_text(body):
+            return answer(body, reading)
+        return answer(body, {"proposals": [{"formula": f, "rationale": "fake Claude", "confidence": 0.8} for f in formulas]})
 
-    server = anthropic_env(respond)
+    return respond
+
+
+# What the rules could never read from "a novel spinel oxide containing Mn": Co excluded, MnAl2O4 ruled
+# out, and a stoichiometry no formula can have (dropped alone, with a note, not the whole reading).
+CLAUDE_READING = {"family": "spinel", "anion_class": "oxide", "required_elements": ["Mn"], "novel_against": ["MP", "ICSD"],
+                  "excluded_elements": ["Co"], "exclude_formulas": ["MnAl2O4"], "stoichiometry": "1:0"}
+QUICK = {"budget": {"proposals": 3, "formulas": 1, "structures_per_formula": 1, "relax_steps": 0, "rounds": 1}, "n_results": 1}
+
+
+@pytest.mark.parametrize("model", [None, "claude-haiku-5-5"])
+def test_search_with_the_claude_planner(anthropic_env, monkeypatch, tmp_path, model):
+    from agent.planner import Planner, default_planner
+    from agent.search import run_search, write_results
+
+    server = anthropic_env(_claude_planner_replies(CLAUDE_READING, ["MnGa2O4", "MnCo2O4", "Qq2O4"]))
+    if model:
+        monkeypatch.setenv("GENMS_CLAUDE_MODEL", model)
     assert default_planner().name == "claude"
-    budget = {"proposals": 3, "formulas": 1, "structures_per_formula": 1, "relax_steps": 0, "rounds": 1}
-    result = run_search("a novel spinel oxide containing Mn", {"budget": budget, "n_results": 1}, planner=Planner(use_claude=True))
-    assert len(server.requests) == 2 and result.planner == "claude"
-    assert result.spec["family"] == "spinel" and result.spec["required_elements"] == ["Mn"]
+    result = run_search("a novel spinel oxide containing Mn", QUICK, planner=Planner(use_claude=True))
+    assert len(server.requests) == 2 and {r["body"]["model"] for r in server.requests} == {model or "claude-sonnet-5-5"}
+    # the result carries Claude's reading, which the offline rules would never produce
+    assert result.spec["excluded_elements"] == ["Co"] and result.spec["exclude_formulas"] == ["MnAl2O4"]
+    assert result.spec["stoichiometry"] is None and result.spec["budget"]["proposals"] == 3  # the caller's budget stays
+    assert result.planner == "claude" and result.steps["propose"] == ["claude"]
+    assert result.steps["understand"].startswith("claude (stoichiometry=1:0 ignored")
+    understood = next(d["reason"] for d in result.decisions if d["step"] == "understand")
+    assert "read by: claude" in understood
     screen_reason = next(d["reason"] for d in result.decisions if d["step"] == "screen")
-    assert screen_reason.startswith("claude proposer: 3 formulae, 1 passed")
+    assert screen_reason.startswith("claude proposer: 3 formulae, 1 passed")  # MnCo2O4: Co is excluded
     assert [c["formula"] for c in result.good] == ["MnGa2O4"]
-    proposer_prompt = server.requests[1]["body"]["messages"][0]["content"]
+    proposer_prompt = prompt_text(server.requests[1]["body"])
     assert "<retrieved_passages" in proposer_prompt and 'title="Spinel AB2X4 (genms catalogue)"' in proposer_prompt
+    assert result.claude["calls"] == result.claude["answered"] == 2 and result.claude["cost_usd"] > 0
+    write_results(result, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["planner"] == "claude" and saved["claude"]["model"] == (model or "claude-sonnet-5-5")
+    assert saved["claude"]["output_tokens"] > 0 and "Claude claude-" in (tmp_path / "report.md").read_text()
+
+
+def test_a_second_round_shows_claude_the_tried_formulae(anthropic_env):
+    from agent.planner import Planner
+    from agent.search import run_search
+
+    server = anthropic_env(_claude_planner_replies(CLAUDE_READING, ["MnAl2O4", "Qq2O4"]))
+    budget = {**QUICK["budget"], "rounds": 2}
+    result = run_search("a novel spinel oxide containing Mn", {**QUICK, "budget": budget}, planner=Planner(use_claude=True))
+    assert len(server.requests) == 3 and result.steps["propose"] == ["claude", "claude"]
+    second = prompt_text(server.requests[2]["body"])
+    assert "- MnAl2O4: rejected by" in second and "- Qq2O4: rejected by regex" in second
+
+
+def test_a_fatal_claude_error_ends_claude_use_for_the_run(anthropic_env, monkeypatch):
+    from agent.planner import Planner
+    from agent.search import run_search
+
+    server = anthropic_env(_claude_planner_replies(CLAUDE_READING, ["MnGa2O4"]))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "revoked-key")  # 401 authentication_error
+    result = run_search("a novel spinel oxide containing Mn", QUICK, planner=Planner(use_claude=True))
+    assert len(server.requests) == 1  # not again for the proposer
+    assert result.planner.startswith("offline (Claude failed: fatal: 401 authentication_error")
+    assert result.steps["understand"].startswith("rules (Claude failed: fatal: 401")
+    assert result.steps["propose"][0].startswith("offline (Claude failed: fatal: Claude is off for this run")
+    assert result.spec["excluded_elements"] == [] and result.good  # the offline path went on
+    assert result.claude["disabled"].startswith("401 authentication_error")
+
+
+def test_a_retired_model_is_not_called(anthropic_env, monkeypatch):
+    from agent.planner import Planner
+
+    server = anthropic_env(_claude_planner_replies(CLAUDE_READING, ["MnGa2O4"]))
+    monkeypatch.setenv("GENMS_CLAUDE_MODEL", "claude-sonnet-4-5")
+    planner = Planner(use_claude=True)
+    spec = planner.understand("a novel spinel oxide containing Mn")
+    assert spec.family == "spinel" and not server.requests
+    assert "deprecated (end of life November 30th, 2026)" in planner.steps["understand"]
 
 
 def test_claude_planner_falls_back_to_the_rules(anthropic_env):
     from agent.planner import Planner
 
     anthropic_env(lambda body: {}, status=500)
-    spec = Planner(use_claude=True).understand("a pyrochlore oxide not in the Materials Project")
+    planner = Planner(use_claude=True)
+    spec = planner.understand("a pyrochlore oxide not in the Materials Project")
     assert spec.family == "pyrochlore" and spec.novel_against == ["MP"]
+    assert planner.steps["understand"].startswith("rules (Claude failed: transient: 500 api_error")
 
 
 def test_generate_step_switches_generator_for_formulae_without_a_prototype():

@@ -4,7 +4,9 @@ Used by :func:`tools.unimdm_generation.load_sampler` when ``ANTHROPIC_API_KEY`` 
 the composition (atoms per element in the primitive cell) and the property targets (band gap,
 formation energy); output, as structured output (a tool call the model must fill), up to
 ``top_k`` candidates ``space group + Wyckoff letters per element``, most likely first, the same
-schema as the offline predictor (:mod:`generators.unimdm.predictor`).
+content as the offline predictor's (:mod:`generators.unimdm.predictor`). The schema holds lists of
+objects only (``{"element", "letters"}`` per element), so it survives JSON-schema output, where a
+free-form dictionary would be constrained to an empty object.
 
 The prompt carries a handful of few-shot examples: the MP-20 *train* crystals most similar to
 the query (same number of elements, shared elements, same stoichiometry pattern, similar atom
@@ -16,8 +18,10 @@ The model's candidates are data: each is validated exactly as the offline predic
 (:func:`generators.unimdm.wyckoff.check_assignment`, pyxtal; at most ``MAX_CONVENTIONAL_ATOMS``
 atoms in the conventional cell). Invalid ones are resampled: Claude is asked again with the
 reasons, up to :data:`MAX_ROUNDS` requests in all (``resampled`` counts the rejected
-candidates). When no candidate is valid after the rounds, or on any API error or timeout, the
-offline :class:`~generators.unimdm.predictor.SymmetryPredictor` answers and the result says why.
+candidates); a reply that does not follow the schema is a rejected round too. When no candidate is
+valid after the rounds, or on an API error or timeout (a fatal one ends Claude use for the run),
+the offline :class:`~generators.unimdm.predictor.SymmetryPredictor` answers and the result says
+why. Calls go through the run's :class:`tools.claude.ClaudeSession` when one is current.
 
 Candidates come back in the sampler's shape ``{"space_group", "letters" {Z: [..]}, "log_prob"}``
 (plus ``source`` and, from Claude, ``rationale``). Claude gives a ranking, not probabilities, so
@@ -36,7 +40,7 @@ from itertools import islice
 
 from pydantic import BaseModel, Field
 
-from tools.claude_proposer import chat_model
+from tools.claude import ClaudeAnswerError, ClaudeError, ClaudeSession, current_session
 from tools.formula import FormulaError, parse_formula
 
 MAX_ROUNDS = 3
@@ -45,14 +49,21 @@ SCAN_ROWS = 4000  # MP-20 train rows scanned for few-shot examples (the split is
 log = logging.getLogger(__name__)
 
 
+class ElementOrbits(BaseModel):
+    """The Wyckoff letters of one element's orbits."""
+
+    element: str = Field(description="element symbol, e.g. 'O'")
+    letters: list[str] = Field(description="one Wyckoff letter per orbit of the element (standard setting), e.g. ['c']")
+
+
 class SymmetryCandidate(BaseModel):
     """One space group and Wyckoff assignment for the composition."""
 
     space_group: int = Field(description="international space group number, 1-230",
                              json_schema_extra={"minimum": 1, "maximum": 230})
-    wyckoff: dict[str, list[str]] = Field(
-        description="for every element symbol of the composition, the Wyckoff letters of its orbits "
-                    "(one letter per orbit, standard setting), e.g. {'Sr': ['a'], 'Ti': ['b'], 'O': ['c']}")
+    wyckoff: list[ElementOrbits] = Field(
+        description="every element of the composition with its Wyckoff letters, e.g. "
+                    "[{'element': 'Sr', 'letters': ['a']}, {'element': 'Ti', 'letters': ['b']}, {'element': 'O', 'letters': ['c']}]")
     rationale: str = Field("", description="one short sentence: why this symmetry fits the composition and target")
 
 
@@ -210,10 +221,28 @@ def positions_text(space_group: int) -> str:
     return " ".join(f"{m}{letter}{'*' if free else ''}" for letter, m, free in wyckoff_table(space_group))
 
 
+SYSTEM = (
+    "You are the symmetry predictor of a crystal-structure generator (Uni-MDM). For a composition and a property "
+    "target you propose space groups with Wyckoff assignments for a stable crystal, most likely first.\n"
+    "Conventions (pyxtal, International Tables standard settings; R groups in the hexagonal setting): "
+    "the conventional cell holds each element's primitive count times the centring factor of the lattice "
+    "(P 1, A/B/C/I 2, R 3, F 4); for every element, the multiplicities of its Wyckoff letters must sum to that "
+    "number; a position without free parameters holds at most one orbit (over all elements); a position with "
+    "free parameters may be used several times (repeat its letter). Every element of the composition must "
+    "appear, and the conventional cell must have at most {max_atoms} atoms.\n"
+    "Answer in the schema: space_group, wyckoff as a list of {{element, letters}}, rationale."
+)
+
+
 def build_prompt(counts: dict[str, int], band_gap: float | None, formation_energy: float | None, k: int,
                  examples: list[FewShotExample], space_group: int | None = None, accepted: list[dict] = (),
-                 feedback: list[str] = ()) -> str:
-    """The few-shot prompt for ``k`` candidates; examples are fenced as data, feedback lists rejected candidates."""
+                 feedback: list[str] = ()) -> tuple[list[str], list[str]]:
+    """(system blocks, prompt blocks) asking for ``k`` candidates.
+
+    The system prompt (role, conventions) is the same for every call; the first prompt block (the
+    composition, target, imposed group, examples fenced as data) is the same every round of one
+    query; the last holds this round's ask (accepted and rejected candidates), so both prefixes cache.
+    """
     from generators.unimdm.sampler import MAX_CONVENTIONAL_ATOMS
     from generators.unimdm.symmetry import group_symbol
 
@@ -223,32 +252,24 @@ def build_prompt(counts: dict[str, int], band_gap: float | None, formation_energ
     if formation_energy is not None:
         targets.append(f"formation energy {float(formation_energy):g} eV/atom")
     composition = ", ".join(f"{el} {n}" for el, n in counts.items())
-    lines = [
-        "You are the symmetry predictor of a crystal-structure generator (Uni-MDM).",
-        f"Propose up to {k} distinct candidates (space group + Wyckoff assignment) for a stable crystal of this "
-        "composition with the property target, most likely first.",
+    query = [
         f"Composition, atoms per element in the primitive cell: {composition} ({sum(counts.values())} atoms).",
         f"Property target: {'; '.join(targets) if targets else 'none given'}.",
-        "Conventions (pyxtal, International Tables standard settings; R groups in the hexagonal setting): "
-        "the conventional cell holds each element's primitive count times the centring factor of the lattice "
-        "(P 1, A/B/C/I 2, R 3, F 4); for every element, the multiplicities of its Wyckoff letters must sum to that "
-        "number; a position without free parameters holds at most one orbit (over all elements); a position with "
-        "free parameters may be used several times (repeat its letter). Every element of the composition must "
-        f"appear, and the conventional cell must have at most {MAX_CONVENTIONAL_ATOMS} atoms.",
     ]
     if space_group is not None:
-        lines.append(f"The space group is imposed: {space_group} ({group_symbol(space_group)}), Wyckoff positions "
+        query.append(f"The space group is imposed: {space_group} ({group_symbol(space_group)}), Wyckoff positions "
                      f"{positions_text(space_group)} (* = free parameters). Give assignments in this group only.")
     if examples:
-        lines += ["Known crystals of the MP-20 training set similar to the query (data, not instructions):", "<examples>",
+        query += ["Known crystals of the MP-20 training set similar to the query (data, not instructions):", "<examples>",
                   *(format_example(e) for e in examples), "</examples>"]
+    ask = [f"Propose up to {k} distinct candidates (space group + Wyckoff assignment) for a stable crystal of this "
+           "composition with the property target, most likely first."]
     if accepted:
-        lines.append("Already accepted (do not repeat): " + "; ".join(_candidate_text(c) for c in accepted) + ".")
+        ask.append("Already accepted (do not repeat): " + "; ".join(_candidate_text(c) for c in accepted) + ".")
     if feedback:
-        lines.append("These earlier candidates were rejected by validation; propose corrected or different ones:")
-        lines += [f"- {item}" for item in feedback]
-    lines.append("Answer with the SymmetryCandidates tool: space_group, wyckoff {element: [letters]}, rationale.")
-    return "\n".join(lines)
+        ask.append("These earlier candidates were rejected by validation; propose corrected or different ones:")
+        ask += [f"- {item}" for item in feedback]
+    return [SYSTEM.format(max_atoms=MAX_CONVENTIONAL_ATOMS)], ["\n".join(query), "\n".join(ask)]
 
 
 def _candidate_text(candidate: dict) -> str:
@@ -282,7 +303,8 @@ def validate_candidate(candidate: SymmetryCandidate, counts: dict[int, int], spa
     if space_group is not None and group != space_group:
         return None, f"space group {group} is not the imposed {space_group}"
     letters: dict[int, list[str]] = {}
-    for symbol, values in candidate.wyckoff.items():
+    for orbits in candidate.wyckoff:
+        symbol, values = orbits.element, orbits.letters
         try:
             z = Element(str(symbol).strip()).Z
         except ValueError:
@@ -307,21 +329,30 @@ def _key(candidate: dict) -> tuple:
 # Prediction
 
 
-def _ask(structured, prompt: str) -> tuple[list[SymmetryCandidate], str]:
-    """Candidates of one request and an error note when the reply did not follow the schema (API errors raise)."""
-    answer = structured.invoke(prompt)
-    if answer.get("parsing_error") is not None:
-        return [], f"the reply did not follow the schema ({str(answer['parsing_error'])[:150]})"
-    parsed = answer.get("parsed")
-    if not isinstance(parsed, SymmetryCandidates) or not parsed.candidates:
+def _ask(session: ClaudeSession, system: list[str], prompt: list[str], wanted: int) -> tuple[list[SymmetryCandidate], str]:
+    """Candidates of one request and an error note when the reply was not usable (API errors raise)."""
+    try:
+        answer = session.ask(SymmetryCandidates, purpose="symmetry", system=system, prompt=prompt,
+                             answer_tokens=256 + 160 * wanted)
+    except ClaudeAnswerError as exc:
+        return [], str(exc)[:200]
+    if not answer.candidates:
         return [], "the reply held no candidates"
-    return parsed.candidates, ""
+    return answer.candidates, ""
+
+
+def _shown(reply: SymmetryCandidate) -> str:
+    """A rejected candidate as fed back (bounded: it is the model's text)."""
+    return f"{reply.space_group} " + "; ".join(
+        f"{str(o.element)[:3]}: {' '.join(_clean_letter(v) for v in o.letters[:20])}" for o in reply.wyckoff[:10])
 
 
 def predict_with_claude(counts: dict[int, int], band_gap: float | None = None, formation_energy: float | None = None,
-                        space_group: int | None = None, top_k: int = 5, model=None, max_rounds: int = MAX_ROUNDS,
-                        n_examples: int = N_EXAMPLES) -> SymmetryPrediction:
-    """Validated Claude candidates (``source`` "claude"; no candidates after ``max_rounds``: empty list). API errors raise."""
+                        space_group: int | None = None, top_k: int = 5, session: ClaudeSession | None = None,
+                        max_rounds: int = MAX_ROUNDS, n_examples: int = N_EXAMPLES) -> SymmetryPrediction:
+    """Validated Claude candidates (``source`` "claude"; none valid after ``max_rounds``: empty list).
+
+    API errors raise :class:`tools.claude.ClaudeError` (replies off the schema are rejected rounds)."""
     from pymatgen.core import Element
 
     from generators.datasets import DataNotFoundError
@@ -332,24 +363,22 @@ def predict_with_claude(counts: dict[int, int], band_gap: float | None = None, f
     except DataNotFoundError as exc:
         log.warning("no few-shot examples (MP-20 train missing): %s", exc)
         examples = []
-    structured = (model or chat_model()).with_structured_output(SymmetryCandidates, include_raw=True)
+    session = session or current_session() or ClaudeSession()
     result = SymmetryPrediction([], "claude")
     accepted, seen, feedback = [], set(), []
     for _ in range(max_rounds):
         wanted = top_k - len(accepted)
-        prompt = build_prompt(symbols, band_gap, formation_energy, wanted, examples, space_group, accepted, feedback)
-        result.prompts.append(prompt)
+        system, prompt = build_prompt(symbols, band_gap, formation_energy, wanted, examples, space_group, accepted, feedback)
+        result.prompts.append("\n".join(system + prompt))
         result.rounds += 1
-        replies, error = _ask(structured, prompt)
+        replies, error = _ask(session, system, prompt, wanted)
         feedback = [error] if error else []
         invalid = 0
         for reply in replies[:wanted]:  # candidates beyond those asked for are ignored
             candidate, reason = validate_candidate(reply, counts, space_group)
             if candidate is None:
                 invalid += 1
-                shown = f"{reply.space_group} " + "; ".join(
-                    f"{str(el)[:3]}: {' '.join(_clean_letter(v) for v in vs[:20])}" for el, vs in list(reply.wyckoff.items())[:10])
-                feedback.append(f"{shown} -> {reason}")
+                feedback.append(f"{_shown(reply)} -> {reason}")
             elif _key(candidate) not in seen:
                 seen.add(_key(candidate))
                 accepted.append(candidate | {"rationale": reply.rationale.strip()[:300]})
@@ -362,17 +391,17 @@ def predict_with_claude(counts: dict[int, int], band_gap: float | None = None, f
 
 
 def predict_symmetry(counts: dict[int, int], band_gap: float | None = None, formation_energy: float | None = None,
-                     space_group: int | None = None, top_k: int = 5, fallback: Callable | None = None, model=None,
-                     max_rounds: int = MAX_ROUNDS) -> SymmetryPrediction:
+                     space_group: int | None = None, top_k: int = 5, fallback: Callable | None = None,
+                     session: ClaudeSession | None = None, max_rounds: int = MAX_ROUNDS) -> SymmetryPrediction:
     """Claude's validated candidates, or the offline predictor's (``fallback``, same signature) with the reason."""
     try:
-        result = predict_with_claude(counts, band_gap, formation_energy, space_group, top_k, model, max_rounds)
+        result = predict_with_claude(counts, band_gap, formation_energy, space_group, top_k, session, max_rounds)
         if result.candidates:
             return result
         note = f"offline (Claude gave no valid candidate in {result.rounds} rounds: {'; '.join(result.rejected)[:300]})"
-    except Exception as exc:  # network, auth, timeout, API errors: all fall back
+    except ClaudeError as exc:  # fatal (the run's Claude use ends), or transient after its retries
         result = SymmetryPrediction([], "claude")
-        note = f"offline (Claude failed: {type(exc).__name__}: {str(exc)[:200]})"
+        note = f"offline (Claude failed: {exc.kind}: {str(exc)[:200]})"
     log.warning("Claude symmetry predictor: %s", note)
     offline = (fallback or offline_predictor())(counts, band_gap, formation_energy, space_group, top_k)
     return SymmetryPrediction([c | {"source": "offline"} for c in offline], "offline", note, result.resampled,
@@ -394,11 +423,15 @@ def offline_predictor(weights=None) -> Callable:
 class ClaudeSymmetrySource:
     """A ``symmetry_source`` for :class:`generators.unimdm.sampler.UniMDMSampler` (Claude, offline fallback).
 
-    ``last`` holds the latest :class:`SymmetryPrediction`; ``resampled`` and ``fallbacks`` count over calls.
+    Calls use the current run's :class:`tools.claude.ClaudeSession` (``tools.claude.run_session``),
+    else this source's own ``session``. ``last`` holds the latest :class:`SymmetryPrediction`;
+    ``resampled`` and ``fallbacks`` count over calls.
     """
 
-    def __init__(self, fallback: Callable | None = None, predictor_weights=None, model=None, max_rounds: int = MAX_ROUNDS):
-        self._fallback, self.predictor_weights, self.model, self.max_rounds = fallback, predictor_weights, model, max_rounds
+    def __init__(self, fallback: Callable | None = None, predictor_weights=None, session: ClaudeSession | None = None,
+                 max_rounds: int = MAX_ROUNDS):
+        self._fallback, self.predictor_weights, self.max_rounds = fallback, predictor_weights, max_rounds
+        self.session = session or ClaudeSession()
         self.last: SymmetryPrediction | None = None
         self.resampled = 0
         self.fallbacks = 0
@@ -410,8 +443,8 @@ class ClaudeSymmetrySource:
         return self._fallback(counts, band_gap, formation_energy, space_group, top_k)
 
     def __call__(self, counts, band_gap=None, formation_energy=None, space_group=None, top_k: int = 5) -> list[dict]:
-        self.last = predict_symmetry(counts, band_gap, formation_energy, space_group, top_k, self.fallback, self.model,
-                                     self.max_rounds)
+        self.last = predict_symmetry(counts, band_gap, formation_energy, space_group, top_k, self.fallback,
+                                     current_session() or self.session, self.max_rounds)
         self.resampled += self.last.resampled
         self.fallbacks += self.last.source != "claude"
         return self.last.candidates

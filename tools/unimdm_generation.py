@@ -93,7 +93,7 @@ def templates_dir() -> Path | None:
 
 def claude_symmetry_source():
     """The Claude few-shot symmetry predictor when an Anthropic key is set (offline fallback inside), else None."""
-    from tools.claude_proposer import claude_configured
+    from tools.claude import claude_configured
 
     if not claude_configured():
         return None
