@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -29,7 +30,7 @@ from agent.chat_model import HELP, OfflineChatModel
 from agent.render import safe
 from agent.search import run_search, save_run
 from memory.paths import user_data_dir
-from tools.claude import ClaudeUnavailable, RETRIES, classify, claude_configured, configured_model, model_info
+from tools.claude import ClaudeError, ClaudeUnavailable, claude_configured, configured_model, invoke_with_retries, model_info
 from tools.claude import chat_model as claude_model
 from tools.fencing import fence_tool_result
 from tools.langchain_tools import chemistry_tools
@@ -79,14 +80,14 @@ def search_tool(
 def chat_model():
     """Claude with the key set (and a current model), else the offline planner.
 
-    The chat's Claude keeps the SDK's own retries of transient errors (it honours ``retry-after``
-    up to 60 s and ``x-should-retry``); whatever still fails ends the turn, not the session."""
+    Transient errors are retried as everywhere (:func:`tools.claude.invoke_with_retries`); whatever
+    still fails ends the turn, not the session."""
     if not claude_configured():
         return OfflineChatModel()
     if model_info(configured_model()).deprecated:
         log.warning("GENMS_CLAUDE_MODEL=%s is deprecated: the chat uses the offline planner", configured_model())
         return OfflineChatModel()
-    return claude_model("chat", max_tokens=CHAT_MAX_TOKENS).model_copy(update={"max_retries": RETRIES})
+    return claude_model("chat", max_tokens=CHAT_MAX_TOKENS)
 
 
 CHAT_MAX_TOKENS = 8192  # one answer, with its thinking
@@ -141,9 +142,10 @@ def for_the_model(messages: list) -> list:
 def build_chat_agent(model, tools, checkpointer):
     """model -> (tool calls? tools -> model) loop, checkpointed per thread; tool results reach the model fenced."""
     bound = model.bind_tools(tools)
+    invoke = bound.invoke if isinstance(model, OfflineChatModel) else partial(invoke_with_retries, bound)
 
     def call_model(state: MessagesState) -> dict:
-        return {"messages": [bound.invoke([SystemMessage(SYSTEM_PROMPT), *for_the_model(state["messages"])])]}
+        return {"messages": [invoke([SystemMessage(SYSTEM_PROMPT), *for_the_model(state["messages"])])]}
 
     graph = StateGraph(MessagesState)
     graph.add_node("agent", call_model)
@@ -270,10 +272,8 @@ class ChatSession:
     def _report_failure(self, exc: Exception) -> None:
         """One line for a failed turn. A fatal Claude error (bad key, retired model) switches this
         session to the offline planner; the thread and its history stay."""
-        import anthropic
-
-        if isinstance(exc, anthropic.AnthropicError) and not isinstance(self.model, OfflineChatModel):
-            error = classify(exc)
+        if isinstance(exc, ClaudeError) and not isinstance(self.model, OfflineChatModel):
+            error = exc
             if isinstance(error, ClaudeUnavailable):
                 self.use_offline_model()
                 self.console.print(f"[red]Claude is unavailable:[/red] {safe(error)}; this session goes on with the "

@@ -110,6 +110,10 @@ def _print_candidates(result) -> None:
     from agent.render import candidates_table
 
     console.print(candidates_table(result.as_dict()))
+    if result.claude:
+        from tools.claude import usage_summary
+
+        console.print(f"[dim]{safe(usage_summary(result.claude))}[/dim]")
 
 
 @app.command()
@@ -148,6 +152,13 @@ def doctor(as_json: JsonOption = False) -> None:
     table.add_row("formula index", f"{report['formula_index']['formulas']:,} formulas")
     table.add_row("ANTHROPIC_API_KEY", "set" if report["anthropic_api_key"] else "not set")
     table.add_row("planner", "Claude" if report["planner"] == "claude" else "offline planner (no network needed)")
+    claude = report["claude"]
+    if claude["answered"]:
+        table.add_row("Claude", f"{safe(claude['model'])} answered in {claude['seconds']} s ({safe(claude['output'])} output)")
+    elif claude["called"] or claude["deprecated"]:
+        table.add_row("Claude", f"[red]{safe(claude['model'])}: {safe(claude['error'])}[/red] (the offline path runs instead)")
+    else:
+        table.add_row("Claude", f"{safe(claude['model'])}: not called (no key)")
     console.print(table)
     features = Table(title="features")
     for column in ("feature", "available", "offline"):
@@ -238,6 +249,7 @@ def formula_propose(
     as_json: JsonOption = False,
 ) -> None:
     """Propose formulae for a request and screen them (R_hi: validity, charge, novelty, compliance)."""
+    from tools.claude import ClaudeSession, claude_configured, usage_summary
     from tools.claude_proposer import propose
     from tools.screen import screen
     from tools.spec import RequestNotUnderstood, SpecConflict, parse_request
@@ -247,7 +259,8 @@ def formula_propose(
     except (RequestNotUnderstood, SpecConflict) as exc:
         fail_as(as_json, str(exc), kind=type(exc).__name__)
     with err_console.status("proposing formulae..."):
-        proposals, proposer = propose(spec, n, seed=seed, use_claude=False if offline else None)
+        session = None if offline or not claude_configured() else ClaudeSession()
+        proposals, proposer = propose(spec, n, seed=seed, use_claude=session is not None, session=session)
         screened = screen(proposals, spec)
     if as_json:
         _emit_json([item.as_dict() for item in screened])
@@ -261,6 +274,8 @@ def formula_propose(
         table.add_row(safe(item.formula), _mark(item.passed), f"{item.score:.2f}" if item.score is not None else "-",
                       safe(verdict) or "-", safe(item.rationale))
     console.print(table)
+    if session:
+        console.print(f"[dim]{safe(usage_summary(session.as_dict()))}[/dim]")
 
 
 @structure_app.command("check")

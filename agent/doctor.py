@@ -34,8 +34,44 @@ def _index_status() -> dict[str, object]:
         return {"path": str(INDEX_PATH), "present": False, "formulas": 0, "error": str(exc)}
 
 
-def diagnose() -> dict[str, object]:
-    """Collect the installation report (no network, no model loading)."""
+def claude_check() -> dict[str, object]:
+    """One tiny real Claude call when a key is set: the model, whether it answered, and why not.
+
+    Skipped (no network) without ``ANTHROPIC_API_KEY``. A deprecated model is reported without a call."""
+    import time
+
+    from tools.claude import classify, claude_configured, configured_model, model_info
+
+    name = configured_model()
+    info = model_info(name)
+    report: dict[str, object] = {"model": name, "known_to_sdk": info.known, "deprecated": info.deprecated,
+                                 "output": "JSON schema" if info.json_schema_output else "tool call", "called": False,
+                                 "answered": False, "seconds": None, "error": None}
+    if not claude_configured():
+        report["error"] = "ANTHROPIC_API_KEY is not set: no call made (the offline planner runs)"
+        return report
+    if info.deprecated:
+        report["error"] = f"{name} is deprecated (end of life {info.deprecated}): set GENMS_CLAUDE_MODEL to a current model"
+        return report
+    from langchain_core.messages import HumanMessage
+
+    from tools.claude import chat_model
+
+    started = time.monotonic()
+    report["called"] = True
+    try:
+        reply = chat_model("doctor", max_tokens=1024, model=name).invoke([HumanMessage("Reply with the word OK.")])
+        report["answered"] = True
+        report["stop_reason"] = (reply.response_metadata or {}).get("stop_reason")
+    except Exception as exc:  # every API error is reported, classified, never raised
+        error = classify(exc)
+        report["error"] = f"{error.kind}: {error}"
+    report["seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def diagnose(call_claude: bool = True) -> dict[str, object]:
+    """Collect the installation report (no model loading; one tiny Claude call when a key is set)."""
     from generators.datasets import data_status
 
     data = data_status()
@@ -54,7 +90,7 @@ def diagnose() -> dict[str, object]:
         {"feature": "CHGNet scoring: energies, formation energy, relaxation", "available": bool(weights and references), "offline": True},
         {"feature": "energy above the MP hull (shared data)", "available": have_data, "offline": True},
         {"feature": "offline formula proposer + R_hi screen", "available": True, "offline": True},
-        {"feature": "Claude formula proposer (falls back offline)", "available": api_key, "offline": False},
+        {"feature": "Claude planner, proposer, symmetry predictor (fall back offline)", "available": api_key, "offline": False},
         {"feature": "prototype-substitution structure generator", "available": True, "offline": True},
     ]
     return {
@@ -68,6 +104,7 @@ def diagnose() -> dict[str, object]:
         "data": data,
         "formula_index": index,
         "anthropic_api_key": api_key,
+        "claude": claude_check() if call_claude else None,
         "planner": "claude" if api_key else "offline",
         "features": features,
         "ok": bool(have_data and index["formulas"] > 0 and weights and references and _package_version("torch")),

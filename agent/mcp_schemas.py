@@ -127,8 +127,9 @@ class Proposal(_Open):
 
 class ProposeFormulasOutput(BaseModel):
     spec: str = Field(description="The request as understood.")
-    proposer: str
+    proposer: str = Field(description="The proposer that really ran: claude, or offline (with the reason after a fallback).")
     proposals: list[Proposal]
+    claude: dict[str, Any] | None = Field(None, description="Claude's call, tokens and estimated cost (null: not used).")
 
 
 class GeneratedStructure(_Open):
@@ -205,6 +206,8 @@ class SearchOutput(_Open):
     candidates: list[Candidate]
     decisions: list[dict[str, Any]] = Field(default_factory=list, description="Every branch the search took, with its reason.")
     dropped: list[dict[str, Any]] = Field(default_factory=list)
+    steps: dict[str, Any] = Field(default_factory=dict, description="The path each planner step really took (claude, rules, offline, gfn).")
+    claude: dict[str, Any] | None = Field(None, description="Claude's calls, tokens and estimated cost in US dollars (null: not configured).")
     resources: RunResources
 
 

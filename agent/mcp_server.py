@@ -293,7 +293,7 @@ async def search_materials(
     return s.SearchOutput(
         run_id=run_id, request=result.request, planner=result.planner, seconds=round(result.seconds, 2),
         spec=result.spec, n_candidates=len(result.candidates), n_good=len(good), candidates=candidates,
-        decisions=result.decisions, dropped=result.dropped,
+        decisions=result.decisions, dropped=result.dropped, steps=result.steps, claude=result.claude,
         resources=s.RunResources(
             report=run_uri(run_id, "report.md"), results=run_uri(run_id, "results.json"),
             cifs=[c["cif_uri"] for c in candidates if c["cif_uri"]],

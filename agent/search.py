@@ -159,6 +159,9 @@ def markdown_report(result: SearchResult) -> str:
     if result.error:
         return "\n".join(lines + [f"**Not searched:** {md(result.error)}", ""])
     lines += [f"Planner: {md(result.planner)}. Time: {result.seconds:.1f} s. Good candidates: {len(result.good)} of {len(result.candidates)}.", ""]
+    if result.steps.get("understand"):
+        proposers = ", ".join(result.steps.get("propose") or []) or "none"
+        lines += [f"Request read by: {md(result.steps['understand'])}. Proposer each round: {md(proposers)}.", ""]
     if result.claude:
         lines += [md(usage_summary(result.claude)) + ".", ""]
     lines += ["| rank | formula | family / prototype | E_f (eV/atom) | E_hull (eV/atom) | space group | known in | plausible |",

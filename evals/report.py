@@ -9,12 +9,13 @@ measurements and vary between runs.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from agent.render import md_text
 from evals.metrics import METRICS, pool, values_of
 from evals.suite import Suite
+from tools.claude import total_usage, usage_summary
 
 DIGITS = 4
 
@@ -61,6 +62,12 @@ def aggregate(suite: Suite, units: list[dict], records: dict[str, dict]) -> dict
         row = {"status": status, "reason": reason, "units": len(members), "metrics": _pooled(suite, members)}
         if dropped:  # formulae a generator could not place: why a row has fewer structures
             row["dropped"] = {"count": len(dropped), "examples": sorted({d["reason"] for d in dropped})[:3]}
+        planners = Counter(r["planner"] for _, r in members if r and r.get("planner"))
+        if planners:  # the planner that really ran each unit (Claude, or the offline path after a failure)
+            row["planners"] = dict(planners)
+        claude = [r["claude"] for _, r in members if r and r.get("claude")]
+        if claude:
+            row["claude"] = total_usage(claude)
         return row
 
     return {
@@ -134,6 +141,13 @@ def markdown(result: dict, suite: Suite, run_info: dict | None, plots: list[str]
         lines += ["", "## Formulae not placed", ""]
         lines += [f"- {_md(r['case'])} / {_md(r['system'])}{' / ' + _md(r['variant']) if multi_variant else ''}: {r['dropped']['count']} "
                   f"(e.g. {_md(r['dropped']['examples'][0])})" for r in dropped]
+    used = [r for r in result["overall"] if r.get("planners") or r.get("claude")]
+    if used:
+        lines += ["", "## Planner that ran, and Claude's usage", ""]
+        for r in used:
+            planners = "; ".join(f"{_md(name)} x{count}" for name, count in sorted(r.get("planners", {}).items()))
+            usage = f"; {_md(usage_summary(r['claude']))}" if r.get("claude") else ""
+            lines.append(f"- {_md(r['system'])}{' / ' + _md(r['variant']) if multi_variant else ''}: {planners or '-'}{usage}")
     lines += ["", "## Metrics", ""]
     lines += [f"- **{m['label']}** (`{n}`, {m['unit']}, pooled as {m['pool']}, {m['better']} is better): {m['description']}"
               for n, m in metrics.items()]

@@ -136,8 +136,11 @@ def _claude_turns(body):
     return message([text("Let me check."), tool_use("check_formulas", {"formulas": ["LiMn2O4"]})], stop_reason="tool_use")
 
 
-def test_claude_chat_with_tool_use_turns(anthropic_env, tmp_path):
+@pytest.mark.parametrize("model_name", [None, "claude-haiku-5-5"])
+def test_claude_chat_with_tool_use_turns(anthropic_env, monkeypatch, tmp_path, model_name):
     server = anthropic_env(_claude_turns)
+    if model_name:
+        monkeypatch.setenv("GENMS_CLAUDE_MODEL", model_name)
     model = chat_model()
     assert type(model).__name__ == "ChatAnthropic"
     agent = build_chat_agent(model, chemistry_tools(), open_checkpointer(tmp_path / "c.sqlite"))
@@ -145,7 +148,7 @@ def test_claude_chat_with_tool_use_turns(anthropic_env, tmp_path):
     assert reply["messages"][-1].content == "From the tool: known."
     tool_result = next(m for m in reply["messages"] if isinstance(m, ToolMessage))
     assert json.loads(tool_result.content)[0]["known_in"] == ["MP", "ICSD", "OQMD"]
-    assert len(server.requests) == 2
+    assert len(server.requests) == 2 and server.requests[0]["body"]["model"] == (model_name or "claude-sonnet-5-5")
     assert server.requests[0]["body"]["system"]  # the system prompt travels as Anthropic's system field
 
 
@@ -174,3 +177,75 @@ def test_a_failing_turn_keeps_the_session(tmp_path, monkeypatch):
     assert "error: RuntimeError: overloaded [/red] second line (the session goes on)" in shown
     assert "NaCl: known in MP" in shown
     assert "That message is 5,000 characters; at most 4,000." in shown
+
+
+def _session_with_claude(tmp_path, monkeypatch):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from agent.chat import ChatSession
+
+    monkeypatch.setenv("GENMS_HOME", str(tmp_path))
+    console = Console(file=StringIO(), width=300)
+    session = ChatSession(console, "t", {})
+    assert type(session.model).__name__ == "ChatAnthropic"
+    return session, console
+
+
+def test_a_fatal_claude_error_switches_the_chat_to_the_offline_planner(anthropic_env, tmp_path, monkeypatch):
+    server = anthropic_env(_claude_turns)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "revoked")  # the fake answers 401 authentication_error
+    session, console = _session_with_claude(tmp_path, monkeypatch)
+    session.turn("is NaCl known?")
+    shown = console.file.getvalue()
+    assert "Claude is unavailable: 401 authentication_error: invalid x-api-key; this session goes on with the offline planner" in shown
+    assert "Traceback" not in shown and len(server.requests) == 1  # a fatal error is not retried
+    session.turn("is NaCl known?")
+    assert "NaCl: known in MP" in console.file.getvalue() and len(server.requests) == 1
+    assert sum(isinstance(m, HumanMessage) for m in session.messages()) == 2  # the thread is kept
+
+
+def test_a_transient_claude_error_keeps_claude_for_the_next_turn(anthropic_env, tmp_path, monkeypatch):
+    server = anthropic_env(_claude_turns, errors=[529, 529, 529])
+    session, console = _session_with_claude(tmp_path, monkeypatch)
+    session.turn("is LiMn2O4 known?")
+    assert "Claude did not answer (transient): 529 overloaded_error" in console.file.getvalue()
+    assert len(server.requests) == 3  # the first try and the SDK's two retries
+    session.turn("is LiMn2O4 known?")
+    assert "From the tool: known." in console.file.getvalue() and type(session.model).__name__ == "ChatAnthropic"
+
+
+def test_claude_chat_with_thinking_blocks(anthropic_env, tmp_path):
+    from fake_anthropic import thinking
+
+    def respond(body):
+        reply = _claude_turns(body)
+        reply["content"] = [thinking(), *reply["content"]]  # current models think first, also between tool calls
+        return reply
+
+    server = anthropic_env(respond)
+    agent = build_chat_agent(chat_model(), chemistry_tools(), open_checkpointer(tmp_path / "c.sqlite"))
+    reply = agent.invoke({"messages": [HumanMessage("is LiMn2O4 known?")]}, {"configurable": {"thread_id": "x"}})
+    assert reply["messages"][-1].text == "From the tool: known."
+    sent_back = server.requests[1]["body"]["messages"][1]["content"]
+    assert sent_back[0]["type"] == "thinking" and sent_back[0]["signature"]  # the thinking block goes back unchanged
+    assert "temperature" not in server.requests[0]["body"] and server.requests[0]["body"]["max_tokens"] == 8192
+
+
+def test_search_results_reach_the_model_as_a_digest():
+    from agent.chat import OLDER_TOOL_RESULT_CHARS, for_the_model
+
+    candidate = {"formula": "MnGa2O4", "family": "spinel", "prototype": "MgAl2O4", "generator": "template",
+                 "formation_energy_per_atom": -2.1, "e_above_hull": 0.01, "plausible": True, "known_in": [],
+                 "reason": None, "checks": {"spacegroup_symbol": "Fd-3m"}, "cif": "data_x\n" + "x" * 50_000}
+    result = {"request": "spinels", "planner": "claude", "spec": {"family": "spinel"}, "candidates": [candidate] * 3,
+              "screened": [{"formula": "A"}] * 400, "decisions": [{"reason": "y" * 1000}] * 50, "context": [], "files": {}}
+    search = ToolMessage(content=json.dumps(result), tool_call_id="1", name="search_materials")
+    note = ToolMessage(content=json.dumps({"note": "z" * 20_000}), tool_call_id="2", name="lab_note")
+    shown = for_the_model([HumanMessage("find spinels"), search, note, HumanMessage("and now?")])
+    digest = shown[1].content
+    assert "data_x" not in digest and len(digest) < 3_000
+    assert "MnGa2O4" in digest and "Fd-3m" in digest and '"n_screened": 400' in digest.replace('\\"', '"')
+    assert len(shown[2].content) < OLDER_TOOL_RESULT_CHARS + 1_000  # an earlier turn's result is cut shorter
+    assert json.loads(shown[1].artifact) == result  # the thread keeps the whole result

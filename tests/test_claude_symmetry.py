@@ -91,7 +91,7 @@ def test_invalid_reply_is_resampled_with_the_reason(anthropic_env):
     assert result.candidates[0]["letters"] == {8: ["d"], 22: ["a"], 38: ["b"]}
 
 
-@pytest.mark.parametrize("failure", ["overloaded", "timeout", "garbage"])
+@pytest.mark.parametrize("failure", ["overloaded", "timeout", "garbage", "bad key"])
 def test_failures_fall_back_to_the_offline_predictor(anthropic_env, monkeypatch, failure):
     invalid = [candidate(231, {"Na": ["a"], "Cl": ["b"]}), candidate(225, {"Na": ["a"], "Cl": ["a"]}),
                candidate(225, {"Na": ["a"], "Qq": ["b"]})]
@@ -100,6 +100,9 @@ def test_failures_fall_back_to_the_offline_predictor(anthropic_env, monkeypatch,
     elif failure == "timeout":
         server = anthropic_env(replies(invalid), delay=2)
         monkeypatch.setenv("GENMS_CLAUDE_TIMEOUT", "0.3")
+    elif failure == "bad key":
+        server = anthropic_env(replies(invalid))
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "revoked")
     else:
         server = anthropic_env(replies("refusal", invalid, invalid))
     source = ClaudeSymmetrySource()
@@ -113,6 +116,10 @@ def test_failures_fall_back_to_the_offline_predictor(anthropic_env, monkeypatch,
         assert "space group 231 is not in 1-230" in last_prompt and "unknown element 'Qq'" in last_prompt
         assert "a Wyckoff position without free parameters is used twice" in last_prompt
         assert "Claude declined to answer" in prompt_of(server.requests[1])
+    elif failure == "bad key":  # fatal: no retry, and the source's session calls Claude no more
+        assert len(server.requests) == 1 and result.note.startswith("offline (Claude failed: fatal: 401")
+        source(NACL, None, -2.0, None, 3)
+        assert len(server.requests) == 1 and source.fallbacks == 2
     else:
         assert result.note.startswith("offline (Claude failed:")
     for c in candidates:  # the offline predictor's candidates are consistent too

@@ -138,7 +138,29 @@ def test_doctor_json():
     assert report["planner"] in {"offline", "claude"}
     offline = {f["feature"]: f["offline"] for f in report["features"]}
     assert offline["formula checks (parse, SMACT, families)"] and offline["offline formula proposer + R_hi screen"]
-    assert not offline["Claude formula proposer (falls back offline)"]
+    assert not offline["Claude planner, proposer, symmetry predictor (fall back offline)"]
+
+
+def test_doctor_makes_one_tiny_claude_call(anthropic_env, monkeypatch):
+    from agent.doctor import claude_check
+    from fake_anthropic import message, text
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    offline = claude_check()
+    assert not offline["called"] and "ANTHROPIC_API_KEY is not set" in offline["error"]
+    server = anthropic_env(lambda body: message([text("OK")]))
+    report = claude_check()
+    assert report["answered"] and report["model"] == "claude-sonnet-5-5" and report["output"] == "JSON schema"
+    assert len(server.requests) == 1 and server.requests[0]["body"]["max_tokens"] == 1024
+    shown = runner.invoke(app, ["doctor"])
+    assert "claude-sonnet-5-5 answered in" in shown.output and len(server.requests) == 2
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "revoked")
+    failed = claude_check()
+    assert failed["called"] and not failed["answered"] and failed["error"].startswith("fatal: 401 authentication_error")
+    monkeypatch.setenv("GENMS_CLAUDE_MODEL", "claude-sonnet-4-5")
+    retired = claude_check()
+    assert not retired["called"] and "deprecated (end of life November 30th, 2026)" in retired["error"]
+    assert len(server.requests) == 3
 
 
 def test_console_script_is_installed():

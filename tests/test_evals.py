@@ -411,6 +411,13 @@ def test_llm_cif_baseline_through_fake_server(anthropic_env, monkeypatch, srtio3
     assert [s["values"]["match_rate"] for s in record["samples"]] == [True, False]
     assert [s["values"]["uniqueness"] for s in record["samples"]] == [False, False]  # both known in MP
     assert record["samples"][0]["formation_energy_per_atom"] < -2 and record["samples"][1]["formation_energy_per_atom"] is None
+    from evals.report import aggregate, markdown
+
+    suite = parse_suite(LLM_SUITE)
+    result = aggregate(suite, [unit], {unit["key"]: record})
+    overall = result["overall"][0]
+    assert overall["planners"] == {"claude": 1} and overall["claude"]["calls"] == 1 and overall["claude"]["cost_usd"] > 0
+    assert f"Claude {model or 'claude-sonnet-5-5'}: 1 calls (1 answered)" in markdown(result, suite, None, [])
 
 
 def test_llm_cif_baseline_says_why_claude_failed(anthropic_env, monkeypatch):

@@ -147,7 +147,8 @@ def test_search_with_the_claude_planner(anthropic_env, monkeypatch, tmp_path, mo
     write_results(result, tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["planner"] == "claude" and saved["claude"]["model"] == (model or "claude-sonnet-5-5")
-    assert saved["claude"]["output_tokens"] > 0 and "Claude claude-" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert saved["claude"]["output_tokens"] > 0 and "Claude claude-" in report and "Proposer each round: claude." in report
 
 
 def test_a_second_round_shows_claude_the_tried_formulae(anthropic_env):

@@ -213,6 +213,26 @@ def _retry_wait(exc: BaseException, attempt: int) -> float | None:
     return min(max(wait, 0.0), MAX_WAIT_SECONDS)
 
 
+def invoke_with_retries(runnable, messages, on_retry=None):
+    """``runnable.invoke(messages)``, retrying transient errors at most :data:`RETRIES` times.
+
+    Waits ``retry-after`` (capped at :data:`MAX_WAIT_SECONDS`) or a short backoff; obeys
+    ``x-should-retry``. Raises the classified :class:`ClaudeError`; ``on_retry(error)`` is told of each retry.
+    """
+    for attempt in range(RETRIES + 1):
+        try:
+            return runnable.invoke(messages)
+        except Exception as exc:  # every SDK error is classified; nothing else is expected here
+            error = classify(exc)
+            wait = _retry_wait(exc, attempt) if isinstance(error, ClaudeBusy) else None
+            if wait is None or attempt == RETRIES:
+                raise error from exc
+            if on_retry:
+                on_retry(error)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Usage:
     """Tokens of a run's Claude calls."""
@@ -301,23 +321,15 @@ class ClaudeSession:
         from langchain_core.messages import HumanMessage, SystemMessage
 
         bound = bind_schema(chat_model(purpose, max_tokens, self.model), schema, model_info(self.model))
-        messages = [SystemMessage(content=cached_blocks(system, 1)), HumanMessage(content=cached_blocks(prompt, 0))]
-        for attempt in range(RETRIES + 1):
-            started = time.monotonic()
-            try:
-                message = bound.invoke(messages)
-            except Exception as exc:  # every SDK error is classified; nothing else is expected here
-                error = classify(exc)
-                wait = _retry_wait(exc, attempt) if isinstance(error, ClaudeBusy) else None
-                if wait is None or attempt == RETRIES:
-                    raise self._failed(purpose, error, time.monotonic() - started) from None
-                self._record(purpose, f"retry after {error}", time.monotonic() - started)
-                time.sleep(wait)
-                continue
-            with self._lock:
-                self.usage.add(message)
-            return message
-        raise AssertionError("unreachable")
+        messages = [SystemMessage(content=cached_blocks(system, -1)), HumanMessage(content=cached_blocks(prompt, 0))]
+        started = time.monotonic()
+        try:
+            message = invoke_with_retries(bound, messages, lambda error: self._record(purpose, f"retry after {error}", 0.0))
+        except ClaudeError as error:
+            raise self._failed(purpose, error, time.monotonic() - started) from None
+        with self._lock:
+            self.usage.add(message)
+        return message
 
     def _failed(self, purpose: str, error: ClaudeError, seconds: float = 0.0) -> ClaudeError:
         self._record(purpose, f"{error.kind}: {error}", seconds)
@@ -350,6 +362,17 @@ def usage_summary(record: dict | None) -> str:
     return line + (f"; off for this run: {record['disabled']}" if record.get("disabled") else "")
 
 
+def total_usage(records: list[dict]) -> dict:
+    """The sum of several :meth:`ClaudeSession.as_dict` records (an eval row's units); ``model`` joins the models."""
+    counted = ("calls", "answered", "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    total = {key: sum(int(r.get(key) or 0) for r in records) for key in counted}
+    costs = [r.get("cost_usd") for r in records]
+    total["cost_usd"] = None if any(c is None for c in costs) else round(sum(costs), 6)
+    total["model"] = ", ".join(sorted({str(r.get("model")) for r in records}))
+    total["disabled"] = next((r["disabled"] for r in records if r.get("disabled")), None)
+    return total
+
+
 _CURRENT: contextvars.ContextVar[ClaudeSession | None] = contextvars.ContextVar("genms_claude_session", default=None)
 
 
@@ -369,10 +392,11 @@ def current_session() -> ClaudeSession | None:
 
 
 def cached_blocks(texts: list[str], cache_index: int | None) -> list[dict]:
-    """Text blocks; the block at ``cache_index`` ends a prompt-cache breakpoint (empty texts dropped)."""
+    """Text blocks; the block at ``cache_index`` (-1: the last; past the end: the last) ends a
+    prompt-cache breakpoint. Empty texts are dropped (the API rejects empty text blocks)."""
     blocks = [{"type": "text", "text": text} for text in texts if text]
     if cache_index is not None and blocks:
-        blocks[min(cache_index, len(blocks) - 1)]["cache_control"] = {"type": "ephemeral"}
+        blocks[cache_index if -len(blocks) <= cache_index < len(blocks) else -1]["cache_control"] = {"type": "ephemeral"}
     return blocks
 
 

@@ -89,6 +89,7 @@ def recall_candidates(query: str, k: int = 10, family: str | None = None, good_o
 
 def propose_formulas(request: str, n: int = 20, seed: int = 0) -> dict:
     """Read the request into a spec, propose ``n`` formulae and screen them (R_hi); ``error`` if unusable."""
+    from tools.claude import ClaudeSession, claude_configured
     from tools.claude_proposer import propose
     from tools.screen import screen
     from tools.spec import RequestNotUnderstood, SpecConflict, parse_request
@@ -97,8 +98,10 @@ def propose_formulas(request: str, n: int = 20, seed: int = 0) -> dict:
         spec = parse_request(request, seed=seed)
     except (RequestNotUnderstood, SpecConflict) as exc:
         return {"error": str(exc), "kind": type(exc).__name__}
-    proposals, proposer = propose(spec, n, seed=seed)
-    return {"spec": spec.summary(), "proposer": proposer, "proposals": [s.as_dict() for s in screen(proposals, spec)]}
+    session = ClaudeSession() if claude_configured() else None
+    proposals, proposer = propose(spec, n, seed=seed, use_claude=session is not None, session=session)
+    return {"spec": spec.summary(), "proposer": proposer, "proposals": [s.as_dict() for s in screen(proposals, spec)],
+            "claude": session.as_dict() if session else None}
 
 
 def generate_structures(
