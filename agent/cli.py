@@ -518,8 +518,10 @@ def configure_logging() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    configure_logging()
+    """Console-script entry point. ``genms mcp`` keeps the MCP server's own logging (its stderr is
+    the server's log, INFO included); every other command logs as :func:`configure_logging` says."""
+    if sys.argv[1:2] != ["mcp"]:
+        configure_logging()
     app()
 
 

@@ -319,8 +319,9 @@ def test_timeout_for(monkeypatch):
     assert timeout_for("llm_cif") == 300.0 and timeout_for("understand") == 30.0 and timeout_for("other") == 60.0
     monkeypatch.setenv("GENMS_CLAUDE_TIMEOUT", "7.5")
     assert timeout_for("llm_cif") == 7.5
-    monkeypatch.setenv("GENMS_CLAUDE_TIMEOUT", "soon")
-    assert timeout_for("understand") == 30.0
+    for bad in ("soon", "nan", "-1", "0", "1e9"):
+        monkeypatch.setenv("GENMS_CLAUDE_TIMEOUT", bad)
+        assert timeout_for("understand") == 30.0
 
 
 def test_usage_summary():

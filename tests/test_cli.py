@@ -203,3 +203,22 @@ def test_score_rejects_out_of_range_options(examples):
     assert result.exit_code == 2
     code, reports = run_json("score", str(examples / "not_a_cif.cif"))
     assert code == 1 and not reports[0]["plausible"]
+
+
+def test_a_claude_failure_is_one_line_on_stderr_and_the_traceback_goes_to_the_log(anthropic_env, tmp_path):
+    """The console script logs warnings as one line (no traceback on the terminal) and keeps the
+    details in $GENMS_HOME/genms.log; the command still answers, offline."""
+    import os
+
+    from fake_anthropic import answer
+
+    anthropic_env(lambda body: answer(body, {"proposals": []}))
+    genms = shutil.which("genms") or str(Path(sys.executable).parent / "genms")
+    env = {**os.environ, "ANTHROPIC_API_KEY": "revoked", "GENMS_HOME": str(tmp_path)}
+    done = subprocess.run([genms, "formula", "propose", "a novel spinel oxide containing Mn", "-n", "3", "--json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and len(json.loads(done.stdout)) == 3
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("genms: warning:")]
+    assert any("Claude is off for the rest of this run: 401 authentication_error" in line for line in warnings)
+    assert "Traceback" not in done.stderr
+    assert "Claude proposer failed, using the offline proposer" in (tmp_path / "genms.log").read_text()

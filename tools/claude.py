@@ -32,6 +32,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -119,6 +120,7 @@ def deprecated_models() -> dict[str, str]:
     return dict(DEPRECATED_MODELS)
 
 
+@lru_cache(maxsize=32)
 def model_info(name: str) -> ModelInfo:
     """The request shapes ``name`` accepts, from the installed ``langchain-anthropic`` profile.
 
@@ -150,12 +152,19 @@ def price(model: str) -> tuple[float, float] | None:
 
 
 def timeout_for(purpose: str) -> float:
-    """Request timeout (s) of one call for ``purpose``; ``GENMS_CLAUDE_TIMEOUT`` overrides them all."""
+    """Request timeout (s) of one call for ``purpose``; ``GENMS_CLAUDE_TIMEOUT`` (0-3600 s) overrides them all."""
+    default = TIMEOUTS.get(purpose, 60.0)
     value = os.environ.get("GENMS_CLAUDE_TIMEOUT")
+    if not value:
+        return default
     try:
-        return float(value) if value else TIMEOUTS.get(purpose, 60.0)
+        seconds = float(value)
     except ValueError:
-        return TIMEOUTS.get(purpose, 60.0)
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:  # also NaN
+        log.warning("GENMS_CLAUDE_TIMEOUT must be seconds in (0, 3600], got %r: using %g s", value[:40], default)
+        return default
+    return seconds
 
 
 def chat_model(purpose: str = "chat", max_tokens: int = 4096, model: str | None = None):
