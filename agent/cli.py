@@ -468,7 +468,7 @@ def mcp(
     allowed_origin: Annotated[list[str] | None, typer.Option("--allowed-origin", help="A browser origin (http://HOST:PORT) allowed to call the HTTP server besides its own names; repeatable.")] = None,
 ) -> None:
     """Serve genms to IDE assistants over MCP (Claude Desktop, Claude Code, VS Code, Cursor)."""
-    from agent.mcp_server import ServeConfigError, read_token_file, serve
+    from agent.mcp_transport import ServeConfigError, check_transport, normalise_token, read_token_file
 
     try:
         source = ctx.get_parameter_source("token")  # an enum of the click that typer runs on (typer may vendor its own)
@@ -479,6 +479,10 @@ def mcp(
             if token is not None:
                 raise ServeConfigError("give the bearer token one way: --token-file, or GENMS_MCP_TOKEN (or --token), not both")
             token = read_token_file(token_file)
+        # refused at once, before the server (and every tool) is imported
+        check_transport(transport, host, allow_remote, normalise_token(token), allowed_host or (), allowed_origin or (), port)
+        from agent.mcp_server import serve
+
         serve(transport, host=host, port=port, allow_remote=allow_remote, token=token,
               allowed_hosts=allowed_host or (), allowed_origins=allowed_origin or ())
     except ServeConfigError as exc:
