@@ -60,7 +60,7 @@ def spec_from_reading(request: str, reading: RequestReading, overrides: dict) ->
     SearchSpec(**base)  # the caller's own fields must be valid on their own
     kept, notes = {}, []
     for name, value in reading.model_dump(exclude_none=True).items():
-        if name in overrides or value in ([], False):
+        if name in overrides or value == [] or value is False:  # empty: the request does not say (0 eV is a value)
             continue
         try:
             SearchSpec(**base, **kept, **{name: value})

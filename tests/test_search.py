@@ -266,3 +266,18 @@ def test_stop_event_ends_the_search_inside_its_step():
                                                                     "rounds": 1, "relax_steps": 200}},
                    on_progress=on_progress, stop=stop)
     assert "generate" in stages and "relax" not in stages  # no structure was relaxed after the stop
+
+
+def test_claude_reading_is_kept_field_by_field():
+    """One invalid field of Claude's reading is dropped with a note, not the whole reading; a band gap
+    of 0 eV is a value; the caller's own fields win."""
+    from agent.planner import RequestReading, spec_from_reading
+
+    reading = RequestReading(family="perovskite", band_gap=0.0, electronic="metal", required_elements=["Qq"],
+                             spacegroup=999, excluded_elements=["Pb"])
+    spec, notes = spec_from_reading("a metallic perovskite", reading, {"n_results": 3})
+    assert spec.family == "perovskite" and spec.band_gap == 0.0 and spec.electronic == "metal"
+    assert spec.excluded_elements == ["Pb"] and spec.required_elements == [] and spec.spacegroup is None
+    assert [n.split(" ignored")[0] for n in notes] == ["required_elements=['Qq']", "spacegroup=999"]
+    kept, _ = spec_from_reading("a cubic perovskite", RequestReading(family="perovskite", spacegroup=221), {"spacegroup": 225})
+    assert kept.spacegroup == 225 and kept.request == "a cubic perovskite"
