@@ -27,7 +27,7 @@ from tools.spec import ANION_CLASSES, SearchSpec, SpecConflict, parse_request, s
 log = logging.getLogger(__name__)
 RETRIEVED_PASSAGES = 4
 SEARCHABLE = ("family", "stoichiometry", "required_elements", "allowed_elements", "anion_class", "band_gap",
-              "electronic", "spacegroup")
+              "electronic", "spacegroup", "n_elements")
 
 FamilyName = Literal[tuple(f.name for f in FAMILIES)]  # type: ignore[valid-type]
 AnionClass = Literal[tuple(ANION_CLASSES)]  # type: ignore[valid-type]
@@ -51,6 +51,7 @@ class RequestReading(BaseModel):
     density: float | None = Field(None, description="target density, g/cm^3")
     high_density: bool = Field(False, description="the request asks for dense phases")
     spacegroup: int | None = Field(None, description="international space group number (1-230) the request names")
+    n_elements: int | None = Field(None, description="number of distinct elements: binary 2, ternary 3, quaternary 4")
 
 
 def spec_from_reading(request: str, reading: RequestReading, overrides: dict) -> tuple[SearchSpec, list[str]]:

@@ -116,3 +116,61 @@ def test_negation_scope(text, required, excluded):
     spec = parse_request(text)
     assert spec.required_elements == required
     assert spec.excluded_elements == excluded
+
+
+@pytest.mark.parametrize(
+    ("request_text", "expected"),
+    [
+        # anion prefixes name the anion of the word they qualify
+        ("a novel seleno-spinel containing Cr", {"family": "spinel", "anion_class": "selenide", "required_elements": ["Cr"]}),
+        ("five thiospinels", {"family": "spinel", "anion_class": "sulfide", "n_results": 5}),
+        ("a fluoroperovskite with K", {"family": "perovskite", "anion_class": "fluoride", "required_elements": ["K"]}),
+        ("a chloro perovskite", {"family": "perovskite", "anion_class": "chloride"}),
+        # -ate / -ite names: the element, an oxide (or the prefix's anion)
+        ("a lithium titanate", {"anion_class": "oxide", "required_elements": ["Li", "Ti"]}),
+        ("barium zirconates", {"anion_class": "oxide", "required_elements": ["Ba", "Zr"]}),
+        ("a cobalt-free nickelate", {"anion_class": "oxide", "required_elements": ["Ni"], "excluded_elements": ["Co"]}),
+        ("a thiophosphate with lithium", {"anion_class": "sulfide", "required_elements": ["Li", "P"]}),
+        ("a ferroelectric with manganese", {"anion_class": None, "required_elements": ["Mn"]}),  # not -ate words
+        # mixed anions: both anions required
+        ("a quaternary oxynitride", {"anion_class": "oxynitride", "required_elements": ["N", "O"], "n_elements": 4}),
+        ("an oxy-nitride perovskite", {"family": "perovskite", "anion_class": "oxynitride", "required_elements": ["N", "O"]}),
+        ("an oxysulphide", {"anion_class": "oxysulfide", "required_elements": ["O", "S"]}),
+        # element counts and novelty wordings
+        ("a binary nitride that has never been reported", {"anion_class": "nitride", "n_elements": 2, "novel_against": ["MP", "ICSD"]}),
+        ("a hypothetical three-component telluride of Bi", {"required_elements": ["Bi"], "n_elements": 3, "novel_against": ["MP", "ICSD"]}),
+        ("a fluoride that is yet to be synthesised", {"anion_class": "fluoride", "novel_against": ["MP", "ICSD"]}),
+        # groups, as exclusions
+        ("a garnet without transition metals", {"family": "garnet", "excluded_elements_include": ["Fe", "Ti", "Zn"]}),
+        ("a sulfide free of alkaline earths", {"anion_class": "sulfide", "excluded_elements": ["Ba", "Be", "Ca", "Mg", "Sr"]}),
+    ],
+)
+def test_chemists_vocabulary(request_text, expected):
+    spec = parse_request(request_text)
+    for field, value in expected.items():
+        if field == "excluded_elements_include":
+            assert set(value) <= set(spec.excluded_elements), (request_text, spec.excluded_elements)
+        else:
+            assert getattr(spec, field) == value, (request_text, field, getattr(spec, field))
+
+
+def test_the_number_of_elements_is_screened_and_proposed():
+    from tools.formula import parse_formula
+    from tools.proposer import propose_offline
+    from tools.screen import screen
+
+    for request, count in [("a quaternary oxynitride", 4), ("a novel quinary oxide", 5), ("a binary nitride", 2)]:
+        spec = parse_request(request)
+        screened = screen(propose_offline(spec, 10, seed=0), spec)
+        assert len(screened) == 10 and all(s.passed for s in screened), [(s.formula, s.reason) for s in screened]
+        assert {len(parse_formula(s.formula).reduced_amounts) for s in screened} == {count}
+    ternary = parse_request("a ternary oxide")
+    assert screen_one_reason("MgO", ternary) == "has 2 elements, not 3"
+    assert spec_conflicts(SearchSpec(required_elements=["Li", "Fe", "P"], n_elements=2)) == [
+        "3 required elements do not fit a compound of 2 elements"]
+
+
+def screen_one_reason(formula: str, spec) -> str | None:
+    from tools.screen import screen_one
+
+    return screen_one(formula, spec).reason

@@ -37,12 +37,15 @@ from tools.geometry import (
 )
 from tools.spec import ALL_ANIONS, SearchSpec
 from tools.uniqueness import known_formula_index
+from tools.vocabulary import vocabulary
 
 # Elements a proposal may use as cations: stable, non-radioactive, known to form cations.
 _RADIOACTIVE = {"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U", "Np", "Pu"}
 _NOT_CATIONS = {"H", "C", "N", "O", "F", "Cl", "Br", "I", "S", "Se", "He", "Ne", "Ar", "Kr", "Xe"}
 MIN_STATE_SHARE = 0.05  # oxidation states rarer than this in ICSD are not proposed
 GENERIC_RATIOS = ("1:1", "1:2", "2:3", "1:3", "1:1:2", "1:1:3", "1:2:4", "2:1:4", "2:2:7", "1:1:1:4")
+# Mixed-anion compounds (two anion sites): TaON, LaOCl 1:1:1; La2O2S 2:2:1; BaTaO2N 1:1:2:1; Sr2CuO2Cl2 2:1:2:2.
+MIXED_ANION_RATIOS = ("1:1:1", "2:2:1", "1:2:1", "1:1:2:1", "1:1:1:2", "2:1:2:2", "1:1:3:1")
 
 
 @dataclass(frozen=True)
@@ -117,20 +120,33 @@ def _templates(spec: SearchSpec) -> list[tuple[CrystalFamily | None, Template]]:
             wanted = sorted(map(int, spec.stoichiometry.split(":")))
             templates = [t for t in templates if sorted(s.count for s in t.sites) == wanted]
         return [(family, t) for t in templates]
-    ratios = [spec.stoichiometry] if spec.stoichiometry else list(GENERIC_RATIOS)
+    mixed = vocabulary().mixed_anion_classes.get(spec.anion_class or "")
+    ratios = [spec.stoichiometry] if spec.stoichiometry else list(MIXED_ANION_RATIOS if mixed else GENERIC_RATIOS)
+    if spec.n_elements:
+        ratios = [r for r in ratios if len(r.split(":")) == spec.n_elements] or _ratios_of(spec.n_elements)
     if spec.allowed_elements is not None:
         ratios = [r for r in ratios if len(r.split(":")) == len(spec.allowed_elements)] or ratios
-    return [(None, template) for ratio in ratios for template in _generic_templates(ratio)]
+    return [(None, template) for ratio in ratios for template in _generic_templates(ratio, len(mixed) if mixed else 1)]
 
 
-def _generic_templates(ratio: str) -> list[Template]:
-    """A ratio with one anion site: every position of the anion gives a template."""
+def _ratios_of(n_elements: int) -> list[str]:
+    """Generic ratios of ``n_elements`` parts when GENERIC_RATIOS has none: cations 1 each, the anion
+    balancing a +2 average charge ('1:1:1:1:4' for five elements)."""
+    cations = n_elements - 1
+    return [":".join(["1"] * cations + [str(max(cations, 1))]), ":".join(["1"] * cations + [str(cations + 1)])]
+
+
+def _generic_templates(ratio: str, anion_sites: int = 1) -> list[Template]:
+    """A ratio with ``anion_sites`` anion sites (two for a mixed-anion class): every choice of the
+    anion positions that leaves a cation gives a template."""
     counts = [int(c) for c in ratio.split(":")]
     labels = [chr(ord("A") + i) for i in range(len(counts))]
     templates = []
-    for anion in range(len(counts)):
+    for anions in itertools.combinations(range(len(counts)), anion_sites):
+        if len(anions) == len(counts):
+            continue
         sites = tuple(
-            Site(label, count, "anion" if i == anion else "cation") for i, (label, count) in enumerate(zip(labels, counts))
+            Site(label, count, "anion" if i in anions else "cation") for i, (label, count) in enumerate(zip(labels, counts))
         )
         templates.append(Template("".join(f"{s.label}{s.count if s.count > 1 else ''}" for s in sites), sites))
     return templates
@@ -499,7 +515,7 @@ def _add(pool, spec, family, candidate: _Candidate, index, avoid) -> None:
     if key in pool or key in avoid:
         return
     atoms = sum(parsed.reduced_amounts.values())
-    if atoms > spec.max_sites:
+    if atoms > spec.max_sites or (spec.n_elements and len(parsed.reduced_amounts) != spec.n_elements):
         return
     fits, bonus, note = _geometry(family, candidate)
     if not fits:

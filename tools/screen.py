@@ -51,6 +51,8 @@ def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
         wanted = sorted(map(int, spec.stoichiometry.split(":")))
         if sorted(parsed.reduced_amounts.values()) != wanted:
             return f"atom ratio is not {spec.stoichiometry}"
+    if spec.n_elements and len(elements) != spec.n_elements:
+        return f"has {len(elements)} elements, not {spec.n_elements}"
     missing = set(spec.required_elements) - elements
     if missing:
         return f"missing required {', '.join(sorted(missing))}"

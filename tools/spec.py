@@ -24,6 +24,7 @@ from pymatgen.core import Element
 
 from tools.families import FAMILIES, HALOGENS, get_family
 from tools.limits import MAX_FORMULA_ATOMS, MAX_FORMULA_ELEMENTS, MAX_REQUEST_CHARS
+from tools.vocabulary import vocabulary
 
 ANION_CLASSES: dict[str, frozenset[str]] = {
     "oxide": frozenset({"O"}),
@@ -42,7 +43,11 @@ ANION_CLASSES: dict[str, frozenset[str]] = {
     "pnictide": frozenset({"N", "P", "As", "Sb"}),
     "carbide": frozenset({"C"}),
     "hydride": frozenset({"H"}),
+    # mixed-anion classes (oxynitride, oxyfluoride, ...): every anion of the class is required
+    **{name: frozenset(anions) for name, anions in vocabulary().mixed_anion_classes.items()},
 }
+# The single-anion class of each anion ('S' -> 'sulfide'), for anion prefixes ('thiospinel').
+SINGLE_ANION_CLASS = {next(iter(members)): name for name, members in ANION_CLASSES.items() if len(members) == 1}
 ALL_ANIONS = frozenset().union(*ANION_CLASSES.values())
 NOVELTY_SETS = ("MP", "ICSD", "OQMD")
 
@@ -78,6 +83,8 @@ class SearchSpec(BaseModel):
     high_density: bool = Field(False, description="the request asks for dense phases (as dense as possible)")
     low_energy: bool = True
     spacegroup: int | None = Field(None, ge=1, le=230)
+    n_elements: int | None = Field(None, ge=1, le=MAX_FORMULA_ELEMENTS,
+                                   description="number of distinct elements ('binary' 2, 'ternary' 3, ...)")
     max_sites: int = Field(20, ge=1, le=200)
     generator: Literal["auto", "diffusion", "unimdm", "template"] = Field(
         "auto", description="structure generator for a formula: 'auto' = GenMS diffusion samples (Uni-MDM's "
@@ -161,6 +168,8 @@ class SearchSpec(BaseModel):
             parts.append("dense")
         if self.spacegroup:
             parts.append(f"space group {self.spacegroup}")
+        if self.n_elements:
+            parts.append(f"{self.n_elements} elements")
         return "; ".join(parts)
 
 
@@ -181,20 +190,10 @@ SUPPORTED = (
     "'metallic'), a density ('density near 5 g/cm3'), a space group, and a count ('five ...')."
 )
 
-_LANTHANIDES = frozenset("La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu".split())
-# Groups people name when excluding ("without rare earths", "toxic-element-free").
-ELEMENT_GROUPS: dict[str, frozenset[str]] = {
-    r"rare[- ]earths?": _LANTHANIDES | {"Sc", "Y"},
-    r"lanthanides?": _LANTHANIDES,
-    r"alkali(?:ne)?(?! earth)(?: metals?)?": frozenset({"Li", "Na", "K", "Rb", "Cs"}),
-    r"alkaline[- ]earths?(?: metals?)?": frozenset({"Be", "Mg", "Ca", "Sr", "Ba"}),
-    r"(?:noble|precious) metals?": frozenset({"Ru", "Rh", "Pd", "Ag", "Os", "Ir", "Pt", "Au"}),
-    r"toxic(?: elements?| metals?)?": frozenset({"Pb", "Cd", "Hg", "As", "Tl", "Be"}),
-    r"radioactive(?: elements?)?": frozenset({"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U", "Np", "Pu"}),
-}
+# Groups people name when excluding ("without rare earths", "toxic-element-free"): tools/data/vocabulary.yaml.
+ELEMENT_GROUPS = vocabulary().element_groups
 _NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())}
 _NUMBER_WORDS.update({"twenty": 20, "fifteen": 15, "thirty": 30, "fifty": 50, "hundred": 100, "dozen": 12})
-_NAME_ALIASES = {"sulphur": "S", "aluminium": "Al", "caesium": "Cs", "cesium": "Cs"}
 # Capitalised words that are element symbols but usually English in a request.
 _AMBIGUOUS_SYMBOLS = {"I", "In", "As", "At", "Be", "He", "No", "Os", "So", "Am", "Bi", "Ca", "Co", "Pa"}
 # A negation word starts a word ('no' in 'nano' or 'mono-layer' does not negate).
@@ -214,7 +213,7 @@ _FREE_SUFFIX = re.compile(r"[\s-]*free\b")  # 'lead-free', 'cobalt free'
 @lru_cache(maxsize=1)
 def _element_names() -> dict[str, str]:
     names = {el.long_name.lower(): el.symbol for el in Element}
-    names.update(_NAME_ALIASES)
+    names.update(vocabulary().element_names)
     return names
 
 
@@ -237,7 +236,7 @@ def _element_mentions(text: str) -> list[tuple[str, int, int]]:
 def _symbol_context(text: str, match: re.Match) -> bool:
     """An ambiguous symbol counts when it sits in a list of elements or a chemical system."""
     before, after = text[max(0, match.start() - 12) : match.start()], text[match.end() : match.end() + 12]
-    return bool(re.search(r"[A-Z][a-z]?\s*(,|and|or|-)\s*$", before) or re.match(r"^\s*(,|-|and\b|or\b)\s*[A-Z][a-z]?", after) or re.search(r"(with|containing|including)\s*$", before))
+    return bool(re.search(r"[A-Z][a-z]?\s*(,|and|or|-)\s*$", before) or re.match(r"^\s*(,|-|and\b|or\b)\s*[A-Z][a-z]?", after) or re.search(r"\b(with|containing|including|of)\s*$", before))
 
 
 class _Negations:
@@ -297,9 +296,9 @@ def family_mentioned(text: str) -> str | None:
 
 
 def _anion_class(text: str) -> str | None:
-    lowered = text.lower()
+    lowered = re.sub(r"\b(oxy|carbo)-", r"\1", text.lower())  # 'oxy-nitride' as 'oxynitride'
     for name in sorted(ANION_CLASSES, key=len, reverse=True):
-        stem = name.replace("sulfide", "sul[fp]hide")
+        stem = name.replace("sulfide", "sul(?:f|ph)ide")  # sulfide or sulphide
         if re.search(rf"\b{stem}s?\b", lowered):
             return name
     return None
@@ -314,12 +313,65 @@ def _novelty(text: str) -> list[str]:
         sets.append("ICSD")
     if re.search(r"not (?:in|on|from) (?:the )?oqmd", lowered):
         sets.append("OQMD")
-    if not sets and re.search(r"\b(novel|new|unknown|undiscovered|unreported|unique|hypothetical)\b", lowered):
+    if not sets and (vocabulary().novelty.search(lowered) or re.search(r"\bunique\b", lowered)):
         sets = ["MP", "ICSD"]
     if re.search(r"\b(?:not|never) (?:found|produced|generated|seen|proposed) (?:before|earlier|already)|"
                  r"\bnot (?:in|from) (?:our |my |the )?(?:earlier|previous|past|other) (?:runs|searches)|\bnew to (?:us|me|genms)\b", lowered):
         sets.append("genms")
     return sets
+
+
+_PREFIXED = re.compile(r"\b(" + "|".join(vocabulary().anion_prefixes) + r")[\s-]?([a-z]+)", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1)
+def _prefixable_words() -> frozenset[str]:
+    """Words an anion prefix may be attached to: family names and aliases, -ate / -ite names."""
+    words = {w for f in FAMILIES for name in (f.name, *f.aliases) for w in [name.replace("_", " ").replace("-", " ").split()[0].lower()]}
+    return frozenset(words | set(vocabulary().oxoanion_names))
+
+
+def _split_prefixes(text: str) -> tuple[str, list[tuple[str, int]]]:
+    """The text with anion prefixes split from the word they qualify ('thiospinel' -> 'thio-spinel'),
+    and (anion, position of the qualified word) for each; prefixes of other words are left alone."""
+    pieces, anions, last = [], [], 0
+    for match in _PREFIXED.finditer(text):
+        word = match.group(2).lower()
+        if not any(word == w or word in (w + "s", w + "es") for w in _prefixable_words()):
+            continue
+        pieces += [text[last:match.start(2)].rstrip(" -"), "-"]
+        anions.append((vocabulary().anion_prefixes[match.group(1).lower()], sum(map(len, pieces))))
+        last = match.start(2)
+    return "".join(pieces) + text[last:], anions
+
+
+def _oxoanions(text: str, negations: "_Negations", prefixed: list[tuple[str, int]]) -> tuple[set[str], set[str], str | None]:
+    """(required, excluded, anion class) from -ate / -ite names: 'a lithium titanate' requires Ti, an oxide;
+    'a thiophosphate' requires P and is a sulfide."""
+    required, excluded, anion_class = set(), set(), None
+    names = vocabulary().oxoanion_names
+    prefix_at = dict((position, anion) for anion, position in prefixed)
+    for match in vocabulary().oxoanions.finditer(text):
+        word = match.group().lower()
+        symbol = names.get(word) or names.get(word[:-1])
+        (excluded if negations.negated(match.start(), match.end()) else required).add(symbol)
+        if anion_class is None:
+            anion_class = SINGLE_ANION_CLASS.get(prefix_at.get(match.start(), "O"))
+    return required, excluded, anion_class
+
+
+def _prefix_anion_class(prefixed: list[tuple[str, int]]) -> str | None:
+    """The single-anion class a prefix names ('seleno-spinel' -> selenide)."""
+    return SINGLE_ANION_CLASS.get(prefixed[0][0]) if prefixed else None
+
+
+def _element_count(text: str) -> int | None:
+    """'binary' 2, 'ternary' 3, 'three-component' 3 ..."""
+    match = vocabulary().counts.search(text)
+    if not match:
+        return None
+    counts = vocabulary().element_counts
+    return counts.get(re.sub(r"[\s-]+", "-", match.group().lower())) or counts.get(re.sub(r"[\s-]+", " ", match.group().lower()))
 
 
 def _band_gap(text: str) -> tuple[float | None, float | None, str | None]:
@@ -409,13 +461,20 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         raise RequestNotUnderstood("empty request. " + SUPPORTED)
     if len(text) > MAX_REQUEST_CHARS:
         raise RequestNotUnderstood(f"request too long ({len(text)} characters; at most {MAX_REQUEST_CHARS})")
+    original, (text, prefixed) = text, _split_prefixes(text)
     negations = _Negations(text)
     required, excluded = set(), set()
     for symbol, start, end in _element_mentions(text):
         (excluded if negations.negated(start, end) else required).add(symbol)
-    for group, members in ELEMENT_GROUPS.items():
-        for match in re.finditer(rf"\b{group}", text, re.IGNORECASE):
+    for pattern, members in ELEMENT_GROUPS:
+        for match in pattern.finditer(text):
             (excluded if negations.negated(match.start(), match.end()) else set()).update(members)
+    named, unwanted, oxide_class = _oxoanions(text, negations, prefixed)
+    required |= named
+    excluded |= unwanted
+    anion_class = _anion_class(text) or _prefix_anion_class(prefixed) or oxide_class
+    if anion_class in vocabulary().mixed_anion_classes:
+        required |= set(ANION_CLASSES[anion_class])
     if re.search(r"\bany (?:other )?anions?\b", text, re.IGNORECASE) and re.search(_NEGATION, text, re.IGNORECASE):
         excluded |= ALL_ANIONS
     system = re.search(r"\b([A-Z][a-z]?(?:-[A-Z][a-z]?){1,5})\b(?![a-z])", text)
@@ -425,13 +484,14 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     ratio = re.search(r"\b([0-9]+(?:\s*:\s*[0-9]+)+)\b", text)
     band_gap, tolerance, electronic = _band_gap(text)
     fields = {
-        "request": text.strip(),
+        "request": original.strip(),
         "family": family_mentioned(text),
         "stoichiometry": re.sub(r"\s", "", ratio.group(1)) if ratio else None,
         "required_elements": sorted(required),
         "allowed_elements": sorted(allowed) if allowed else None,
         "excluded_elements": sorted(excluded),
-        "anion_class": _anion_class(text),
+        "anion_class": anion_class,
+        "n_elements": _element_count(text),
         "novel_against": _novelty(text),
         "band_gap": band_gap,
         "electronic": electronic,
@@ -456,7 +516,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     searchable = [spec.family, spec.stoichiometry, spec.required_elements, spec.allowed_elements, spec.anion_class,
                   spec.band_gap, spec.electronic, spec.spacegroup, spec.density, spec.high_density]
     if not any(searchable):
-        raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {text.strip()!r}. " + SUPPORTED)
+        raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {original.strip()!r}. " + SUPPORTED)
     problems = spec_conflicts(spec)
     if problems:
         raise SpecConflict("the request cannot be satisfied: " + "; ".join(problems))
@@ -501,4 +561,11 @@ def spec_conflicts(spec: SearchSpec) -> list[str]:
         problems.append(f"ratio {spec.stoichiometry} is not a {family.name.replace('_', ' ')} ratio ({ratios})")
     if spec.electronic == "metal" and spec.band_gap:
         problems.append("a metal cannot have a band gap")
+    if spec.n_elements:
+        if len(spec.required_elements) > spec.n_elements:
+            problems.append(f"{len(spec.required_elements)} required elements do not fit a compound of {spec.n_elements} elements")
+        if sizes and spec.n_elements > max(sizes):
+            problems.append(f"{spec.n_elements} elements do not fit a {max(sizes)}-site stoichiometry")
+        if spec.allowed_elements is not None and len(spec.allowed_elements) < spec.n_elements:
+            problems.append(f"the {'-'.join(spec.allowed_elements)} system has fewer than {spec.n_elements} elements")
     return problems

@@ -1,0 +1,77 @@
+"""The offline request reader's vocabulary, loaded from ``tools/data/vocabulary.yaml``.
+
+The words chemists use for anions, oxide families, element counts, novelty and element groups
+are data, so a missing word is added there, not as a code branch in :mod:`tools.spec`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+VOCABULARY_PATH = Path(__file__).with_name("data") / "vocabulary.yaml"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Lower-case words and what they mean (element symbols, counts); patterns are compiled, linear."""
+
+    anion_prefixes: dict[str, str]  # 'thio' -> 'S'
+    oxoanion_names: dict[str, str]  # 'titanate' -> 'Ti'
+    mixed_anion_classes: dict[str, tuple[str, ...]]  # 'oxynitride' -> ('O', 'N')
+    element_counts: dict[str, int]  # 'ternary' -> 3
+    novelty_phrases: tuple[str, ...]
+    element_names: dict[str, str]  # 'sulphur' -> 'S'
+    element_groups: tuple[tuple[re.Pattern, frozenset[str]], ...]
+
+    @property
+    def novelty(self) -> re.Pattern:
+        """Any novelty phrase, as whole words (spaces match any whitespace or a hyphen)."""
+        return _alternation(self.novelty_phrases)
+
+    @property
+    def oxoanions(self) -> re.Pattern:
+        """An -ate / -ite word, singular or plural."""
+        return _alternation(self.oxoanion_names, plural=True)
+
+    @property
+    def counts(self) -> re.Pattern:
+        return _alternation(self.element_counts)
+
+
+@lru_cache(maxsize=16)
+def _compiled(words: tuple[str, ...], plural: bool) -> re.Pattern:
+    spelled = sorted((re.escape(w).replace(r"\ ", r"[\s-]+").replace(r"\-", r"[\s-]?") for w in words), key=len, reverse=True)
+    return re.compile(rf"\b(?:{'|'.join(spelled)}){'s?' if plural else ''}\b", re.IGNORECASE)
+
+
+def _alternation(words, plural: bool = False) -> re.Pattern:
+    return _compiled(tuple(words), plural)
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> Vocabulary:
+    """The vocabulary file, checked: every symbol must be an element."""
+    from pymatgen.core import Element
+
+    data = yaml.safe_load(VOCABULARY_PATH.read_text(encoding="utf-8"))
+    symbols = [*data["anion_prefixes"].values(), *data["oxoanion_names"].values(), *data["element_names"].values(),
+               *(s for members in data["mixed_anion_classes"].values() for s in members),
+               *(s for members in data["element_groups"].values() for s in members)]
+    unknown = sorted({s for s in symbols if not Element.is_valid_symbol(s)})
+    if unknown:
+        raise ValueError(f"{VOCABULARY_PATH.name}: not element symbols: {', '.join(unknown)}")
+    return Vocabulary(
+        anion_prefixes=dict(data["anion_prefixes"]),
+        oxoanion_names=dict(data["oxoanion_names"]),
+        mixed_anion_classes={k: tuple(v) for k, v in data["mixed_anion_classes"].items()},
+        element_counts={k: int(v) for k, v in data["element_counts"].items()},
+        novelty_phrases=tuple(data["novelty_phrases"]),
+        element_names=dict(data["element_names"]),
+        element_groups=tuple((re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE), frozenset(members))
+                             for pattern, members in data["element_groups"].items()),
+    )
