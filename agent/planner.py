@@ -52,6 +52,8 @@ class RequestReading(BaseModel):
     high_density: bool = Field(False, description="the request asks for dense phases")
     spacegroup: int | None = Field(None, description="international space group number (1-230) the request names")
     n_elements: int | None = Field(None, description="number of distinct elements: binary 2, ternary 3, quaternary 4")
+    ignored_words: list[str] = Field(default_factory=list, description="words of the request that no field above can "
+                                     "express (e.g. an application such as 'battery cathode'), at most 20")
 
 
 def spec_from_reading(request: str, reading: RequestReading, overrides: dict) -> tuple[SearchSpec, list[str]]:

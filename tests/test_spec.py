@@ -174,3 +174,14 @@ def screen_one_reason(formula: str, spec) -> str | None:
     from tools.screen import screen_one
 
     return screen_one(formula, spec).reason
+
+
+def test_words_not_understood_are_listed():
+    """The user can tell what the reader did not act on: the words are in the spec and its summary."""
+    spec = parse_request("I am looking for a novel spinel oxide containing Mn for battery cathodes, ideally stable")
+    assert spec.ignored_words == ["battery", "cathodes", "ideally", "stable"]
+    assert spec.summary().endswith("not understood: battery, cathodes, ideally, stable")
+    clean = parse_request("Suggest five unreported thiospinels with Cr, or a ternary oxynitride without rare earths")
+    assert clean.ignored_words == []
+    many = parse_request("a spinel " + " ".join(f"word{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(100)))
+    assert len(many.ignored_words) == 20  # bounded

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pymatgen.core import Element
@@ -25,6 +25,8 @@ from pymatgen.core import Element
 from tools.families import FAMILIES, HALOGENS, get_family
 from tools.limits import MAX_FORMULA_ATOMS, MAX_FORMULA_ELEMENTS, MAX_REQUEST_CHARS
 from tools.vocabulary import vocabulary
+
+MAX_IGNORED_WORDS = 20
 
 ANION_CLASSES: dict[str, frozenset[str]] = {
     "oxide": frozenset({"O"}),
@@ -85,6 +87,9 @@ class SearchSpec(BaseModel):
     spacegroup: int | None = Field(None, ge=1, le=230)
     n_elements: int | None = Field(None, ge=1, le=MAX_FORMULA_ELEMENTS,
                                    description="number of distinct elements ('binary' 2, 'ternary' 3, ...)")
+    ignored_words: list[Annotated[str, Field(max_length=40)]] = Field(
+        default_factory=list, max_length=MAX_IGNORED_WORDS,
+        description="words of the request the reader did not understand (shown to the user)")
     max_sites: int = Field(20, ge=1, le=200)
     generator: Literal["auto", "diffusion", "unimdm", "template"] = Field(
         "auto", description="structure generator for a formula: 'auto' = GenMS diffusion samples (Uni-MDM's "
@@ -170,6 +175,8 @@ class SearchSpec(BaseModel):
             parts.append(f"space group {self.spacegroup}")
         if self.n_elements:
             parts.append(f"{self.n_elements} elements")
+        if self.ignored_words:
+            parts.append("not understood: " + ", ".join(self.ignored_words))
         return "; ".join(parts)
 
 
@@ -365,6 +372,34 @@ def _prefix_anion_class(prefixed: list[tuple[str, int]]) -> str | None:
     return SINGLE_ANION_CLASS.get(prefixed[0][0]) if prefixed else None
 
 
+@lru_cache(maxsize=1)
+def _reader_words() -> frozenset[str]:
+    """Every word the reader acts on or skips: the vocabulary, family names and aliases, anion classes,
+    element names, number and negation words."""
+    words = set(vocabulary().known_words) | set(vocabulary().filler_words) | set(_NUMBER_WORDS) | set(_element_names())
+    words |= {w for f in FAMILIES for name in (f.name, *f.aliases) for w in re.findall(r"[a-z]+", name.lower())}
+    words |= {w for name in ANION_CLASSES for w in (name, name + "s")} | {"sulphide", "sulphides"}
+    words |= {"without", "no", "not", "containing", "excluding", "except", "free", "avoid", "avoiding", "but", "minus"}
+    return frozenset(words)
+
+
+def ignored_words(text: str) -> list[str]:
+    """Words of the request the reader neither acts on nor skips as phrasing (at most MAX_IGNORED_WORDS),
+    so the user sees what was not understood: 'for battery cathodes' -> ['battery', 'cathodes']."""
+    known, seen = _reader_words(), []
+    for match in re.finditer(r"[A-Za-z]+", text):
+        word = match.group()
+        lowered = word.lower()
+        if len(word) < 2 or Element.is_valid_symbol(word) or lowered[:40] in seen:
+            continue
+        if lowered in known or lowered.rstrip("s") in known or lowered.removesuffix("es") in known:
+            continue
+        seen.append(lowered[:40])
+        if len(seen) == MAX_IGNORED_WORDS:
+            break
+    return seen
+
+
 def _element_count(text: str) -> int | None:
     """'binary' 2, 'ternary' 3, 'three-component' 3 ..."""
     match = vocabulary().counts.search(text)
@@ -492,6 +527,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         "excluded_elements": sorted(excluded),
         "anion_class": anion_class,
         "n_elements": _element_count(text),
+        "ignored_words": ignored_words(text),
         "novel_against": _novelty(text),
         "band_gap": band_gap,
         "electronic": electronic,

@@ -27,6 +27,8 @@ class Vocabulary:
     novelty_phrases: tuple[str, ...]
     element_names: dict[str, str]  # 'sulphur' -> 'S'
     element_groups: tuple[tuple[re.Pattern, frozenset[str]], ...]
+    filler_words: frozenset[str]  # phrasing that decides nothing ('find', 'compounds')
+    known_words: frozenset[str]  # every word of the vocabulary and the reader's own words, lower case
 
     @property
     def novelty(self) -> re.Pattern:
@@ -65,6 +67,11 @@ def vocabulary() -> Vocabulary:
     unknown = sorted({s for s in symbols if not Element.is_valid_symbol(s)})
     if unknown:
         raise ValueError(f"{VOCABULARY_PATH.name}: not element symbols: {', '.join(unknown)}")
+    groups = data["element_groups"]
+    words = {*data["anion_prefixes"], *data["oxoanion_names"], *data["mixed_anion_classes"], *data["element_names"],
+             *data["property_words"], *(w for phrase in [*data["element_counts"], *data["novelty_phrases"]]
+                                        for w in re.findall(r"[a-z]+", phrase)),
+             *(w for pattern in groups for w in re.findall(r"[a-z]+", pattern))}
     return Vocabulary(
         anion_prefixes=dict(data["anion_prefixes"]),
         oxoanion_names=dict(data["oxoanion_names"]),
@@ -73,5 +80,7 @@ def vocabulary() -> Vocabulary:
         novelty_phrases=tuple(data["novelty_phrases"]),
         element_names=dict(data["element_names"]),
         element_groups=tuple((re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE), frozenset(members))
-                             for pattern, members in data["element_groups"].items()),
+                             for pattern, members in groups.items()),
+        filler_words=frozenset(str(w).lower() for w in data["filler_words"]),
+        known_words=frozenset(str(w).lower() for w in words),
     )
