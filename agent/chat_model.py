@@ -1,9 +1,10 @@
 """The offline planner as a LangChain chat model: deterministic rules that emit tool calls.
 
 It reads the user's last message and calls the tool that fits (a formula question ->
-``check_formulas``, a CIF file -> ``check_structure`` or ``score_structures``, "propose" ->
-``propose_formulas``, a crystal request -> ``search_materials``), then turns the tool's result
-into a short answer. The same agent graph runs it or Claude; nothing downstream can tell.
+``check_formulas``, a property question about a known material -> ``lookup_material``, a CIF
+file -> ``check_structure`` or ``score_structures``, "propose" -> ``propose_formulas``, a crystal
+request -> ``search_materials``), then turns the tool's result into a short answer. The same
+agent graph runs it or Claude; nothing downstream can tell.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from tools.spec import RequestNotUnderstood, SpecConflict, family_mentioned, par
 from tools.structure import StructureError, read_text_file
 
 HELP = (
-    "I can check formulas ('is LiMn2O4 known?'), check or score a CIF file ('score examples/SrTiO3.cif'), "
+    "I can check formulas ('is LiMn2O4 known?'), look up known materials ('band gap of anatase TiO2', 'is rutile "
+    "stable?'), check or score a CIF file ('score examples/SrTiO3.cif'), "
     "propose formulas ('propose a lead-free halide perovskite'), and run a full search "
     "('find a novel spinel oxide containing Mn'), look things up ('what is the Goldschmidt tolerance factor?') and "
     "recall earlier results ('show me the spinels we found'). I am the offline planner: no network needed."
@@ -68,6 +70,44 @@ _RECALL = re.compile(r"\b(we|you|i) (?:have )?(?:found|generated|produced|made|d
 _ABOUT_GENMS = re.compile(r"\b(you|genms)\b.*\b(do|help|work)\b|^\s*help\b", re.I)
 
 
+# Property questions about a known material go to lookup_material ("band gap of GaAs", "is rutile stable?").
+_PROPERTY = re.compile(
+    r"\b(band[\s-]?gaps?|gaps?|formation[\s-]energ(?:y|ies)|energy above (?:the )?hull|e[_ ]?hull|hull|stable|stability|"
+    r"space[\s-]?groups?|symmetry|polymorphs?|phases?|propert(?:y|ies)|structure|lattice|crystal system)\b", re.I)
+_ABOUT = re.compile(r"^\s*(?:what(?:'s|\s+is|\s+are)|tell\s+me\s+about|describe)\s", re.I)
+_NOT_KNOWN = re.compile(r"\b(novel|new|hypothetical|undiscovered|unreported)\b", re.I)
+_ARTICLE_BEFORE = re.compile(r"\b(a|an|any|some|other)\s*$", re.I)
+_TYPE_AFTER = re.compile(r"^(?:[\s-]*(?:type|types|structures?|famil(?:y|ies)|oxides?|compounds?|materials?|analogues?|like)\b|s\b)",
+                         re.I)
+LOOKUP_LIMIT = 10
+
+
+def _named_polymorph(text: str) -> str | None:
+    """A polymorph named as a material ('is rutile stable?'), not as a kind ('a rutile-type oxide', 'spinels')."""
+    from tools.lookup import find_polymorph_names
+
+    for name, before, after in find_polymorph_names(text):
+        if not _ARTICLE_BEFORE.search(before[-20:]) and not _TYPE_AFTER.match(after):
+            return name
+    return None
+
+
+def _lookup_request(text: str, formulas: list[str]) -> dict | None:
+    """lookup_material's arguments for a property question about a known material, else None."""
+    if _NOT_KNOWN.search(text):
+        return None
+    name = _named_polymorph(text)
+    if not formulas and not name:
+        return None
+    if _PROPERTY.search(text):
+        if _SEARCH_WORDS.search(text) and not _QUESTION.search(text) and not re.search(r"\b(of|for)\b", text, re.I):
+            return None  # "find perovskites like SrTiO3 with a band gap near 3 eV" is a search
+    elif not (_ABOUT.match(text) and (formulas or not family_mentioned(text))):
+        return None  # "what is LiFePO4?", "what is anatase?"; but "what is rutile?" describes the family
+    subject = f"{name} {formulas[0]}" if name and formulas else (name or formulas[0])
+    return {"formula": subject, "limit": LOOKUP_LIMIT}
+
+
 def _understood(text: str) -> tuple[bool, str | None]:
     """(the text reads as a search request, the conflict that stops it if any)."""
     try:
@@ -98,6 +138,9 @@ def plan(text: str) -> AIMessage:
     if _RECALL.search(text):
         return _tool_call("recall_candidates", {"query": text, "k": 20})
     formulas = _formulas(text)
+    looked_up = _lookup_request(text, formulas)
+    if looked_up:
+        return _tool_call("lookup_material", looked_up)
     if _QUESTION.search(text) or (formulas and not _SEARCH_WORDS.search(text)):
         if formulas:
             return _tool_call("check_formulas", {"formulas": formulas})
@@ -164,6 +207,56 @@ def _summarise_recalled(candidates: list[dict], query: str) -> str:
     return "\n".join(lines)
 
 
+def _polymorph_label(p: dict) -> str:
+    return ", ".join([*p["names"], p["material_id"], p["spacegroup_symbol"] or "space group not computed"])
+
+
+def _polymorph_numbers(p: dict, short: bool = False) -> str:
+    parts = []
+    if p["band_gap"] is not None:
+        parts.append(f"{'gap' if short else 'PBE band gap'} {p['band_gap']:.2f} eV")
+    if p["formation_energy_per_atom"] is not None:
+        parts.append(f"{'E_f' if short else 'formation energy'} {p['formation_energy_per_atom']:.3f} eV/atom")
+    if p["e_above_hull"] is not None:
+        if short:
+            parts.append(f"E_hull {p['e_above_hull']:.3f} eV/atom")
+        else:
+            parts.append("on the MP hull (0 eV/atom above it)" if p["e_above_hull"] <= 0
+                         else f"{p['e_above_hull']:.3f} eV/atom above the MP hull")
+    return ", ".join(parts) or "no energies or band gap in the data"
+
+
+def _summarise_lookup(r: dict) -> str:
+    polymorphs = r["polymorphs"]
+    if not polymorphs:
+        lines = [r["message"]]
+    else:
+        first = polymorphs[0]
+        lines = [f"{r['formula']} ({_polymorph_label(first)}): {_polymorph_numbers(first)}; source: {first['source']}."]
+        if r["polymorph_name"] and not first["match"]:
+            lines.append(r["message"])
+        on_hull = [p for p in polymorphs if p["e_above_hull"] is not None]
+        lowest = min(on_hull, key=lambda p: p["e_above_hull"]) if on_hull else None
+        if first["e_above_hull"] and lowest and lowest["e_above_hull"] < first["e_above_hull"]:
+            lines.append(f"The lowest-energy entry is {_polymorph_label(lowest)} ({lowest['e_above_hull']:.3f} eV/atom above the hull).")
+        others = polymorphs[1:6]
+        if others:
+            more = "; ..." if r["n_polymorphs"] > 1 + len(others) else ""
+            lines.append("Other polymorphs: " + "; ".join(f"{_polymorph_label(p)} ({_polymorph_numbers(p, short=True)})"
+                                                          for p in others) + more)
+        lines.append(f"{r['n_polymorphs']} MP entr{'y' if r['n_polymorphs'] == 1 else 'ies'} in all; known in "
+                     f"{', '.join(r['known_in']) or 'none of MP, ICSD, OQMD'}.")
+    matbench = r.get("matbench") or {}
+    values = [f"{label} {v['min']:.3f} to {v['max']:.3f} {unit}" for key, label, unit in
+              (("formation_energy_per_atom", "formation energy", "eV/atom"), ("band_gap", "band gap", "eV"))
+              if (v := matbench.get(key))]
+    if values:
+        lines.append(f"Matbench (composition level, all MP entries of {r['formula']}): {'; '.join(values)}.")
+    lines.append("Band gaps are PBE (GGA/GGA+U) values, which underestimate measured gaps; energies are MP GGA/GGA+U "
+                 "(MP2020-corrected in MP-20). Data: Materials Project (CC BY 4.0) via MP-20 and a 2018 snapshot; Matbench.")
+    return "\n".join(lines)
+
+
 def summarise(tool_name: str, content: str) -> str:
     """A short answer from a tool's JSON result."""
     try:
@@ -189,6 +282,8 @@ def summarise(tool_name: str, content: str) -> str:
         return "\n".join([head] + [f"- {p['formula']} (score {p['score']:.2f}): {p['rationale']}" for p in passed[:10]])
     if tool_name == "search_materials":
         return _summarise_search(result)
+    if tool_name == "lookup_material":
+        return _summarise_lookup(result)
     if tool_name == "recall_candidates":
         return _summarise_recalled(result["candidates"], result["query"])
     if tool_name == "retrieve_knowledge":

@@ -240,6 +240,62 @@ def _print_errors(items) -> None:
             console.print(f"[red]{safe(label)}:[/red] {safe(error)}")
 
 
+@app.command()
+def lookup(
+    formula: Annotated[list[str], typer.Argument(help="A formula, optionally with a polymorph name: TiO2, 'anatase TiO2', calcite.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100, help="Show at most this many polymorphs.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Known properties of a material from the shared MP data: polymorphs, space groups, energies, band gaps."""
+    from generators.datasets import DataNotFoundError
+    from tools.formula import FormulaError
+    from tools.lookup import lookup as look_up
+
+    text = " ".join(formula)
+    try:
+        with err_console.status("looking up the shared MP data..."):
+            result = look_up(text, limit=limit)
+    except FormulaError as exc:
+        fail_as(as_json, str(exc), code=2, query=text)
+    except DataNotFoundError as exc:
+        fail_as(as_json, str(exc), code=1, query=text)
+    if as_json:
+        _emit_json(result)
+        return
+    _print_lookup(result)
+
+
+def _print_lookup(result: dict) -> None:
+    asked = f" ({safe(result['polymorph_name'])})" if result["polymorph_name"] else ""
+    title = f"{safe(result['formula'])}{asked}: {result['n_polymorphs']} Materials Project entries"
+    if result["truncated"]:
+        title += f" (showing {len(result['polymorphs'])})"
+    if result["polymorphs"]:
+        table = Table(title=title)
+        for column in ("material_id", "name", "space group", "E_f (eV/atom)", "E_hull (eV/atom)", "band gap (eV)", "sites", "data"):
+            table.add_column(column)
+        for p in result["polymorphs"]:
+            group = f"{p['spacegroup_symbol']} ({p['spacegroup_number']})" if p["spacegroup_number"] else "-"
+            name = ", ".join(p["names"]) or "-"
+            data = f"{p['dataset']} {p['split']}" if p["split"] else p["dataset"]
+            table.add_row(
+                f"[bold]{safe(p['material_id'])}[/bold]" if p["match"] else safe(p["material_id"]), safe(name), safe(group),
+                _number(p["formation_energy_per_atom"]), _number(p["e_above_hull"]), _number(p["band_gap"], 2),
+                safe(p["n_sites"] or "-"), safe(data),
+            )
+        console.print(table)
+    console.print(safe(result["message"]))
+    console.print(f"known in: {safe(', '.join(result['known_in'])) or 'none of MP, ICSD, OQMD'}")
+    matbench = result["matbench"]
+    for key, label, unit in (("formation_energy_per_atom", "formation energy", "eV/atom"), ("band_gap", "band gap", "eV")):
+        values = matbench.get(key)
+        if values:
+            console.print(f"Matbench {label}: {_number(values['min'])} to {_number(values['max'])} {unit} over {values['n']} entries")
+    if result["polymorph_note"]:
+        console.print(f"[dim]{safe(result['polymorph_name'])}: {safe(result['polymorph_note'])}[/dim]")
+    console.print(f"[dim]{safe(result['note'])}[/dim]")
+
+
 @formula_app.command("propose")
 def formula_propose(
     request: Annotated[str, typer.Argument(help="What you want, e.g. 'a novel spinel oxide containing Mn'.")],

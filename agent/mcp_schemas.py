@@ -23,6 +23,8 @@ from tools.limits import (
     MAX_EXCLUDED_FORMULAS,
     MAX_FORMULA_LENGTH,
     MAX_FORMULAS,
+    MAX_LOOKUP_CHARS,
+    MAX_LOOKUP_ROWS,
     MAX_QUERY_CHARS,
     MAX_REQUEST_CHARS,
     MAX_STRUCTURES,
@@ -68,6 +70,8 @@ PassageCount = Annotated[int, Field(ge=1, le=MAX_PASSAGES, description="How many
 RecallQuery = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to recall, e.g. 'the spinels we found'.")]
 RecallCount = Annotated[int, Field(ge=1, le=MAX_RECALLED, description="How many candidates.")]
 RecallFamily = Annotated[str, Field(min_length=1, max_length=60, description="Only this crystal family, e.g. 'spinel' (a family named in the query also filters).")]
+LookupText = Annotated[str, Field(min_length=1, max_length=MAX_LOOKUP_CHARS, description="A known material's formula, optionally with a polymorph name: 'TiO2', 'anatase TiO2', 'wurtzite ZnO', 'calcite'.")]
+LookupLimit = Annotated[int, Field(ge=1, le=MAX_LOOKUP_ROWS, description="How many polymorphs (MP entries) to return at most.")]
 RunLimit = Annotated[int, Field(ge=1, le=200, description="How many runs, newest first.")]
 RunId = Annotated[str, Field(min_length=1, max_length=200, description="A run id from list_runs or search_materials.")]
 
@@ -275,3 +279,35 @@ class RecalledCandidate(_Open):
 class RecallCandidatesOutput(_Open):
     query: str
     candidates: list[RecalledCandidate]
+
+
+class Polymorph(_Open):
+    material_id: str
+    dataset: str = Field(description="mp20 (MP-20) or mp2018 (the 2018 MP snapshot).")
+    split: str | None = Field(None, description="The MP-20 split (train, val, test) of an mp20 entry.")
+    spacegroup_number: int | None = None
+    spacegroup_symbol: str | None = None
+    spacegroup_source: str | None = Field(None, description="MP-20, or spglib (symprec 0.1 Å, computed from the MP structure); null: not computed.")
+    formation_energy_per_atom: float | None = Field(None, description="eV/atom (MP2020-corrected GGA/GGA+U for mp20 entries).")
+    band_gap: float | None = Field(None, description="eV, PBE (GGA/GGA+U): underestimates measured gaps.")
+    e_above_hull: float | None = Field(None, description="eV/atom above the MP hull (mp20 entries only).")
+    n_sites: int | None = None
+    names: list[str] = Field(default_factory=list, description="Common names of this polymorph (anatase, rutile ...).")
+    match: bool = Field(False, description="The polymorph the look-up named.")
+    source: str | None = None
+
+
+class LookupOutput(_Open):
+    query: str
+    formula: str = Field(description="The reduced formula looked up.")
+    polymorph_name: str | None = Field(None, description="The polymorph name read from the query, if any.")
+    polymorph_spacegroups: list[int] = Field(default_factory=list)
+    polymorph_note: str | None = None
+    n_polymorphs: int = Field(description="MP entries of the formula in the shared data (all, not only those returned).")
+    truncated: bool
+    polymorphs: list[Polymorph] = Field(description="The named polymorph first, then by energy above hull and formation energy.")
+    matbench: dict[str, Any] = Field(description="Matbench composition-level formation energies (eV/atom) and band gaps (eV): n, min, max, values.")
+    known_in: list[str] = Field(description="Which of MP, ICSD, OQMD hold the reduced formula.")
+    message: str
+    note: str = Field(description="What the numbers mean (PBE gaps, corrections) and the data sources.")
+    sources: list[str] = Field(default_factory=list)

@@ -22,7 +22,8 @@ from tools.claude_proposer import propose
 from tools.families import FAMILIES
 from tools.formula import FormulaError, parse_formula
 from tools.proposer import Proposal, propose_offline
-from tools.spec import ANION_CLASSES, SearchSpec, SpecConflict, parse_request, spec_conflicts
+from tools.spec import ANION_CLASSES, SearchSpec, SpecConflict, application_fields, parse_request, spec_conflicts
+from tools.vocabulary import vocabulary
 
 log = logging.getLogger(__name__)
 RETRIEVED_PASSAGES = 4
@@ -31,6 +32,7 @@ SEARCHABLE = ("family", "stoichiometry", "required_elements", "allowed_elements"
 
 FamilyName = Literal[tuple(f.name for f in FAMILIES)]  # type: ignore[valid-type]
 AnionClass = Literal[tuple(ANION_CLASSES)]  # type: ignore[valid-type]
+ApplicationName = Literal[tuple(a.name for a in vocabulary().applications)]  # type: ignore[valid-type]
 
 
 class RequestReading(BaseModel):
@@ -52,6 +54,7 @@ class RequestReading(BaseModel):
     high_density: bool = Field(False, description="the request asks for dense phases")
     spacegroup: int | None = Field(None, description="international space group number (1-230) the request names")
     n_elements: int | None = Field(None, description="number of distinct elements: binary 2, ternary 3, quaternary 4")
+    application: ApplicationName | None = Field(None, description="the application the request names, if any")
     ignored_words: list[str] = Field(default_factory=list, description="words of the request that no field above can "
                                      "express (e.g. an application such as 'battery cathode'), at most 20")
 
@@ -62,7 +65,13 @@ def spec_from_reading(request: str, reading: RequestReading, overrides: dict) ->
     base = {**overrides, "request": request}
     SearchSpec(**base)  # the caller's own fields must be valid on their own
     kept, notes = {}, []
-    for name, value in reading.model_dump(exclude_none=True).items():
+    values = reading.model_dump(exclude_none=True)
+    if reading.application:  # the application's constraints, as the offline reader applies them
+        implied = application_fields(request, set(reading.required_elements), set(reading.excluded_elements), reading.application)
+        values["required_elements"] = sorted(set(values.get("required_elements", [])) | set(implied.pop("required_elements", [])))
+        values["excluded_elements"] = sorted(set(values.get("excluded_elements", [])) | set(implied.pop("excluded_elements", [])))
+        values = {**{k: v for k, v in implied.items() if v is not None}, **values}
+    for name, value in values.items():
         if name in overrides or value == [] or value is False:  # empty: the request does not say (0 eV is a value)
             continue
         try:

@@ -96,10 +96,26 @@ def test_chat_session_through_a_terminal(tmp_path):
         ("show me the spinels we found", "recall_candidates"),
         ("what did earlier runs give for Mn oxides?", "recall_candidates"),
         ("what is the Goldschmidt tolerance factor?", "retrieve_knowledge"),
+        ("what is the band gap of anatase TiO2?", "lookup_material"),
+        ("band gap of GaAs", "lookup_material"),
+        ("what is the formation energy of LiFePO4", "lookup_material"),
+        ("is rutile stable?", "lookup_material"),
+        ("what space group does NaCl have", "lookup_material"),
+        ("tell me about LiCoO2's polymorphs", "lookup_material"),
+        ("what is anatase?", "lookup_material"),
+        ("what is a perovskite?", "describe_family"),
+        ("find perovskites like SrTiO3 with a band gap near 3 eV", "search_materials"),
+        ("find a stable rutile-type oxide containing Sn", "search_materials"),
     ],
 )
 def test_offline_planner_routes_messages(message_text, tool):
     assert plan(message_text).tool_calls[0]["name"] == tool
+
+
+def test_offline_planner_looks_up_the_named_polymorph():
+    assert plan("what is the band gap of anatase TiO2?").tool_calls[0]["args"]["formula"] == "anatase TiO2"
+    assert plan("is rutile stable?").tool_calls[0]["args"]["formula"] == "rutile"
+    assert plan("tell me about LiCoO2's polymorphs").tool_calls[0]["args"]["formula"] == "LiCoO2"
 
 
 def test_offline_planner_explains_what_it_cannot_do():

@@ -11,7 +11,7 @@ def test_tools_expose_bounded_schemas():
     tools = {tool.name: tool for tool in chemistry_tools()}
     assert set(tools) == {
         "check_formulas", "check_structure", "score_structures", "propose_formulas", "generate_template_structures",
-        "describe_family", "retrieve_knowledge", "recall_candidates",
+        "describe_family", "retrieve_knowledge", "recall_candidates", "lookup_material",
     }
     schema = tools["score_structures"].tool_call_schema.model_json_schema()
     assert schema["properties"]["fmax"]["maximum"] == 1.0

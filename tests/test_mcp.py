@@ -35,7 +35,7 @@ CANCELLED_REQUEST = "a novel pyrochlore oxide"
 BIG = {"proposals": 40, "formulas": 10, "structures": 4, "rounds": 5, "relax_steps": 200, "results": 30}
 STOPPED = "search cancelled by the client; stopped"
 TOOLS = {"search_materials", "propose_formulas", "check_formulas", "check_structure", "generate_structures",
-         "score_structures", "retrieve_knowledge", "recall_candidates", "list_runs", "get_run"}
+         "score_structures", "retrieve_knowledge", "recall_candidates", "list_runs", "get_run", "lookup_material"}
 CIF_TRIAL = """data_SrTiO3
 _cell_length_a 3.905
 _cell_length_b 3.905
@@ -168,6 +168,9 @@ def test_lists_tools_with_bounded_schemas(mcp):
     recall = tools["recall_candidates"].input_schema["properties"]
     assert recall["query"]["maxLength"] == 2000 and recall["k"]["maximum"] == 500 and "good_only" in recall
     assert tools["retrieve_knowledge"].input_schema["properties"]["k"]["maximum"] == 50
+    lookup = tools["lookup_material"]
+    assert lookup.input_schema["properties"]["formula"]["maxLength"] == 200 and lookup.input_schema["properties"]["limit"]["maximum"] == 100
+    assert lookup.annotations.read_only_hint and not lookup.annotations.open_world_hint
     templates = {t.uri_template for t in mcp.run(mcp.client.list_resource_templates).resource_templates}
     assert templates == {"genms://runs/{run_id}/report.md", "genms://runs/{run_id}/results.json",
                          "genms://runs/{run_id}/cifs/{name}"}
@@ -208,6 +211,12 @@ def test_chemistry_tools(mcp):
     assert generated["structures"][0]["prototype"] and "_cell_length_a" in generated["structures"][0]["cif"]
     randomised = mcp.call("generate_structures", {"formula": "Li2MnO3", "generator": "random_symmetric", "n": 1, "seed": 1})
     assert not randomised.is_error and randomised.structured_content["structures"][0]["generator"] == "random_symmetric"
+
+    looked = mcp.call("lookup_material", {"formula": "anatase TiO2", "limit": 3})
+    assert not looked.is_error, looked.content
+    anatase = looked.structured_content["polymorphs"][0]
+    assert anatase["material_id"] == "mp-390" and anatase["spacegroup_number"] == 141 and anatase["match"]
+    assert anatase["band_gap"] == pytest.approx(2.0625, abs=1e-4) and "MP" in looked.structured_content["known_in"]
 
     scored = mcp.call("score_structures", {"cifs": [CIF_TRIAL, "not a cif"], "relax": True, "max_steps": 2})
     first, second = scored.structured_content["results"]
@@ -269,6 +278,8 @@ def test_recall_candidates_finds_the_recorded_search(mcp, searched):
     ("recall_candidates", {"query": ""}, "at least 1 character"),
     ("recall_candidates", {"query": "spinels", "k": 501}, "less than or equal to 500"),
     ("recall_candidates", {"query": "x", "family": "quasicrystal"}, "unknown crystal family 'quasicrystal'"),
+    ("lookup_material", {"formula": "Xx2O3"}, "unknown element 'Xx' in 'Xx2O3'"),
+    ("lookup_material", {"formula": "TiO2", "limit": 101}, "less than or equal to 100"),
 ])
 def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(mcp, tool, arguments, says):
     result = mcp.call(tool, arguments)

@@ -388,6 +388,7 @@ class _Broken:
     ("propose_formulas", "tools.langchain_tools.propose_formulas", {"request": "a spinel oxide", "n": 2}),
     ("retrieve_knowledge", "tools.langchain_tools.retrieve_knowledge", {"query": "spinel"}),
     ("recall_candidates", "tools.langchain_tools.recall_candidates", {"query": "spinels"}),
+    ("lookup_material", "tools.lookup.lookup", {"formula": "TiO2"}),
     ("search_materials", "agent.search.run_search", {"request": "a spinel oxide", "proposals": 2, "formulas": 1,
                                                      "structures": 1, "rounds": 1, "relax_steps": 0}),
     ("list_runs", "agent.mcp_server._store", {}),

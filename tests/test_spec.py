@@ -178,10 +178,47 @@ def screen_one_reason(formula: str, spec) -> str | None:
 
 def test_words_not_understood_are_listed():
     """The user can tell what the reader did not act on: the words are in the spec and its summary."""
-    spec = parse_request("I am looking for a novel spinel oxide containing Mn for battery cathodes, ideally stable")
-    assert spec.ignored_words == ["battery", "cathodes", "ideally", "stable"]
-    assert spec.summary().endswith("not understood: battery, cathodes, ideally, stable")
+    spec = parse_request("I am looking for a novel spinel oxide containing Mn for a museum display, ideally stable")
+    assert spec.ignored_words == ["museum", "display", "ideally", "stable"]
+    assert spec.summary().endswith("not understood: museum, display, ideally, stable")
     clean = parse_request("Suggest five unreported thiospinels with Cr, or a ternary oxynitride without rare earths")
     assert clean.ignored_words == []
     many = parse_request("a spinel " + " ".join(f"word{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(100)))
     assert len(many.ignored_words) == 20  # bounded
+
+
+@pytest.mark.parametrize(
+    ("request_text", "expected"),
+    [
+        ("a novel oxide for battery cathodes", {"application": "battery cathode", "required_elements": ["Li"],
+                                                "required_any": [["Co", "Cr", "Cu", "Fe", "Mn", "Mo", "Nb", "Ni", "Ti", "V"]]}),
+        ("a cobalt-free Na-ion cathode material", {"required_elements": ["Na"], "excluded_elements": ["Co"],
+                                                   "required_any": [["Cr", "Cu", "Fe", "Mn", "Mo", "Nb", "Ni", "Ti", "V"]]}),
+        ("a lithium ionic conductor", {"application": "solid electrolyte", "electronic": None, "band_gap": 4.0,
+                                       "required_elements": ["Li"]}),  # an ionic conductor is not a metal
+        ("a lead-free halide perovskite for solar absorbers", {"application": "solar absorber", "band_gap": 1.4,
+                                                               "band_gap_tolerance": 0.4, "excluded_elements": ["Pb"]}),
+        ("a solar absorber with a band gap near 1.1 eV", {"band_gap": 1.1}),  # the request's own number wins
+        ("a transparent conducting oxide", {"application": "transparent conductor", "anion_class": "oxide", "electronic": None}),
+        ("a permanent magnet", {"electronic": "metal", "required_any": [["Co", "Fe", "Mn", "Ni"]], "ignored_words": []}),
+    ],
+)
+def test_applications_become_constraints(request_text, expected):
+    spec = parse_request(request_text)
+    for field, value in expected.items():
+        assert getattr(spec, field) == value, (request_text, field, getattr(spec, field))
+    assert f"for {spec.application}" in spec.summary()
+
+
+def test_application_proposals_meet_the_constraints():
+    from tools.proposer import propose_offline
+    from tools.screen import screen
+    from tools.vocabulary import vocabulary
+
+    for application in vocabulary().applications:  # every application's own name reads as that application
+        assert parse_request(f"a {application.name}").application == application.name
+    for request in ("a novel oxide for battery cathodes", "a permanent magnet without rare earths"):
+        spec = parse_request(request)
+        screened = screen(propose_offline(spec, 10, seed=0), spec)
+        assert len(screened) == 10 and all(s.passed for s in screened), [(s.formula, s.reason) for s in screened]
+    assert screen_one_reason("LiAlO2", parse_request("a cathode oxide")).startswith("needs one of Co, Cr, Cu")

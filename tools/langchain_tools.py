@@ -10,6 +10,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from tools.checks import check_formulas, check_structure_isolated
+from tools.limits import MAX_LOOKUP_CHARS, MAX_LOOKUP_ROWS
 from tools.relaxation import FMAX_RANGE, MAX_STEPS_RANGE
 from tools.scoring import score_texts
 from tools.structure import MAX_CIF_BYTES
@@ -63,6 +64,26 @@ class RecallCandidatesInput(BaseModel):
     k: int = Field(10, ge=1, le=500, description="How many candidates.")
     family: str | None = Field(None, max_length=50, description="Only this catalogue family (also read from the query).")
     good_only: bool = Field(False, description="Only candidates that passed every check.")
+
+
+class LookupMaterialInput(BaseModel):
+    formula: str = Field(
+        min_length=1, max_length=MAX_LOOKUP_CHARS,
+        description="A known material's formula, optionally with a polymorph name: 'TiO2', 'anatase TiO2', 'wurtzite ZnO', 'calcite'.",
+    )
+    limit: int = Field(10, ge=1, le=MAX_LOOKUP_ROWS, description="How many polymorphs (MP entries) to return at most.")
+
+
+def lookup_material(formula: str, limit: int = 10) -> dict:
+    """Known properties of a material from the shared MP data; ``error`` for text that is not a formula."""
+    from generators.datasets import DataNotFoundError
+    from tools.formula import FormulaError
+    from tools.lookup import lookup
+
+    try:
+        return lookup(formula, limit=limit)
+    except (FormulaError, DataNotFoundError) as exc:
+        return {"error": str(exc), "query": formula}
 
 
 def retrieve_knowledge(query: str, k: int = 5) -> dict:
@@ -236,9 +257,23 @@ recall_candidates_tool = StructuredTool.from_function(
 )
 
 
+lookup_material_tool = StructuredTool.from_function(
+    func=lookup_material,
+    name="lookup_material",
+    description=(
+        "Look up a known material in the Materials Project data (MP-20 and a 2018 snapshot): its polymorphs with "
+        "MP id, space group, formation energy (eV/atom), PBE band gap (eV, underestimates experiment), energy above "
+        "the hull (eV/atom), plus Matbench composition-level values and whether MP/ICSD/OQMD know the formula. Use it "
+        "for 'what is the band gap of ...', 'is rutile stable?', 'what space group does NaCl have'. A polymorph name "
+        "may precede the formula ('anatase TiO2') and is then listed first (match: true)."
+    ),
+    args_schema=LookupMaterialInput,
+)
+
+
 def chemistry_tools() -> list[BaseTool]:
     """The tools of this module, for binding to a chat model."""
     return [
         check_formulas_tool, check_structure_tool, score_structures_tool, propose_formulas_tool, generate_template_tool,
-        describe_family_tool, retrieve_knowledge_tool, recall_candidates_tool,
+        describe_family_tool, retrieve_knowledge_tool, recall_candidates_tool, lookup_material_tool,
     ]

@@ -19,6 +19,8 @@ MAX_FORMULA_ELEMENTS = 10
 MIN_FORMULA_COUNT = 0.001  # smallest amount of an element (``H0.0001`` is refused, not rounded to zero)
 MAX_FORMULAS = 500  # formulas in one batch
 MAX_EXCLUDED_FORMULAS = 10_000
+MAX_LOOKUP_CHARS = 200  # one property look-up: a formula, optionally with a polymorph name ('alpha quartz SiO2')
+MAX_LOOKUP_ROWS = 100  # polymorphs one look-up returns, and structures it may parse for their space groups
 
 # --- structure files --------------------------------------------------------------------------------
 MAX_STRUCTURE_BYTES = 2_000_000  # one CIF or POSCAR file

@@ -176,13 +176,22 @@ def _enumerate(spec: SearchSpec, family, template: Template, rng: random.Random,
 
 
 def _place_required(spec, template, choices, rng) -> dict[str, str] | None:
-    """Put each required element on a random site that accepts it; None when impossible."""
+    """Put each required element on a random site that accepts it, then one element of each
+    ``required_any`` group not yet present; None when impossible."""
     assignment: dict[str, str] = {}
     for element in rng.sample(spec.required_elements, len(spec.required_elements)):
         sites = [s.label for s in template.sites if element in choices[s.label] and s.label not in assignment]
         if not sites:
             return None
         assignment[rng.choice(sites)] = element
+    for group in spec.required_any:
+        if set(group) & set(assignment.values()):
+            continue
+        options = [(s.label, el) for s in template.sites if s.label not in assignment for el in group if el in choices[s.label]]
+        if not options:
+            return None
+        site, element = rng.choice(options)
+        assignment[site] = element
     return assignment
 
 
@@ -306,7 +315,12 @@ def _metallic_candidates(spec: SearchSpec, template: Template, rng: random.Rando
     rare = min(shares.values(), default=0.0)
     found = []
     for _ in range(tries):
-        chosen = required + rng.sample([el for el in metals if el not in required], len(labels) - len(required))
+        chosen = list(required)
+        for group in spec.required_any:  # one metal of each group not yet present (a magnet's Fe, Co, Ni or Mn)
+            options = [el for el in group if el in metals and el not in chosen]
+            if not set(group) & set(chosen) and options and len(chosen) < len(labels):
+                chosen.append(rng.choice(options))
+        chosen += rng.sample([el for el in metals if el not in chosen], len(labels) - len(chosen))
         rng.shuffle(chosen)
         negativities = [Element(el).X for el in chosen]
         spread = max(negativities) - min(negativities)

@@ -56,6 +56,9 @@ def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
     missing = set(spec.required_elements) - elements
     if missing:
         return f"missing required {', '.join(sorted(missing))}"
+    for group in spec.required_any:
+        if not elements & set(group):
+            return f"needs one of {', '.join(group)}" + (f" (for {spec.application})" if spec.application else "")
     banned = elements & set(spec.excluded_elements)
     if banned:
         return f"contains excluded {', '.join(sorted(banned))}"

@@ -87,6 +87,10 @@ class SearchSpec(BaseModel):
     spacegroup: int | None = Field(None, ge=1, le=230)
     n_elements: int | None = Field(None, ge=1, le=MAX_FORMULA_ELEMENTS,
                                    description="number of distinct elements ('binary' 2, 'ternary' 3, ...)")
+    application: str | None = Field(None, description="the application the request names (tools/data/vocabulary.yaml)")
+    required_any: list[list[str]] = Field(
+        default_factory=list, max_length=8,
+        description="groups of element symbols: the compound needs at least one element of each (a cathode's redox metal)")
     ignored_words: list[Annotated[str, Field(max_length=40)]] = Field(
         default_factory=list, max_length=MAX_IGNORED_WORDS,
         description="words of the request the reader did not understand (shown to the user)")
@@ -106,6 +110,24 @@ class SearchSpec(BaseModel):
             if not Element.is_valid_symbol(symbol):
                 raise ValueError(f"unknown element {symbol!r}")
         return sorted(set(symbols)) if symbols is not None else None
+
+    @field_validator("required_any")
+    @classmethod
+    def _known_groups(cls, groups):
+        for group in groups:
+            if not group or len(group) > 40:
+                raise ValueError("each group of required_any needs 1-40 element symbols")
+            for symbol in group:
+                if not Element.is_valid_symbol(symbol):
+                    raise ValueError(f"unknown element {symbol!r}")
+        return [sorted(set(group)) for group in groups]
+
+    @field_validator("application")
+    @classmethod
+    def _known_application(cls, name):
+        if name and name not in {a.name for a in vocabulary().applications}:
+            raise ValueError(f"unknown application {name!r}; choose from {', '.join(a.name for a in vocabulary().applications)}")
+        return name
 
     @field_validator("family")
     @classmethod
@@ -175,6 +197,9 @@ class SearchSpec(BaseModel):
             parts.append(f"space group {self.spacegroup}")
         if self.n_elements:
             parts.append(f"{self.n_elements} elements")
+        if self.application:
+            needs = "; ".join("one of " + ", ".join(group) for group in self.required_any)
+            parts.append(f"for {self.application}" + (f" ({needs})" if needs else ""))
         if self.ignored_words:
             parts.append("not understood: " + ", ".join(self.ignored_words))
         return "; ".join(parts)
@@ -214,7 +239,7 @@ _CLAUSE_BREAKS = re.compile(r"[.;]|\bbut\b(?!(?i: not))|\bwith\b|(?<!(?i:not) )\
 # Characters a list of negated elements is written with ('without Co, Ni or Cu'); a comma,
 # then anything else ends the list. Matched case-insensitively like the negations.
 _OUTSIDE_LIST = re.compile(r"[^\sA-Za-z-]", re.IGNORECASE)
-_FREE_SUFFIX = re.compile(r"[\s-]*free\b")  # 'lead-free', 'cobalt free'
+_FREE_SUFFIX = re.compile(r"[\s-]*free\b(?!\s+(?:of|from)\b)")  # 'lead-free', 'cobalt free' (not 'a silicate free of Al')
 
 
 @lru_cache(maxsize=1)
@@ -224,10 +249,34 @@ def _element_names() -> dict[str, str]:
     return names
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9]+")
+_FORMULA_TOKEN = re.compile(r"(?:[A-Z][a-z]?\d*)+")
+
+
+def _masked(text: str) -> str:
+    """The text with what only looks like elements blanked out (same length, so positions hold): family
+    aliases ('zinc blende', 'K2NiF4-type', 'ABX3') and space-group symbols ('Fm-3m', 'P4/nmm')."""
+    chars = list(text)
+    lowered = text.lower()
+    for family in FAMILIES:
+        for alias in family.aliases:
+            if re.search(r"\d|^[a-z]+['\w]*$", alias) and not _element_names().get(alias.split()[0]) and "-" not in alias:
+                continue  # plain word aliases name no element (a 'zinc blende' or a formula-type alias does)
+            for match in re.finditer(rf"(?<![\w']){re.escape(alias)}(?![\w'])", lowered):
+                chars[match.start():match.end()] = " " * (match.end() - match.start())
+    for start, end, _ in _spacegroup_symbols(text):
+        chars[start:end] = " " * (end - start)
+    return "".join(chars)
+
+
 def _element_mentions(text: str) -> list[tuple[str, int, int]]:
-    """(symbol, start, end) of element names and symbols in the request."""
+    """(symbol, start, end) of element names and symbols in the request.
+
+    A symbol inside a longer token counts only when the token is a formula of real elements
+    ('LiFePO4'), not in 'OQMD', 'ICSD' or 'P4mm'; family aliases and space-group symbols are masked."""
     mentions = []
     names = _element_names()
+    text = _masked(text)
     for match in re.finditer(r"[A-Za-z]+", text):
         word = match.group()
         if word.lower() in names and len(word) > 2:
@@ -236,6 +285,11 @@ def _element_mentions(text: str) -> list[tuple[str, int, int]]:
         symbol = match.group(1)
         if not Element.is_valid_symbol(symbol) or symbol in _AMBIGUOUS_SYMBOLS and not _symbol_context(text, match):
             continue
+        token = next(t for t in _TOKEN.finditer(text, max(0, match.start() - 40), match.end() + 40)
+                     if t.start() <= match.start() < t.end()).group()
+        if token != symbol and not (_FORMULA_TOKEN.fullmatch(token)
+                                    and all(Element.is_valid_symbol(s) for s in re.findall(r"[A-Z][a-z]?", token))):
+            continue
         mentions.append((symbol, match.start(), match.end()))
     return sorted(set(mentions), key=lambda m: m[1])
 
@@ -243,7 +297,7 @@ def _element_mentions(text: str) -> list[tuple[str, int, int]]:
 def _symbol_context(text: str, match: re.Match) -> bool:
     """An ambiguous symbol counts when it sits in a list of elements or a chemical system."""
     before, after = text[max(0, match.start() - 12) : match.start()], text[match.end() : match.end() + 12]
-    return bool(re.search(r"[A-Z][a-z]?\s*(,|and|or|-)\s*$", before) or re.match(r"^\s*(,|-|and\b|or\b)\s*[A-Z][a-z]?", after) or re.search(r"\b(with|containing|including|of)\s*$", before))
+    return bool(re.search(r"[A-Z][a-z]?\s*(,|and|or|-)\s*$", before) or re.match(r"^\s*(,|-|and\b|or\b)\s*[A-Z][a-z]?", after) or re.search(r"\b(with|containing|including|of|without|no|excluding|except|not)\s*$", before))
 
 
 class _Negations:
@@ -311,18 +365,22 @@ def _anion_class(text: str) -> str | None:
     return None
 
 
+_DATABASE = r"(?:the\s+)?(?:materials project|mp|icsd|oqmd)\b"
+_NOT_IN_DATABASES = re.compile(rf"not (?:in|on|from|part of|listed in) ({_DATABASE}(?:(?:\s*,\s*(?:or\s+|and\s+)?|\s+or\s+|\s+and\s+|\s+nor\s+){_DATABASE})*)")
+
+
 def _novelty(text: str) -> list[str]:
     lowered = text.lower()
     sets = []
-    if re.search(r"not (?:in|on|from|part of|listed in) (?:the )?(?:materials project|mp)\b", lowered):
-        sets.append("MP")
-    if re.search(r"not (?:in|on|from) (?:the )?icsd", lowered):
-        sets.append("ICSD")
-    if re.search(r"not (?:in|on|from) (?:the )?oqmd", lowered):
-        sets.append("OQMD")
+    for listed in _NOT_IN_DATABASES.finditer(lowered):  # 'not in MP', 'not in the Materials Project, ICSD or OQMD'
+        for name in re.findall(r"materials project|mp|icsd|oqmd", listed.group(1)):
+            database = {"materials project": "MP", "mp": "MP"}.get(name, name.upper())
+            if database not in sets:
+                sets.append(database)
     if not sets and (vocabulary().novelty.search(lowered) or re.search(r"\bunique\b", lowered)):
         sets = ["MP", "ICSD"]
-    if re.search(r"\b(?:not|never) (?:found|produced|generated|seen|proposed) (?:before|earlier|already)|"
+    if re.search(r"\b(?:not|never) (?:found|produced|generated|seen|proposed) (?:before|earlier|already|(?:in|by) (?:our |my |the )?"
+                 r"(?:earlier|previous|past|other) (?:runs|searches))|"
                  r"\bnot (?:in|from) (?:our |my |the )?(?:earlier|previous|past|other) (?:runs|searches)|\bnew to (?:us|me|genms)\b", lowered):
         sets.append("genms")
     return sets
@@ -392,12 +450,37 @@ def ignored_words(text: str) -> list[str]:
         lowered = word.lower()
         if len(word) < 2 or Element.is_valid_symbol(word) or lowered[:40] in seen:
             continue
-        if lowered in known or lowered.rstrip("s") in known or lowered.removesuffix("es") in known:
+        if {lowered, lowered + "s", lowered.rstrip("s"), lowered.removesuffix("es")} & known:
             continue
         seen.append(lowered[:40])
         if len(seen) == MAX_IGNORED_WORDS:
             break
     return seen
+
+
+WORKING_IONS = ("Li", "Na", "K", "Mg", "Ca", "Zn", "Al")
+
+
+def application_fields(text: str, required: set[str], excluded: set[str], name: str | None = None) -> dict:
+    """The spec fields an application in the request implies ('for Na-ion battery cathodes': Na, one
+    redox-active transition metal), or {} when it names none. Elements the request excludes stay out.
+    ``name`` picks the application instead of reading it from the text (Claude's reading)."""
+    for application in vocabulary().applications:
+        if application.name != name if name else not application.pattern.search(text):
+            continue
+        fields: dict = {"application": application.name}
+        named_ions = [ion for ion in WORKING_IONS if ion in required]
+        if application.working_ion and not named_ions:
+            ion = "Na" if re.search(r"\b(?:sodium|na)[- ]ion\b", text, re.IGNORECASE) else application.working_ion
+            if ion not in excluded:
+                fields["required_elements"] = [ion]
+        fields["required_any"] = [[el for el in group if el not in excluded] for group in application.require_any]
+        fields["excluded_elements"] = [el for el in application.exclude if el not in required]
+        if application.band_gap:
+            fields["band_gap"], fields["band_gap_tolerance"] = application.band_gap
+        fields["electronic"], fields["anion_class"] = application.electronic, application.anion_class
+        return fields
+    return {}
 
 
 def _element_count(text: str) -> int | None:
@@ -415,10 +498,12 @@ def _band_gap(text: str) -> tuple[float | None, float | None, str | None]:
     between = re.search(r"band ?gap\D{0,20}?between\s*(\d+(?:\.\d+)?)\s*(?:and|-|to)\s*(\d+(?:\.\d+)?)", lowered)
     if between:
         low, high = float(between.group(1)), float(between.group(2))
-        return (low + high) / 2, max((high - low) / 2, 0.05), None
+        kind = "semiconductor" if re.search(r"\bsemiconduct", lowered) else "insulator" if re.search(r"\binsulat", lowered) else None
+        return (low + high) / 2, max((high - low) / 2, 0.05), kind
     near = re.search(r"band ?gap\D{0,25}?(\d+(?:\.\d+)?)\s*ev", lowered) or re.search(r"(?<!\d)(\d+(?:\.\d+)?)\s*ev\s*band ?gap", lowered)
     if near:
-        return float(near.group(1)), None, None
+        kind = "semiconductor" if re.search(r"\bsemiconduct", lowered) else "insulator" if re.search(r"\binsulat", lowered) else None
+        return float(near.group(1)), None, kind
     if re.search(r"\bwide[- ]?(?:band ?)?gap\b", lowered):
         return 4.0, 1.0, None
     if re.search(r"\b(metal|metallic|conductor)\b", lowered) and not re.search(r"\b(non-?metal|semi-?metal|transition metal)", lowered):
@@ -430,22 +515,51 @@ def _band_gap(text: str) -> tuple[float | None, float | None, str | None]:
     return None, None, None
 
 
-_COUNTED_NOUNS = (
-    r"(?:crystals?|structures?|compounds?|materials?|candidates?|formulae|formulas|options|examples|phases|"
-    r"oxides|halides|chalcogenides|nitrides|alloys|" + "|".join(f.name.replace("_", " ") + "s" for f in FAMILIES) + ")"
-)
+_GENERIC_NOUNS = ("crystals?", "structures?", "compounds?", "materials?", "candidates?", "formulae", "formulas", "options",
+                  "examples", "phases", "alloys", "intermetallics")
+
+
+@lru_cache(maxsize=1)
+def _counted_nouns() -> str:
+    """What a count counts: generic nouns, anion classes, -ate names and family names and aliases, in the plural."""
+    words = {w.replace(" ", "[- ]") + "s" for f in FAMILIES for w in (f.name.replace("_", " "), *f.aliases)
+             if re.fullmatch(r"[a-z -]+", w)}
+    words |= {name + "s" for name in (*ANION_CLASSES, *vocabulary().oxoanion_names)} | {"sulphides"}
+    prefixes = "|".join(vocabulary().anion_prefixes)
+    return f"(?:(?:{prefixes})[- ]?)?(?:" + "|".join([*_GENERIC_NOUNS, *sorted(words, key=len, reverse=True)]) + ")"
 
 
 def _count(text: str) -> int | None:
     """How many results the request asks for ('five diverse spinels', '10 candidates')."""
-    lowered = text.lower()
+    lowered = text.lower().replace("half a dozen", "six")
     number = r"(\d{1,3}|" + "|".join(_NUMBER_WORDS) + ")"
-    match = re.search(rf"(?<![:\d.])\b{number}\s+(?:[a-z0-9-]+\s+){{0,3}}?{_COUNTED_NOUNS}\b(?!\s*:)", lowered)
+    match = re.search(rf"(?<![:\d.])\b{number}\s+(?:[a-z0-9:-]+\s+){{0,3}}?{_counted_nouns()}\b(?!\s*:)", lowered)
     if not match:
         return None
     word = match.group(1)
     value = int(word) if word.isdigit() else _NUMBER_WORDS[word]
     return value if value >= 1 else None
+
+
+_SPACEGROUP_TOKEN = re.compile(r"(?<![\w/-])[PIFCRAB](?:[a-z]{3}|[a-z0-9/_-]*\d[a-z0-9/_-]*|[a-z]?-\d[a-z0-9/_-]*)(?![\w/-])")
+
+
+@lru_cache(maxsize=1)
+def _hermann_mauguin() -> dict[str, int]:
+    """Short Hermann-Mauguin symbol (without '_': 'P42/mnm') -> space group number, from pymatgen's tables."""
+    from pymatgen.symmetry.groups import sg_symbol_from_int_number
+
+    table = {}
+    for number in range(1, 231):
+        table.setdefault(sg_symbol_from_int_number(number).replace("_", ""), number)
+    return table
+
+
+def _spacegroup_symbols(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, number) of Hermann-Mauguin symbols written in the request ('Pnma', 'Fm-3m', 'I4/mmm')."""
+    table = _hermann_mauguin()
+    return [(m.start(), m.end(), table[m.group().replace("_", "")]) for m in _SPACEGROUP_TOKEN.finditer(text)
+            if m.group().replace("_", "") in table]
 
 
 def _spacegroup(text: str) -> int | None:
@@ -461,7 +575,8 @@ def _spacegroup(text: str) -> int | None:
             return SpaceGroup(match.group(1)).int_number
         except ValueError:
             raise RequestNotUnderstood(f"unknown space group symbol {match.group(1)[:40]!r}") from None
-    return None
+    symbols = _spacegroup_symbols(text)
+    return symbols[0][2] if symbols else None
 
 
 def _density(text: str) -> float | None:
@@ -518,6 +633,17 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         allowed = set(system.group(1).split("-"))
     ratio = re.search(r"\b([0-9]+(?:\s*:\s*[0-9]+)+)\b", text)
     band_gap, tolerance, electronic = _band_gap(text)
+    application = application_fields(text, required, excluded)
+    if application:  # the application's constraints; what the request states itself wins
+        required |= set(application.pop("required_elements", []))
+        excluded |= set(application.pop("excluded_elements"))
+        if electronic == "metal" and not re.search(r"\bmetal(?:lic)?\b", text, re.IGNORECASE):
+            electronic = None  # 'conductor' of an ionic or transparent conductor is not a metal
+        if band_gap is not None or electronic is not None:
+            application.pop("band_gap", None), application.pop("band_gap_tolerance", None), application.pop("electronic")
+        if anion_class:
+            application.pop("anion_class")
+        application = {k: v for k, v in application.items() if v is not None}
     fields = {
         "request": original.strip(),
         "family": family_mentioned(text),
@@ -538,6 +664,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     }
     if tolerance is not None:
         fields["band_gap_tolerance"] = tolerance
+    fields.update(application)
     if (count := _count(text)) is not None:
         fields["n_results"] = min(count, 100)
     if (sites := _max_sites(text)) is not None:

@@ -17,6 +17,21 @@ VOCABULARY_PATH = Path(__file__).with_name("data") / "vocabulary.yaml"
 
 
 @dataclass(frozen=True)
+class Application:
+    """What an application asks of a compound, as constraints the search acts on."""
+
+    name: str
+    pattern: re.Pattern
+    why: str
+    working_ion: str | None = None
+    require_any: tuple[tuple[str, ...], ...] = ()
+    exclude: tuple[str, ...] = ()
+    band_gap: tuple[float, float] | None = None  # (target, tolerance) eV
+    electronic: str | None = None
+    anion_class: str | None = None
+
+
+@dataclass(frozen=True)
 class Vocabulary:
     """Lower-case words and what they mean (element symbols, counts); patterns are compiled, linear."""
 
@@ -27,6 +42,7 @@ class Vocabulary:
     novelty_phrases: tuple[str, ...]
     element_names: dict[str, str]  # 'sulphur' -> 'S'
     element_groups: tuple[tuple[re.Pattern, frozenset[str]], ...]
+    applications: tuple[Application, ...]
     filler_words: frozenset[str]  # phrasing that decides nothing ('find', 'compounds')
     known_words: frozenset[str]  # every word of the vocabulary and the reader's own words, lower case
 
@@ -64,11 +80,14 @@ def vocabulary() -> Vocabulary:
     symbols = [*data["anion_prefixes"].values(), *data["oxoanion_names"].values(), *data["element_names"].values(),
                *(s for members in data["mixed_anion_classes"].values() for s in members),
                *(s for members in data["element_groups"].values() for s in members)]
+    groups, applications = data["element_groups"], data["applications"]
+    symbols += [s for app in applications.values() for s in [app.get("working_ion"), *app.get("exclude", []),
+                                                             *(x for g in app.get("require_any", []) for x in g)] if s]
     unknown = sorted({s for s in symbols if not Element.is_valid_symbol(s)})
     if unknown:
         raise ValueError(f"{VOCABULARY_PATH.name}: not element symbols: {', '.join(unknown)}")
-    groups = data["element_groups"]
-    words = {*data["anion_prefixes"], *data["oxoanion_names"], *data["mixed_anion_classes"], *data["element_names"],
+    words = {*(w for app in applications.values() for pattern in app["words"] for w in re.findall(r"[a-z]+", pattern)),
+             *data["anion_prefixes"], *data["oxoanion_names"], *data["mixed_anion_classes"], *data["element_names"],
              *data["property_words"], *(w for phrase in [*data["element_counts"], *data["novelty_phrases"]]
                                         for w in re.findall(r"[a-z]+", phrase)),
              *(w for pattern in groups for w in re.findall(r"[a-z]+", pattern))}
@@ -81,6 +100,16 @@ def vocabulary() -> Vocabulary:
         element_names=dict(data["element_names"]),
         element_groups=tuple((re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE), frozenset(members))
                              for pattern, members in groups.items()),
+        applications=tuple(_application(name, entry) for name, entry in applications.items()),
         filler_words=frozenset(str(w).lower() for w in data["filler_words"]),
         known_words=frozenset(str(w).lower() for w in words),
     )
+
+
+def _application(name: str, entry: dict) -> Application:
+    gap = entry.get("band_gap")
+    return Application(
+        name=name, pattern=re.compile(rf"\b(?:{'|'.join(entry['words'])})\b", re.IGNORECASE), why=entry["why"],
+        working_ion=entry.get("working_ion"), require_any=tuple(tuple(g) for g in entry.get("require_any", [])),
+        exclude=tuple(entry.get("exclude", [])), band_gap=(float(gap[0]), float(gap[1])) if gap else None,
+        electronic=entry.get("electronic"), anion_class=entry.get("anion_class"))
