@@ -541,7 +541,8 @@ def _count(text: str) -> int | None:
     return value if value >= 1 else None
 
 
-_SPACEGROUP_TOKEN = re.compile(r"(?<![\w/-])[PIFCRAB](?:[a-z]{3}|[a-z0-9/_-]*\d[a-z0-9/_-]*|[a-z]?-\d[a-z0-9/_-]*)(?![\w/-])")
+# A digit somewhere is checked by a lookahead, then one greedy run: linear (a 'run, digit, run' pattern is quadratic).
+_SPACEGROUP_TOKEN = re.compile(r"(?<![\w/-])[PIFCRAB](?:[a-z]{3}|(?=[a-z/_-]*\d)[a-z0-9/_-]+)(?![\w/-])")
 
 
 @lru_cache(maxsize=1)
