@@ -37,7 +37,7 @@ from tools.geometry import (
 )
 from tools.spec import ALL_ANIONS, SearchSpec
 from tools.uniqueness import known_formula_index
-from tools.vocabulary import vocabulary
+from tools.vocabulary import application_named, vocabulary
 
 # Elements a proposal may use as cations: stable, non-radioactive, known to form cations.
 _RADIOACTIVE = {"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U", "Np", "Pu"}
@@ -532,7 +532,7 @@ def _add(pool, spec, family, candidate: _Candidate, index, avoid) -> None:
     if atoms > spec.max_sites or (spec.n_elements and len(parsed.reduced_amounts) != spec.n_elements):
         return
     fits, bonus, note = _geometry(family, candidate)
-    if not fits:
+    if not fits or not _can_do_redox(spec, candidate):
         return
     known = index.sources(parsed)
     novelty = -3.0 if set(known) & set(spec.novel_against or ()) else (0.5 if not known else 0.0)
@@ -541,6 +541,17 @@ def _add(pool, spec, family, candidate: _Candidate, index, avoid) -> None:
     proposal = Proposal(formula, _rationale(family, candidate, note, known), candidate.source.split(" ")[0], round(prior, 4),
                         family.name if family else None, candidate.assignment)
     pool[key] = (score, proposal)
+
+
+def _can_do_redox(spec: SearchSpec, candidate: _Candidate) -> bool:
+    """Does the candidate have a metal the application can oxidise (a cathode's Mn3+, not Ti4+)?
+    Always true for applications without a redox rule and for intermetallics (no charges)."""
+    application = application_named(spec.application)
+    if application is None or not application.redox_ceiling or candidate.source.startswith("intermetallic"):
+        return True
+    ceiling = application.redox_ceiling
+    return any(element in ceiling and candidate.charges.get(label, 99) < ceiling[element]
+               for label, element in candidate.assignment.items())
 
 
 def _draw_preferring_novel(pool: dict, spec: SearchSpec, n: int, rng: random.Random) -> list[Proposal]:

@@ -18,6 +18,7 @@ from tools.families import get_family
 from tools.formula import FormulaError, ParsedFormula, parse_formula
 from tools.spec import SearchSpec
 from tools.uniqueness import check_uniqueness
+from tools.vocabulary import application_named
 
 CHECKS = ("regex", "charge_neutrality", "uniqueness", "compliance")
 
@@ -70,6 +71,20 @@ def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
     if sum(parsed.reduced_amounts.values()) > spec.max_sites:
         return f"formula unit has more than {spec.max_sites} atoms"
     return None
+
+
+def _redox(states: dict[str, list[int]], spec: SearchSpec) -> str | None:
+    """Why the formula cannot do the application's redox (a cathode's metal already at its highest
+    working oxidation state), or None; applications without a redox rule always pass."""
+    application = application_named(spec.application)
+    if application is None or not application.redox_ceiling:
+        return None
+    ceiling = application.redox_ceiling
+    if any(q < ceiling[el] for el, charges in states.items() if el in ceiling for q in charges):
+        return None
+    held = ", ".join(f"{el}{max(charges)}+" for el, charges in sorted(states.items()) if el in ceiling and charges)
+    return (f"{held or 'no redox-active metal'}: nothing to oxidise on charging (a {application.name} needs a "
+            "metal below its highest working oxidation state, e.g. Mn3+, Fe2+, Co3+, Ni2+)")
 
 
 def _uniqueness(parsed: ParsedFormula, spec: SearchSpec, earlier: frozenset[str]) -> tuple[str | None, list[str]]:
@@ -139,7 +154,7 @@ def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str 
     if reason:
         result.rejected_by, result.reason = "uniqueness", reason
         return result
-    reason = _compliance(parsed, spec)
+    reason = _compliance(parsed, spec) or _redox(balance.oxidation_states or {}, spec)
     if reason:
         result.rejected_by, result.reason = "compliance", reason
         return result

@@ -7,7 +7,7 @@ are data, so a missing word is added there, not as a code branch in :mod:`tools.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class Application:
     band_gap: tuple[float, float] | None = None  # (target, tolerance) eV
     electronic: str | None = None
     anion_class: str | None = None
+    redox_ceiling: dict[str, int] = field(default_factory=dict)  # metal -> highest oxidation state in use
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def vocabulary() -> Vocabulary:
                *(s for members in data["element_groups"].values() for s in members)]
     groups, applications = data["element_groups"], data["applications"]
     symbols += [s for app in applications.values() for s in [app.get("working_ion"), *app.get("exclude", []),
+                                                             *(app.get("redox_ceiling") or {}),
                                                              *(x for g in app.get("require_any", []) for x in g)] if s]
     unknown = sorted({s for s in symbols if not Element.is_valid_symbol(s)})
     if unknown:
@@ -112,4 +114,10 @@ def _application(name: str, entry: dict) -> Application:
         name=name, pattern=re.compile(rf"\b(?:{'|'.join(entry['words'])})\b", re.IGNORECASE), why=entry["why"],
         working_ion=entry.get("working_ion"), require_any=tuple(tuple(g) for g in entry.get("require_any", [])),
         exclude=tuple(entry.get("exclude", [])), band_gap=(float(gap[0]), float(gap[1])) if gap else None,
-        electronic=entry.get("electronic"), anion_class=entry.get("anion_class"))
+        electronic=entry.get("electronic"), anion_class=entry.get("anion_class"),
+        redox_ceiling={el: int(q) for el, q in (entry.get("redox_ceiling") or {}).items()})
+
+
+def application_named(name: str | None) -> Application | None:
+    """The application of that name (None for none or an unknown one)."""
+    return next((a for a in vocabulary().applications if a.name == name), None) if name else None
