@@ -185,6 +185,10 @@ def _summarise_search(result: dict) -> str:
         return f"I could not search for that: {result['error']}"
     good = [c for c in result["candidates"] if c["plausible"]]
     lines = [f"Search finished in {result['seconds']:.0f} s with {len(good)} good candidates (planner {result['planner']})."]
+    ignored = (result.get("spec") or {}).get("ignored_words") or []
+    if ignored:  # say what the search did not act on, and ask for it in words genms reads
+        lines.append(f"I did not understand: {', '.join(ignored)}; the search ran without them. If they matter, say them "
+                     "as elements, a family, an anion class, a band gap or an application (e.g. 'for battery cathodes').")
     for rank, c in enumerate(result["candidates"][:10], start=1):
         hull = "-" if c["e_above_hull"] is None else f"{c['e_above_hull']:.3f}"
         known = ", ".join(c["known_in"] or []) or "novel"

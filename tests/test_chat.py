@@ -265,3 +265,15 @@ def test_search_results_reach_the_model_as_a_digest():
     assert "MnGa2O4" in digest and "Fd-3m" in digest and '"n_screened": 400' in digest.replace('\\"', '"')
     assert len(shown[2].content) < OLDER_TOOL_RESULT_CHARS + 1_000  # an earlier turn's result is cut shorter
     assert json.loads(shown[1].artifact) == result  # the thread keeps the whole result
+
+
+def test_the_offline_planner_says_which_words_the_search_did_not_act_on():
+    from agent.chat_model import _summarise_search
+
+    candidate = {"formula": "MnGa2O4", "family": "spinel", "checks": {"spacegroup_symbol": "Fd-3m"}, "plausible": True,
+                 "formation_energy_per_atom": -2.1, "e_above_hull": 0.01, "known_in": []}
+    result = {"seconds": 12, "planner": "offline", "candidates": [candidate],
+              "spec": {"family": "spinel", "ignored_words": ["museum", "display"]}}
+    text = _summarise_search(result)
+    assert "I did not understand: museum, display; the search ran without them." in text
+    assert "did not understand" not in _summarise_search({**result, "spec": {"family": "spinel", "ignored_words": []}})
