@@ -239,3 +239,8 @@ def test_a_cathode_needs_a_metal_it_can_oxidise():
     offered = screen(propose_offline(parse_request("a novel oxide for battery cathodes"), 20, seed=0), spec)
     assert sum(s.passed for s in offered) >= 18
     assert screen_one("LiTiGaO4", parse_request("a titanate oxide")).passed  # no application: no redox rule
+
+
+def test_an_unsearchable_request_says_which_words_were_not_understood():
+    with pytest.raises(RequestNotUnderstood, match=r"in 'a thing for museums' \(not understood: museums\)\. .*for battery cathodes"):
+        parse_request("a thing for museums")

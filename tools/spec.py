@@ -217,9 +217,11 @@ SUPPORTED = (
     "genms understands requests that name a crystal family ("
     + ", ".join(f.name.replace("_", " ") for f in FAMILIES)
     + "), an atom ratio such as 1:1:2, elements to include or avoid (symbols or names, "
-    "'lead-free', 'without Co'), an anion class (oxide, halide, chalcogenide, nitride ...), "
-    "novelty ('novel', 'not in the Materials Project', 'not in ICSD'), a band gap ('band gap near 1.4 eV', "
-    "'metallic'), a density ('density near 5 g/cm3'), a space group, and a count ('five ...')."
+    "'lead-free', 'without Co'), an anion class (oxide, halide, chalcogenide, nitride, oxynitride ..., "
+    "'thiospinel'), an oxide family name ('titanate', 'ferrite'), the number of elements ('ternary'), "
+    "novelty ('novel', 'not in the Materials Project', 'not in ICSD'), an application ('for battery cathodes', "
+    "'solar absorber', 'thermoelectric' ...), a band gap ('band gap near 1.4 eV', 'metallic'), a density "
+    "('density near 5 g/cm3'), a space group ('Pnma'), and a count ('five ...')."
 )
 
 # Groups people name when excluding ("without rare earths", "toxic-element-free"): tools/data/vocabulary.yaml.
@@ -680,7 +682,9 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     searchable = [spec.family, spec.stoichiometry, spec.required_elements, spec.allowed_elements, spec.anion_class,
                   spec.band_gap, spec.electronic, spec.spacegroup, spec.density, spec.high_density]
     if not any(searchable):
-        raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {original.strip()!r}. " + SUPPORTED)
+        unread = f" (not understood: {', '.join(spec.ignored_words)})" if spec.ignored_words else ""
+        raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {original.strip()!r}{unread}. "
+                                   + SUPPORTED)
     problems = spec_conflicts(spec)
     if problems:
         raise SpecConflict("the request cannot be satisfied: " + "; ".join(problems))
