@@ -193,3 +193,21 @@ def _charge_balance_of(reduced: tuple[tuple[str, int], ...]) -> ChargeBalance:
 def charge_balance(formula: ParsedFormula) -> ChargeBalance:
     """SMACT verdicts for a parsed formula; results are cached per reduced composition."""
     return _charge_balance_of(tuple(sorted(formula.reduced_amounts.items())))
+
+
+MIN_STATE_SHARE = 0.05  # oxidation states rarer than this in ICSD are not proposed
+
+
+@lru_cache(maxsize=1)
+def state_shares() -> dict[str, list[tuple[int, float]]]:
+    """Element -> [(oxidation state, share of ICSD occurrences)], commonest first."""
+    shares: dict[str, list[tuple[int, float]]] = {}
+    for (symbol, charge), log_p in species_log_probability().items():
+        shares.setdefault(symbol, []).append((charge, math.exp(log_p)))
+    return {el: sorted(states, key=lambda s: -s[1]) for el, states in shares.items()}
+
+
+def common_states(symbol: str, sign: int) -> list[tuple[int, float]]:
+    """Common oxidation states of one sign (+1 cations, -1 anions) with their ICSD shares."""
+    listed = set(oxidation_states(symbol))
+    return [(q, p) for q, p in state_shares().get(symbol, []) if q * sign > 0 and p >= MIN_STATE_SHARE and q in listed]

@@ -38,7 +38,8 @@ def ionic_radius(symbol: str, charge: int, coordination: str) -> float | None:
 
 
 def _shannon_radius(species: Species, coordination: str) -> float | None:
-    preferred = {"XII": ["XII", "X", "IX", "VIII"], "VIII": ["VIII", "IX", "VII", "VI"], "VI": ["VI", "V", "VII"], "IV": ["IV", "IVSQ", "V", "VI"]}
+    preferred = {"XII": ["XII", "X", "IX", "VIII"], "IX": ["IX", "VIII", "X", "XII"], "VIII": ["VIII", "IX", "VII", "VI"],
+                 "VI": ["VI", "V", "VII"], "IV": ["IV", "IVSQ", "V", "VI"], "II": ["II", "III", "IV"]}
     for cn in preferred.get(coordination, [coordination]):
         try:
             radius = species.get_shannon_radius(cn=cn, spin="High Spin" if _has_spin(species, cn) else "")

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 from pymatgen.core import Element, Species
 
-from tools.composition import oxidation_states
+from tools.composition import MIN_STATE_SHARE, common_states, state_shares
 from tools.families import CrystalFamily, Site, Template, family_members, get_family
 from tools.formula import FormulaError, parse_formula
 from tools.geometry import (
@@ -35,6 +35,7 @@ from tools.geometry import (
     spinel_formable,
     spinel_octahedral_factor,
 )
+from tools.sites import check_sites, rules_for
 from tools.spec import ALL_ANIONS, SearchSpec
 from tools.uniqueness import known_formula_index
 from tools.vocabulary import application_named, vocabulary
@@ -42,7 +43,6 @@ from tools.vocabulary import application_named, vocabulary
 # Elements a proposal may use as cations: stable, non-radioactive, known to form cations.
 _RADIOACTIVE = {"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U", "Np", "Pu"}
 _NOT_CATIONS = {"H", "C", "N", "O", "F", "Cl", "Br", "I", "S", "Se", "He", "Ne", "Ar", "Kr", "Xe"}
-MIN_STATE_SHARE = 0.05  # oxidation states rarer than this in ICSD are not proposed
 GENERIC_RATIOS = ("1:1", "1:2", "2:3", "1:3", "1:1:2", "1:1:3", "1:2:4", "2:1:4", "2:2:7", "1:1:1:4")
 # Mixed-anion compounds (two anion sites): TaON, LaOCl 1:1:1; La2O2S 2:2:1; BaTaO2N 1:1:2:1; Sr2CuO2Cl2 2:1:2:2.
 MIXED_ANION_RATIOS = ("1:1:1", "2:2:1", "1:2:1", "1:1:2:1", "1:1:1:2", "2:1:2:2", "1:1:3:1")
@@ -58,23 +58,6 @@ class Proposal:
     prior: float
     family: str | None = None
     assignment: dict[str, str] = field(default_factory=dict, compare=False)
-
-
-@lru_cache(maxsize=1)
-def _state_shares() -> dict[str, list[tuple[int, float]]]:
-    """Element -> [(oxidation state, share of ICSD occurrences)], commonest first."""
-    from tools.composition import species_log_probability
-
-    shares: dict[str, list[tuple[int, float]]] = {}
-    for (symbol, charge), log_p in species_log_probability().items():
-        shares.setdefault(symbol, []).append((charge, math.exp(log_p)))
-    return {el: sorted(states, key=lambda s: -s[1]) for el, states in shares.items()}
-
-
-def common_states(symbol: str, sign: int) -> list[tuple[int, float]]:
-    """Common oxidation states of one sign (+1 cations, -1 anions) with their ICSD shares."""
-    listed = set(oxidation_states(symbol))
-    return [(q, p) for q, p in _state_shares().get(symbol, []) if q * sign > 0 and p >= MIN_STATE_SHARE and q in listed]
 
 
 @lru_cache(maxsize=1)
@@ -164,12 +147,13 @@ def _enumerate(spec: SearchSpec, family, template: Template, rng: random.Random,
     choices = {site.label: _site_elements(spec, family, site) for site in template.sites}
     if any(not options for options in choices.values()):
         return []
+    states = {label: rule.states for label, rule in rules_for(family, template).items()} if family else {}
     found = []
     for _ in range(tries):
         assignment = _place_required(spec, template, choices, rng)
         if assignment is None:
             break
-        candidate = _complete(template, choices, assignment, rng)
+        candidate = _complete(template, choices, assignment, rng, states)
         if candidate:
             found.append(candidate)
     return found
@@ -195,8 +179,11 @@ def _place_required(spec, template, choices, rng) -> dict[str, str] | None:
     return assignment
 
 
-def _complete(template: Template, choices, assignment: dict[str, str], rng: random.Random) -> _Candidate | None:
-    """Fill the open sites so that the oxidation states balance (the last cation is solved for)."""
+def _complete(template: Template, choices, assignment: dict[str, str], rng: random.Random,
+              site_states: dict[str, tuple[int, ...]] | None = None) -> _Candidate | None:
+    """Fill the open sites so that the oxidation states balance (the last cation is solved for);
+    ``site_states`` limits a site to the oxidation states its family allows there."""
+    site_states = site_states or {}
     assignment = dict(assignment)
     charges: dict[str, int] = {}
     log_prior = 0.0
@@ -216,7 +203,7 @@ def _complete(template: Template, choices, assignment: dict[str, str], rng: rand
         if element is None:
             return None
         sign = -1 if site.role == "anion" else +1
-        states = common_states(element, sign)
+        states = [(q, p) for q, p in common_states(element, sign) if q in site_states.get(site.label, (q,))]
         if not states:
             return None
         charge, share = rng.choices(states, weights=[p for _, p in states])[0]
@@ -226,6 +213,8 @@ def _complete(template: Template, choices, assignment: dict[str, str], rng: rand
     if balance % last.count:
         return None
     needed = balance // last.count
+    if needed not in site_states.get(last.label, (needed,)):
+        return None
     sign = -1 if last.role == "anion" else +1
     pool = [assignment[last.label]] if last.label in assignment else [e for e in choices[last.label] if e not in assignment.values()]
     options = [(e, p) for e in pool for q, p in common_states(e, sign) if q == needed]
@@ -242,7 +231,7 @@ def _system_candidates(spec: SearchSpec, max_count: int = 6) -> list[_Candidate]
     from tools.composition import charge_balance
 
     elements = list(spec.allowed_elements)
-    log_p = _state_shares()
+    log_p = state_shares()
     found = []
     for counts in itertools.product(range(1, max_count + 1), repeat=len(elements)):
         if math.gcd(*counts) != 1 or sum(counts) > spec.max_sites:
@@ -475,8 +464,17 @@ def _charge(q: int) -> str:
     return f"{abs(q) if abs(q) != 1 else ''}{'+' if q > 0 else '-'}"
 
 
-def _rationale(family: CrystalFamily | None, candidate: _Candidate, geometry_note: str | None, known: list[str]) -> str:
-    ions = ", ".join(
+def _site_fits(family: CrystalFamily | None, candidate: _Candidate) -> tuple:
+    """The family's site rules applied to the candidate's ions (none for generic templates,
+    Heuslers and intermetallics)."""
+    if family is None or candidate.source in ("system", "intermetallic") or not rules_for(family, candidate.template):
+        return ()
+    return check_sites(family, candidate.template, candidate.assignment, candidate.charges)
+
+
+def _rationale(family: CrystalFamily | None, candidate: _Candidate, geometry_note: str | None, known: list[str],
+               sites: tuple = ()) -> str:
+    ions = "; ".join(fit.describe() for fit in sites) or ", ".join(
         f"{candidate.assignment[s.label]}{_charge(candidate.charges[s.label])} on {s.label}" for s in candidate.template.sites
     )
     parts = [f"{family.title if family else 'template ' + candidate.template.ratio}: {ions}"]
@@ -534,11 +532,14 @@ def _add(pool, spec, family, candidate: _Candidate, index, avoid) -> None:
     fits, bonus, note = _geometry(family, candidate)
     if not fits or not _can_do_redox(spec, candidate):
         return
+    sites = _site_fits(family, candidate)
+    if not all(fit.ok and fit.ratio is not None for fit in sites):  # proposals only with sizes checked
+        return
     known = index.sources(parsed)
     novelty = -3.0 if set(known) & set(spec.novel_against or ()) else (0.5 if not known else 0.0)
     score = candidate.log_prior / max(atoms, 1) + bonus + novelty
     prior = 1 / (1 + math.exp(-score))
-    proposal = Proposal(formula, _rationale(family, candidate, note, known), candidate.source.split(" ")[0], round(prior, 4),
+    proposal = Proposal(formula, _rationale(family, candidate, note, known, sites), candidate.source.split(" ")[0], round(prior, 4),
                         family.name if family else None, candidate.assignment)
     pool[key] = (score, proposal)
 

@@ -3,9 +3,10 @@
 Checks run in order and the first failure is recorded with its reason:
 ``regex`` (a formula of known elements) -> ``charge_neutrality`` (SMACT, mixed valence
 allowed) -> ``uniqueness`` (not in the sets the request excludes: MP, ICSD, OQMD, what earlier
-genms runs produced, the user's list) -> ``compliance`` (family template, atom ratio, required / excluded / allowed
-elements, anion class, size). Survivors are ranked by a score in [0, 1] that combines the
-proposer's own prior with how common the oxidation states are and Pauling's test.
+genms runs produced, the user's list) -> ``compliance`` (family template and site chemistry, atom
+ratio, required / excluded / allowed elements, anion class, size). Survivors are ranked by a score
+in [0, 1] that combines the proposer's own prior with how common the oxidation states are and
+Pauling's test.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from tools.composition import ChargeBalance, charge_balance
 from tools.families import get_family
 from tools.formula import FormulaError, ParsedFormula, parse_formula
+from tools.sites import best_site_assignment, has_site_rules
 from tools.spec import SearchSpec
 from tools.uniqueness import check_uniqueness
 from tools.vocabulary import application_named
@@ -37,6 +39,7 @@ class ScreenedFormula:
     score: float | None
     known_in: list[str] | None = None
     oxidation_states: dict[str, list[int]] | None = None
+    sites: str | None = None  # the family's site assignment and why each ion fits
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -48,6 +51,12 @@ def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
     if spec.family and not get_family(spec.family).fits(parsed):
         family = get_family(spec.family)
         return f"not a {family.name.replace('_', ' ')} ({', '.join(t.name for t in family.templates)} with {', '.join(sorted(family.anions)) or 'no'} anions)"
+    if spec.family and has_site_rules(spec.family):
+        reading = best_site_assignment(spec.family, parsed)
+        if reading is None:
+            return f"no charge-balanced reading as a {spec.family.replace('_', ' ')}"
+        if not reading.ok:
+            return f"site chemistry: {reading.describe()}"
     if spec.stoichiometry:
         wanted = sorted(map(int, spec.stoichiometry.split(":")))
         if sorted(parsed.reduced_amounts.values()) != wanted:
@@ -159,6 +168,8 @@ def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str 
         result.rejected_by, result.reason = "compliance", reason
         return result
     result.passed, result.score = True, rank_score(balance, prior)
+    if spec.family and has_site_rules(spec.family):
+        result.sites = best_site_assignment(spec.family, parsed).describe()
     return result
 
 
