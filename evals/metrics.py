@@ -110,6 +110,27 @@ def all_metals(formula: str | None) -> bool:
         return False
 
 
+def request_failures_of(sample: dict, case: dict) -> list[str] | None:
+    """Why a returned candidate does not answer the case's request (``tools.conformance``); None
+    for candidates the search did not return (above the stability cut, implausible) or cases
+    without expected constraints."""
+    from tools.conformance import expected_spec, request_failures
+
+    fields = (case.get("expect") or {}).get("spec")
+    if fields is None or not sample.get("returned", True):
+        return None
+    return request_failures(sample.get("formula") or "", expected_spec(fields), sample.get("e_above_hull"))
+
+
+def request_answered(record: dict, case: dict) -> bool | None:
+    """The search returned at least one candidate, and every one it returned answers the request."""
+    if (case.get("expect") or {}).get("spec") is None:
+        return None
+    verdicts = [request_failures_of(s, case) for s in record.get("samples", [])]
+    returned = [v for v in verdicts if v is not None]
+    return bool(returned) and not any(returned)
+
+
 def csp_matched(pair: dict) -> bool:
     """A CSP prediction matches its true structure (DiffCSP protocol, as ``evals.bench_csp_diffusion``):
     StructureMatcher found an RMS distance and both composition and structure are valid."""
@@ -181,6 +202,12 @@ _METRICS = [
            _sample_energy("e_above_hull"), "lower", "energy above the MP convex hull, of structures the plausibility guard passed"),
     Metric("e_above_hull_median", "median E_hull", "eV/atom", "samples", "median", SEARCH,
            _sample_energy("e_above_hull"), "lower", "energy above the MP convex hull, of structures the plausibility guard passed"),
+    Metric("request_conformance", "answers request", "%", "samples", "rate", SEARCH,
+           lambda s, c: None if (f := request_failures_of(s, c)) is None else not f,
+           description="returned candidate meets every constraint of the request, the family's site rules and the "
+                       "application's (tools.conformance); candidates the search did not return are not counted"),
+    Metric("requests_answered", "requests answered", "%", "case", "rate", SEARCH, request_answered,
+           description="the search returned candidates and all of them answer the request"),
     Metric("seconds_per_request", "s / request", "s", "case", "mean", ("search", "propose"),
            lambda r, c: r.get("seconds"), "lower", "wall-clock seconds of one unit"),
     Metric("structures_per_request", "structures", "count", "case", "mean", SEARCH,

@@ -70,7 +70,9 @@ def aggregate(suite: Suite, units: list[dict], records: dict[str, dict]) -> dict
             row["claude"] = total_usage(claude)
         return row
 
+    failures = _request_failures(suite, units, records)
     return {
+        **({"request_failures": failures} if failures is not None else {}),
         "suite": suite.name,
         "task": suite.task,
         "seed": suite.seed,
@@ -81,6 +83,24 @@ def aggregate(suite: Suite, units: list[dict], records: dict[str, dict]) -> dict
         "rows": [{"case": c, "system": s, "variant": v, **entry(m)} for (c, s, v), m in rows.items()],
         "overall": [{"system": s, "variant": v, **entry(m)} for (s, v), m in overall.items()],
     }
+
+
+def _request_failures(suite: Suite, units: list[dict], records: dict[str, dict]) -> list[dict] | None:
+    """Every returned candidate that does not answer its request, with the reasons (for suites
+    that measure ``request_conformance``)."""
+    from evals.metrics import request_failures_of
+
+    if "request_conformance" not in suite.metrics:
+        return None
+    found = []
+    for unit in units:
+        record = records.get(unit["key"])
+        for sample in (record or {}).get("samples", []) if (record or {}).get("status") == "ok" else []:
+            reasons = request_failures_of(sample, unit["case"])
+            if reasons:
+                found.append({"case": unit["case"]["id"], "system": unit["system"]["name"], "request": unit["case"]["request"],
+                              "formula": sample.get("formula"), "reasons": reasons})
+    return found
 
 
 def _cell(value, unit: str) -> str:
@@ -141,6 +161,10 @@ def markdown(result: dict, suite: Suite, run_info: dict | None, plots: list[str]
         lines += ["", "## Formulae not placed", ""]
         lines += [f"- {_md(r['case'])} / {_md(r['system'])}{' / ' + _md(r['variant']) if multi_variant else ''}: {r['dropped']['count']} "
                   f"(e.g. {_md(r['dropped']['examples'][0])})" for r in dropped]
+    if "request_failures" in result:
+        lines += ["", "## Candidates that do not answer their request", ""]
+        lines += [f"- {_md(f['case'])} / {_md(f['system'])}: **{_md(f['formula'])}** for \"{_md(f['request'])}\": "
+                  + "; ".join(_md(r) for r in f["reasons"]) for f in result["request_failures"]] or ["None: every returned candidate answers its request."]
     used = [r for r in result["overall"] if r.get("planners") or r.get("claude")]
     if used:
         lines += ["", "## Planner that ran, and Claude's usage", ""]

@@ -53,11 +53,21 @@ class Budget(_Strict):
 
 
 class Expect(_Strict):
-    """What a ``propose`` case measures on each proposed formula."""
+    """What a case measures: on each proposed formula (``propose``), or on each returned
+    candidate (``spec``: the constraints a scientist reads in the request, as SearchSpec fields)."""
 
     element: str | None = None
     metal: bool = False
     unique_against: list[str] | None = None
+    spec: dict | None = None
+
+    @model_validator(mode="after")
+    def _spec_is_a_spec(self):
+        if self.spec is not None:
+            from tools.conformance import expected_spec
+
+            expected_spec(self.spec)  # raises on unknown fields, elements or applications
+        return self
 
 
 class Case(_Strict):
@@ -75,7 +85,8 @@ class Case(_Strict):
 
 class System(_Strict):
     """Who answers the cases: ``genms`` (the search), ``generator`` (one generator, no search),
-    ``llm_cif`` (Claude writes CIFs, few-shot) or ``gfn`` (the Crystal-GFN sampler)."""
+    ``llm_cif`` (Claude writes CIFs, few-shot) or ``gfn`` (the Crystal-GFN sampler). A ``genms``
+    system's ``generator`` sets the search's structure generator (auto, diffusion, unimdm, template)."""
 
     name: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.+-]+$")
     kind: Literal["genms", "generator", "llm_cif", "gfn"]
@@ -126,6 +137,8 @@ class Suite(_Strict):
                 problems.append(f"case {case.id!r}: task {self.task!r} needs a 'request'")
             if self.task == "best_of_n" and not case.formula:
                 problems.append(f"case {case.id!r}: task 'best_of_n' needs a 'formula'")
+            if "request_conformance" in self.metrics and not (case.expect and case.expect.spec):
+                problems.append(f"case {case.id!r}: metric 'request_conformance' needs 'expect: {{spec: ...}}'")
             if self.task == "propose" and case.expect is None:
                 problems.append(f"case {case.id!r}: task 'propose' needs 'expect' (element, metal or unique_against)")
             if case.family:

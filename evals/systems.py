@@ -49,7 +49,9 @@ def _planner(system: dict):
 
 def _overrides(unit: dict) -> dict:
     budget = unit["budget"]
+    system = unit["system"]
     return {
+        **({"generator": system["generator"]} if system["kind"] == "genms" and system.get("generator") else {}),
         **unit["case"]["overrides"],
         "seed": unit["seed"],
         "n_results": budget["formulas"],
@@ -145,10 +147,12 @@ def run_genms_search(unit: dict) -> dict:
     result = run_search(unit["case"]["request"], _overrides(unit), _planner(unit["system"]))
     if result.error:
         return {"status": "error", "reason": result.error, "samples": [], "proposals": [], "seconds": result.seconds}
+    returned = {id(c) for c in result.good}
     samples = [
         {"formula": c["formula"], "cif": c["cif"], "generator": c["generator"], "family": c["family"],
          "prototype": c["prototype"], "formation_energy_per_atom": c["formation_energy_per_atom"],
-         "e_above_hull": c["e_above_hull"], "plausible": c["plausible"], "relaxed": c["relaxed"]}
+         "e_above_hull": c["e_above_hull"], "plausible": c["plausible"], "relaxed": c["relaxed"],
+         "returned": id(c) in returned}  # what the search answers with (good: plausible, under the hull cut)
         for c in result.candidates
     ]
     return {"status": "ok", "planner": result.planner, "steps": result.steps, "claude": result.claude, "samples": samples,

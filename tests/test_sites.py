@@ -139,3 +139,20 @@ def test_offline_proposals_state_their_sites_and_all_fit():
             reading = best_site_assignment(family, proposal.formula)
             assert reading is not None and reading.ok, (family, proposal.formula, reading and reading.describe())
             assert " on A (" in proposal.rationale and "r/r_X" in proposal.rationale, proposal.rationale
+
+
+def test_the_cathode_redox_rule_reads_every_charge_assignment():
+    """LiVPtO4 reads as Li+ V5+ Pt2+ (nothing to oxidise) and as Li+ V3+ Pt4+ (V3+ can be
+    oxidised): a cathode candidate. Li2MoO4 (Mo6+ only) is not."""
+    from tools.composition import balanced_assignments
+    from tools.formula import parse_formula
+    from tools.screen import screen_one
+    from tools.spec import parse_request
+
+    readings = balanced_assignments(parse_formula("LiVPtO4"))
+    assert {"Li": 1, "V": 3, "Pt": 4, "O": -2} in readings and {"Li": 1, "V": 5, "Pt": 2, "O": -2} in readings
+    spec = parse_request("a cathode material").model_copy(update={"novel_against": []})
+    assert screen_one("LiVPtO4", spec).passed
+    rejected = screen_one("Li2MoO4", spec)
+    assert rejected.rejected_by == "compliance" and "Mo6+: nothing to oxidise" in rejected.reason
+    assert screen_one("LiTi2O4", spec).passed  # mixed valence Ti3+/4+

@@ -211,3 +211,18 @@ def common_states(symbol: str, sign: int) -> list[tuple[int, float]]:
     """Common oxidation states of one sign (+1 cations, -1 anions) with their ICSD shares."""
     listed = set(oxidation_states(symbol))
     return [(q, p) for q, p in state_shares().get(symbol, []) if q * sign > 0 and p >= MIN_STATE_SHARE and q in listed]
+
+
+def balanced_assignments(formula: ParsedFormula, limit: int = 64) -> list[dict[str, int]]:
+    """Every way the elements' common oxidation states (one state per element) balance the
+    formula's charges, commonest first: LiVPtO4 reads as Li+ V5+ Pt2+ and Li+ V3+ Pt4+."""
+    amounts = formula.reduced_amounts
+    if len(amounts) > 6:
+        return []
+    options = [[(q, p) for q, p in common_states(el, +1) + common_states(el, -1)] for el in amounts]
+    found = []
+    for combo in itertools.product(*options):
+        if sum(q * n for (q, _), n in zip(combo, amounts.values())) == 0:
+            found.append((-sum(n * math.log(p) for (_, p), n in zip(combo, amounts.values())),
+                          {el: q for el, (q, _) in zip(amounts, combo)}))
+    return [states for _, states in sorted(found, key=lambda item: item[0])[:limit]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from tools.composition import ChargeBalance, charge_balance
+from tools.composition import ChargeBalance, balanced_assignments, charge_balance
 from tools.families import get_family
 from tools.formula import FormulaError, ParsedFormula, parse_formula
 from tools.sites import best_site_assignment, has_site_rules
@@ -82,14 +82,18 @@ def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
     return None
 
 
-def _redox(states: dict[str, list[int]], spec: SearchSpec) -> str | None:
-    """Why the formula cannot do the application's redox (a cathode's metal already at its highest
-    working oxidation state), or None; applications without a redox rule always pass."""
+def _redox(parsed: ParsedFormula, states: dict[str, list[int]], spec: SearchSpec) -> str | None:
+    """Why the formula cannot do the application's redox (in every charge-balanced reading, its
+    metals are already at their highest working oxidation state), or None; applications without
+    a redox rule always pass."""
     application = application_named(spec.application)
     if application is None or not application.redox_ceiling:
         return None
     ceiling = application.redox_ceiling
-    if any(q < ceiling[el] for el, charges in states.items() if el in ceiling for q in charges):
+    # SMACT's reading (mixed valence: LiTi2O4's Ti3+/4+) and every other balanced one (LiVPtO4's V3+ Pt4+)
+    pairs = [(el, q) for el, charges in states.items() for q in charges]
+    pairs += [pair for reading in balanced_assignments(parsed) for pair in reading.items()]
+    if any(q < ceiling[el] for el, q in pairs if el in ceiling):
         return None
     held = ", ".join(f"{el}{max(charges)}+" for el, charges in sorted(states.items()) if el in ceiling and charges)
     return (f"{held or 'no redox-active metal'}: nothing to oxidise on charging (a {application.name} needs a "
@@ -163,7 +167,7 @@ def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str 
     if reason:
         result.rejected_by, result.reason = "uniqueness", reason
         return result
-    reason = _compliance(parsed, spec) or _redox(balance.oxidation_states or {}, spec)
+    reason = _compliance(parsed, spec) or _redox(parsed, balance.oxidation_states or {}, spec)
     if reason:
         result.rejected_by, result.reason = "compliance", reason
         return result
