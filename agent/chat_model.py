@@ -22,6 +22,7 @@ from tools.formula import is_valid_formula
 from tools.limits import MAX_CHAT_MESSAGE_CHARS
 from tools.spec import RequestNotUnderstood, SpecConflict, family_mentioned, parse_request
 from tools.structure import StructureError, read_text_file
+from tools.vocabulary import vocabulary
 
 HELP = (
     "I can check formulas ('is LiMn2O4 known?'), look up known materials ('band gap of anatase TiO2', 'is rutile "
@@ -108,15 +109,39 @@ def _lookup_request(text: str, formulas: list[str]) -> dict | None:
     return {"formula": subject, "limit": LOOKUP_LIMIT}
 
 
-def _understood(text: str) -> tuple[bool, str | None]:
-    """(the text reads as a search request, the conflict that stops it if any)."""
+ASK_BACK = "Before I search:"  # how a question back to the user starts (the next 'yes' searches anyway)
+_YES = re.compile(r"^\s*(?:yes|yeah|yep|ok(?:ay)?|sure|go ahead|search anyway|do it|please do|y)\b", re.I)
+# What makes a reading specific enough to search without asking: elements and novelty alone are not,
+# when a word of the request that was not understood may have been its subject ('a Zintl phase with Ba').
+_SUBJECT_FIELDS = ("family", "stoichiometry", "allowed_elements", "anion_class", "application", "structure_type",
+                   "band_gap", "electronic", "spacegroup", "n_elements", "density")
+
+
+def _understood(text: str) -> tuple[bool, str | None, list[str]]:
+    """(the text reads as a search request, the conflict that stops it if any, the words of a reading
+    that misses its subject: the request's words not understood)."""
     try:
-        parse_request(text)
-        return True, None
+        spec = parse_request(text)
     except SpecConflict as exc:
-        return False, str(exc)
-    except RequestNotUnderstood:
-        return False, None
+        return False, str(exc), []
+    except RequestNotUnderstood as exc:
+        return False, None, exc.ignored_words
+    subject = any(getattr(spec, name) for name in _SUBJECT_FIELDS)
+    return True, None, [] if subject else spec.ignored_words
+
+
+def _ask_back(text: str, unread: list[str], searchable: bool) -> AIMessage:
+    """A question instead of a search whose key word was not understood."""
+    words = ", ".join(f"'{w}'" for w in unread)
+    if searchable:
+        read = parse_request(text).summary()
+        return AIMessage(content=f"{ASK_BACK} I did not understand {words}, so a search would look only for: {read}. "
+                                 "Say 'yes' to search anyway, or say what you mean as a crystal family (perovskite, "
+                                 "spinel ...), an anion class (oxide, sulfide, nitride ...), an atom ratio such as 1:1:2, a "
+                                 "structure type (kesterite, NASICON ...) or an application (for battery cathodes ...).")
+    return AIMessage(content=f"{ASK_BACK} I did not understand {words}, and found no crystal family, composition or "
+                             "property to search for. Which family, elements, anion class or application do you mean? "
+                             "For example: 'a novel sulfide spinel with Cr' or 'a Li-ion cathode without cobalt'.")
 
 
 def plan(text: str) -> AIMessage:
@@ -148,7 +173,9 @@ def plan(text: str) -> AIMessage:
         if family:
             return _tool_call("describe_family", {"name": family})
         return AIMessage(content=HELP) if _ABOUT_GENMS.search(text) else _tool_call("retrieve_knowledge", {"query": text, "k": 3})
-    searchable, conflict = _understood(text)
+    searchable, conflict, unread = _understood(text)
+    if unread and (searchable or _SEARCH_WORDS.search(text) or vocabulary().novelty.search(text)):
+        return _ask_back(text, unread, searchable)
     if searchable:
         return _tool_call("search_materials", {"request": text})
     return AIMessage(content=f"I cannot search for that: {conflict}" if conflict else HELP)
@@ -183,8 +210,11 @@ def _summarise_scores(reports: list[dict]) -> str:
 def _summarise_search(result: dict) -> str:
     if result.get("error"):
         return f"I could not search for that: {result['error']}"
-    good = [c for c in result["candidates"] if c["plausible"]]
-    lines = [f"Search finished in {result['seconds']:.0f} s with {len(good)} good candidates (planner {result['planner']})."]
+    cut = (result.get("spec") or {}).get("max_e_above_hull")
+    good = [c for c in result["candidates"] if c["plausible"]
+            and (cut is None or (c["e_above_hull"] is not None and c["e_above_hull"] <= cut))]
+    lines = [f"Search finished in {result['seconds']:.0f} s with {len(good)} good candidates"
+             + (f" (within {cut:g} eV/atom of the hull, as asked)" if cut is not None else "") + f" (planner {result['planner']})."]
     ignored = (result.get("spec") or {}).get("ignored_words") or []
     if ignored:  # say what the search did not act on, and ask for it in words genms reads
         lines.append(f"I did not understand: {', '.join(ignored)}; the search ran without them. If they matter, say them "
@@ -303,6 +333,14 @@ def summarise(tool_name: str, content: str) -> str:
     return content
 
 
+def _asked_back(messages: list[BaseMessage]) -> str | None:
+    """The request the previous answer asked back about (that answer just before the last message), or None."""
+    if len(messages) < 3 or not isinstance(messages[-2], AIMessage) or not str(messages[-2].content).startswith(ASK_BACK):
+        return None
+    request = messages[-3]
+    return str(request.content) if isinstance(request, HumanMessage) else None
+
+
 class OfflineChatModel(BaseChatModel):
     """Deterministic stand-in for Claude: same messages in, same kinds of tool calls out."""
 
@@ -321,7 +359,11 @@ class OfflineChatModel(BaseChatModel):
             result = last.artifact if isinstance(last.artifact, str) else last.content
             message = AIMessage(content=summarise(last.name or "", str(result)))
         elif isinstance(last, HumanMessage):
-            message = plan(str(last.content))
+            asked = _asked_back(messages)
+            if asked and _YES.match(str(last.content)):
+                message = _tool_call("search_materials", {"request": asked})  # searched as read, as the user agreed
+            else:
+                message = plan(str(last.content))
         else:
             message = AIMessage(content=HELP)
         return ChatResult(generations=[ChatGeneration(message=message)])

@@ -239,6 +239,7 @@ def _candidate(item: dict, generated: dict, report: dict, relaxed: dict | None) 
         "formula": parse_formula(item["reduced_formula"]).plain_formula,
         "reduced_formula": item["reduced_formula"],
         "rationale": item["rationale"],
+        "sites": item.get("sites"),  # the family's site assignment and why each ion fits
         "screen_score": item["score"],
         "oxidation_states": item["oxidation_states"],
         "known_in": item["known_in"],
@@ -339,21 +340,32 @@ def score(state: SearchState) -> dict:
 MAX_E_ABOVE_HULL = 1.0
 
 
-def good_candidates(candidates: list[dict]) -> list[dict]:
+def good_candidates(candidates: list[dict], max_e_above_hull: float | None = None) -> list[dict]:
     """Candidates that pass every verdict: plausible, CIF- and structurally valid, charge
-    balanced, and within ``MAX_E_ABOVE_HULL`` of the hull (when the hull is known)."""
+    balanced, and within ``MAX_E_ABOVE_HULL`` of the hull (when the hull is known).
+
+    ``max_e_above_hull`` is the request's own stability cut (``SearchSpec.max_e_above_hull``: 'stable'
+    0.05, 'metastable' 0.1 eV/atom): with it, a candidate must lie at or below that cut, and one
+    whose hull is unknown is not good (its stability cannot be told). Candidates above the cut stay
+    in the results, ranked after the good ones; they are only not counted as good.
+    """
     return [
         c for c in candidates
         if c["plausible"] and c["checks"]["cif_valid"] and c["checks"]["structurally_valid"]
-        and c["checks"]["charge_balanced"] is not False
-        and (c["e_above_hull"] is None or c["e_above_hull"] <= MAX_E_ABOVE_HULL)
+        and c["checks"]["charge_balanced"] is not False and _within_hull(c["e_above_hull"], max_e_above_hull)
     ]
+
+
+def _within_hull(e_above_hull: float | None, cut: float | None) -> bool:
+    if cut is None:
+        return e_above_hull is None or e_above_hull <= MAX_E_ABOVE_HULL
+    return e_above_hull is not None and e_above_hull <= min(cut, MAX_E_ABOVE_HULL)
 
 
 def after_score(state: SearchState) -> str:
     """Stop when enough good candidates exist or the budget is spent; else widen the search."""
     spec = _spec(state)
-    good = len(good_candidates(state.get("candidates", [])))
+    good = len(good_candidates(state.get("candidates", []), spec.max_e_above_hull))
     if good >= spec.n_results or _out_of_time(state):
         return "report"
     if state.get("survivors"):
@@ -363,7 +375,7 @@ def after_score(state: SearchState) -> str:
 
 def _stop_reason(state: SearchState) -> str:
     spec = _spec(state)
-    good = len(good_candidates(state.get("candidates", [])))
+    good = len(good_candidates(state.get("candidates", []), spec.max_e_above_hull))
     if good >= spec.n_results:
         return f"{good} good candidates reached the {spec.n_results} requested"
     if _out_of_time(state):
@@ -376,7 +388,7 @@ def rank_key(spec: SearchSpec):
     def key(c: dict) -> tuple:
         density_miss = abs(c["density"] - spec.density) if spec.density is not None and c.get("density") else 0.0
         hull = c["e_above_hull"] if c["e_above_hull"] is not None else 9.0
-        return (c not in good_candidates([c]), round(density_miss, 1), hull, c["formation_energy_per_atom"])
+        return (c not in good_candidates([c], spec.max_e_above_hull), round(density_miss, 1), hull, c["formation_energy_per_atom"])
     return key
 
 

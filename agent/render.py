@@ -85,19 +85,26 @@ def _field(mapping: object, *keys: str) -> object:
     return mapping
 
 
-def _is_good(candidate: dict) -> bool:
+def _is_good(candidate: dict, max_e_above_hull: float | None = None) -> bool:
     from agent.graph import good_candidates
 
     try:
-        return bool(good_candidates([candidate]))
+        return bool(good_candidates([candidate], max_e_above_hull))
     except (KeyError, TypeError):  # a damaged record
         return False
+
+
+def _hull_cut(result: dict) -> float | None:
+    """The request's stability cut (eV/atom) from a result or a record read back from disk."""
+    cut = _field(result, "spec", "max_e_above_hull")
+    return cut if isinstance(cut, (int, float)) and not isinstance(cut, bool) else None
 
 
 def candidates_table(result: dict) -> Table:
     """Ranked candidates of a search result (``SearchResult.as_dict()``, or a run read back from disk)."""
     candidates = [c for c in (result.get("candidates") or []) if isinstance(c, dict)]
-    good = sum(_is_good(c) for c in candidates)
+    cut = _hull_cut(result)
+    good = sum(_is_good(c, cut) for c in candidates)
     request = result.get("request") or _field(result, "summary", "request") or "-"
     planner = result.get("planner") or _field(result, "summary", "planner") or "-"
     seconds = number(result.get("seconds"), 0) + " s"
@@ -172,3 +179,38 @@ def md_text(value: object, emphasis: bool = True) -> str:
     (``emphasis=False`` leaves ``*``, ``_``, ``~`` and ``&`` as they are: identifiers stay readable)."""
     one_line = " ".join(plain(value).splitlines()) if value is not None else ""
     return (_MARKDOWN if emphasis else _MARKDOWN_STRUCTURE).sub(r"\\\1", one_line)
+
+
+def _neighbour_text(n: dict) -> str:
+    hull = n.get("e_above_hull")
+    hull = "E_hull -" if hull is None else ("on the hull" if hull <= 0 else f"E_hull {number(hull)}")
+    gap = n.get("band_gap")
+    parts = [n.get("material_id"), n.get("spacegroup_symbol") or "space group unknown", hull,
+             "PBE gap -" if gap is None else f"PBE gap {number(gap, 2)} eV"]
+    return f"{md_text(n.get('formula'))} ({md_text(', '.join(str(p) for p in parts))})"
+
+
+def neighbours_lines(candidates: list[dict]) -> list[str]:
+    """A report's "Known neighbours" section: one Markdown line per candidate carrying ``neighbours``
+    (``tools.lookup.attach_neighbours``): how it relates to known MP compounds, then the nearest ones.
+    One line when they are unavailable for all; nothing when no candidate has them."""
+    carrying = [c for c in candidates if isinstance(c, dict) and isinstance(c.get("neighbours"), list)]
+    if not carrying:
+        return []
+    lines = ["", "## Known neighbours", ""]
+    notes = {c.get("neighbours_note") for c in carrying}
+    if not any(c["neighbours"] for c in carrying) and len(notes) == 1 and str(next(iter(notes))).startswith("known neighbours unavailable"):
+        note = str(next(iter(notes)))
+        return lines + [md_text(note[:1].upper() + note[1:]) + "."]
+    for c in carrying:
+        groups: list[tuple[str, list[str]]] = []  # consecutive neighbours of one relation ("same Ba-Ti-O system")
+        for n in c["neighbours"]:
+            if isinstance(n, dict):
+                label = str(n.get("relation") or "").split(": ", 1)[0] or "known"
+                if not groups or groups[-1][0] != label:
+                    groups.append((label, []))
+                groups[-1][1].append(_neighbour_text(n))
+        parts = [md_text(c.get("neighbours_note") or "no note")]
+        parts += [f"{md_text(label[:1].upper() + label[1:])}: {'; '.join(texts)}" for label, texts in groups]
+        lines.append(f"- **{md_text(c.get('formula'))}**: " + ". ".join(parts))
+    return lines

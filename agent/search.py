@@ -39,7 +39,7 @@ class SearchResult:
 
     @property
     def good(self) -> list[dict]:
-        return good_candidates(self.candidates)
+        return good_candidates(self.candidates, (self.spec or {}).get("max_e_above_hull"))
 
     def as_dict(self, include_cif: bool = False) -> dict:
         candidates = [c if include_cif else {k: v for k, v in c.items() if k != "cif"} for c in self.candidates]
@@ -80,6 +80,10 @@ def run_search(
             elif mode == "values":
                 final = payload
     record = planner.record()
+    if final.get("ranked") and not final.get("error"):  # how each candidate relates to known compounds
+        from tools.lookup import attach_neighbours
+
+        attach_neighbours(final["ranked"])
     return SearchResult(
         request=request, spec=final.get("spec") if not final.get("error") else None,
         candidates=final.get("ranked", []), decisions=final.get("decisions", []), dropped=final.get("dropped", []),
@@ -154,6 +158,7 @@ def markdown_report(result: SearchResult) -> str:
     Every piece of outside text (the request, formulas, reasons, rationales, retrieved titles) is
     escaped with ``md_text``: a request cannot add headings, links, HTML or table cells."""
     from agent.render import md_text as md
+    from agent.render import neighbours_lines
 
     lines = [f"# genms search: {md(result.request)}", ""]
     if result.error:
@@ -167,7 +172,9 @@ def markdown_report(result: SearchResult) -> str:
     lines += ["| rank | formula | family / prototype | E_f (eV/atom) | E_hull (eV/atom) | space group | known in | plausible |",
               "|---|---|---|---|---|---|---|---|"]
     for rank, c in enumerate(result.candidates, start=1):
-        verdict = "yes" if c in result.good else "no: " + md(c["reason"] or "too far above the hull")
+        cut = (result.spec or {}).get("max_e_above_hull")
+        above = f"above the {cut:g} eV/atom asked for" if cut is not None else "too far above the hull"
+        verdict = "yes" if c in result.good else "no: " + md(c["reason"] or above)
         lines.append(
             f"| {rank} | {md(c['formula'])} | {md(c['family'])} / {md(c['prototype'])} | {_number(c['formation_energy_per_atom'])} | "
             f"{_number(c['e_above_hull'])} | {md(c['checks']['spacegroup_symbol'] or '-')} | {md(', '.join(c['known_in'] or []) or 'novel')} | "
@@ -184,4 +191,5 @@ def markdown_report(result: SearchResult) -> str:
         lines += [f"- {md(p['title'])} ({md(p['kind'])}): {md(source)}, similarity {p['score']:.2f}" for source, p in sources.items()]
     lines += ["", "## Candidates", ""]
     lines += [f"- **{md(c['formula'])}**: {md(c['rationale'])}" for c in result.candidates]
+    lines += neighbours_lines(result.good)
     return "\n".join(lines) + "\n"

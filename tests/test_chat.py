@@ -277,3 +277,25 @@ def test_the_offline_planner_says_which_words_the_search_did_not_act_on():
     text = _summarise_search(result)
     assert "I did not understand: museum, display; the search ran without them." in text
     assert "did not understand" not in _summarise_search({**result, "spec": {"family": "spinel", "ignored_words": []}})
+
+
+def test_the_offline_planner_asks_back_when_the_key_word_was_not_understood():
+    """'a Zintl phase with Ba' would search any Ba compound: the chat asks first, and searches the
+    request as read once the user says yes; a request it reads whole is searched at once."""
+    from langchain_core.messages import HumanMessage
+
+    from agent.chat_model import ASK_BACK, OfflineChatModel, plan
+
+    model = OfflineChatModel()
+    question = model.invoke([HumanMessage("find a novel Zintl phase with Ba")])
+    assert question.content.startswith(ASK_BACK) and "'zintl'" in question.content and not question.tool_calls
+    agreed = model.invoke([HumanMessage("find a novel Zintl phase with Ba"), question, HumanMessage("yes, search anyway")])
+    assert agreed.tool_calls[0]["name"] == "search_materials"
+    assert agreed.tool_calls[0]["args"] == {"request": "find a novel Zintl phase with Ba"}
+    rephrased = model.invoke([HumanMessage("find a novel Zintl phase with Ba"), question,
+                              HumanMessage("a novel antimonide with Ba and Zn")])
+    assert rephrased.tool_calls and rephrased.tool_calls[0]["args"]["request"] == "a novel antimonide with Ba and Zn"
+    nothing = plan("search for clathrates")
+    assert nothing.content.startswith(ASK_BACK) and "'clathrates'" in nothing.content
+    assert plan("a novel spinel with Cr").tool_calls[0]["name"] == "search_materials"
+    assert plan("a novel thiospinel for battery cathodes").tool_calls  # every word read: no question

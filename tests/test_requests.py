@@ -1,10 +1,12 @@
 """The offline request reader against a test set of requests worded the way scientists write them.
 
-``tests/data/requests.yaml`` (424 requests) lists, for each request, the spec fields it decides
+``tests/data/requests.yaml`` (510 requests) lists, for each request, the spec fields it decides
 (family, elements required and excluded, chemical system, anion class with anion prefixes,
 -ate / -ite names and mixed anions, number of elements, novelty wordings, band gap, electronic
-class, ratio, count, space group). It was written from the chemistry, independently of the
-reader. The acceptance bar: at least 95% of all (request, field) pairs right.
+class, ratio, count, space group, application, stability cut, crystal system, layering,
+structure type). It was written from the chemistry, independently of the reader. The
+acceptance bar: at least 99% of all (request, field) pairs right (issue 41 asked for 95%; the
+reader gets them all). ``tests/test_claude_requests.py`` puts the same set through the Claude planner.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ SET_FIELDS = {"required_elements", "excluded_elements", "allowed_elements", "nov
 
 
 def _same(field: str, got, wanted) -> bool:
+    if field == "required_any":  # groups of elements: order matters in neither
+        return {frozenset(g) for g in got or []} == {frozenset(g) for g in wanted or []}
     if field in SET_FIELDS:
         return set(got or []) == set(wanted or [])
     if isinstance(wanted, float) or isinstance(got, float):
@@ -45,8 +49,17 @@ def misread_fields() -> tuple[int, list[str]]:
     return checked, wrong
 
 
-def test_the_reader_gets_95_percent_of_the_fields_right():
+def test_the_reader_gets_99_percent_of_the_fields_right():
     checked, wrong = misread_fields()
-    assert checked >= 800  # 424 requests, every vocabulary class several times
+    assert checked >= 1300  # 510 requests, every vocabulary class several times
     accuracy = 1 - len(wrong) / checked
-    assert accuracy >= 0.95, f"{accuracy:.1%} of {checked} fields right; misread:\n" + "\n".join(wrong)
+    assert accuracy >= 0.99, f"{accuracy:.1%} of {checked} fields right; misread:\n" + "\n".join(wrong)
+
+
+def test_every_new_vocabulary_class_is_in_the_set():
+    """Stability, crystal systems, layering and structure types are each checked many times, with negative cases."""
+    entries = yaml.safe_load(REQUESTS.read_text())
+    for field, at_least in (("max_e_above_hull", 25), ("crystal_system", 15), ("layered", 9), ("structure_type", 20)):
+        values = [entry["expect"][field] for entry in entries if field in entry["expect"]]
+        assert len(values) >= at_least, field
+        assert any(v in (None, False) for v in values), f"{field}: no negative case"

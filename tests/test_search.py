@@ -4,13 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from fake_anthropic import prompt_text
+from typer.testing import CliRunner
 
 from agent.cli import app
 from tools.checks import check_formula
 from tools.formula import parse_formula
+from tools.lookup import neighbours
 from tools.structure import read_cif
 
 runner = CliRunner()
@@ -62,6 +62,13 @@ def test_novel_manganese_spinels(tmp_path):
     assert saved["spec"]["family"] == "spinel" and saved["timings"]
     report = (tmp_path / "report.md").read_text()
     assert "## Decisions" in report and good[0][0]["formula"] in report
+    # each candidate says how it relates to known compounds (tools.lookup.neighbours)
+    for candidate in saved["candidates"]:
+        assert candidate["neighbours"] == neighbours(candidate["reduced_formula"], spacegroup=candidate["checks"]["spacegroup_number"])
+        assert 1 <= len(candidate["neighbours"]) <= 3 and candidate["neighbours_note"]
+        assert "Mn" in candidate["neighbours"][0]["formula"] or candidate["neighbours"][0]["match"] == "stoichiometry"
+    section = report.split("## Known neighbours\n\n", 1)[1].splitlines()
+    assert [line.split("**")[1] for line in section] == [c["formula"] for c, _ in good]
 
 
 def test_pyrochlore_oxides(tmp_path):

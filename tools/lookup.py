@@ -560,3 +560,274 @@ def _message(query: LookupQuery, formula: str, polymorphs: list[Polymorph], show
             text += (f" ({unresolved} entries' space groups not computed: at most {parser.budget} structures are parsed "
                      "a call; a larger limit parses more)." if unresolved else ".")
     return text
+
+
+# --- known neighbours of a formula ------------------------------------------------------------------
+
+NEIGHBOURS_LIMIT = 3
+NEIGHBOURS_UNAVAILABLE = "known neighbours unavailable"
+_NEIGHBOUR_COLUMNS = [*_COLUMNS, "chemsys", "anonymous"]
+_KEY_PAIR = re.compile(r"([A-Z][a-z]?)([0-9]+(?:\.[0-9]+)?)")
+
+
+def _key_amounts(key: str) -> dict[str, float]:
+    """A canonical key's amounts: 'Ba1O3Ti1' -> {'Ba': 1, 'O': 3, 'Ti': 1} (alphabetical, as the key is)."""
+    return {symbol: float(count) for symbol, count in _KEY_PAIR.findall(key)}
+
+
+def anonymous_formula(amounts) -> str:
+    """pymatgen's anonymized formula of reduced amounts, smallest first: (1, 1, 3) -> 'ABC3'."""
+    letters = []
+    for letter, amount in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", sorted(amounts)):
+        amount = int(amount) if float(amount).is_integer() else amount
+        letters.append(letter if amount == 1 else f"{letter}{amount}")
+    return "".join(letters)
+
+
+def build_neighbour_table(index: LookupIndex) -> pd.DataFrame:
+    """The MP entries of the look-up index (kinds mp20 / mp2018), each formula's entries in look-up order
+    (energy above hull, then formation energy), with the formula's chemical system ('Ba-O-Ti',
+    alphabetical) and anonymous formula ('ABC3')."""
+    table = index.table
+    entries = table[table["kind"].isin(("mp20", "mp2018"))]
+    entries = entries.sort_values(["key", "e_above_hull", "formation_energy_per_atom", "material_id"], kind="stable")
+    systems, anonymous = {}, {}
+    for key in entries["key"].unique():
+        amounts = _key_amounts(key)
+        systems[key], anonymous[key] = "-".join(amounts), anonymous_formula(amounts.values())
+    entries = entries.assign(chemsys=entries["key"].map(systems), anonymous=entries["key"].map(anonymous))
+    return entries.reindex(columns=_NEIGHBOUR_COLUMNS).reset_index(drop=True)
+
+
+@dataclass
+class NeighbourIndex:
+    """MP entries by formula key, and each formula's first (lowest-energy) entry by chemical system and by
+    (anonymous formula, element)."""
+
+    table: pd.DataFrame
+    by_key: dict[str, np.ndarray]
+    by_system: dict[str, list[int]]
+    by_anonymous: dict[tuple[str, str], list[int]]
+    keys: np.ndarray  # per row
+    hull: np.ndarray  # per row, NaN where unknown
+    energy: np.ndarray  # per row, NaN where unknown
+    stamp: str
+    seconds: float
+    from_cache: bool
+
+    def order(self, position: int) -> tuple:
+        """A formula's first entry ranks as :func:`_order` ranks polymorphs: on or nearest the hull first."""
+        hull, energy = self.hull[position], self.energy[position]
+        return (bool(np.isnan(hull)), 0.0 if np.isnan(hull) else float(hull),
+                bool(np.isnan(energy)), 0.0 if np.isnan(energy) else float(energy), self.keys[position])
+
+
+_neighbour_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _cached_neighbour_index() -> NeighbourIndex:
+    from memory.paths import user_cache_dir
+
+    started = time.perf_counter()
+    stamp = data_stamp()
+    table, from_cache, cache = None, False, None
+    try:
+        cache = user_cache_dir() / f"lookup_neighbours_{stamp}.csv.gz"
+    except OSError as exc:
+        log.warning("lookup: no cache directory (%s); the neighbour index is rebuilt in each process", exc)
+    if cache is not None and cache.is_file():
+        try:
+            table = pd.read_csv(cache, dtype={"key": str, "kind": str, "material_id": str, "split": str,
+                                              "chemsys": str, "anonymous": str})
+            from_cache = list(table.columns) == _NEIGHBOUR_COLUMNS
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("lookup: rebuilding the damaged neighbour cache %s (%s)", cache.name, exc)
+        if not from_cache:
+            table = None
+    if table is None:
+        table = build_neighbour_table(lookup_index())
+        if cache is not None:
+            try:
+                _atomic_write(cache, lambda path: table.to_csv(path, index=False, compression={"method": "gzip", "compresslevel": 1}))
+            except OSError as exc:
+                log.warning("lookup: could not cache the neighbour index (%s)", exc)
+    keys = table["key"].to_numpy()
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.array([], dtype=int)
+    by_key = {keys[start]: np.arange(start, end) for start, end in zip(first, [*first[1:], len(keys)])}
+    by_system: dict[str, list[int]] = {}
+    by_anonymous: dict[tuple[str, str], list[int]] = {}
+    systems, anonymous = table["chemsys"].to_numpy(), table["anonymous"].to_numpy()
+    for position in first.tolist():
+        by_system.setdefault(systems[position], []).append(position)
+        for symbol in systems[position].split("-"):
+            by_anonymous.setdefault((anonymous[position], symbol), []).append(position)
+    return NeighbourIndex(table, by_key, by_system, by_anonymous, keys,
+                          table["e_above_hull"].to_numpy(dtype=float), table["formation_energy_per_atom"].to_numpy(dtype=float),
+                          stamp, time.perf_counter() - started, from_cache)
+
+
+def neighbour_index() -> NeighbourIndex:
+    """The neighbour index, built from the look-up index (or read from its cache file) once per process."""
+    with _neighbour_lock:
+        return _cached_neighbour_index()
+
+
+def _fractions(amounts: dict[str, float]) -> dict[str, float]:
+    total = sum(amounts.values())
+    return {symbol: amount / total for symbol, amount in amounts.items()}
+
+
+def _distance(a: dict[str, float], b: dict[str, float]) -> float:
+    """Half the L1 distance of two compositions' atomic fractions: 0 same, 1 nothing in common."""
+    return 0.5 * sum(abs(a.get(symbol, 0.0) - b.get(symbol, 0.0)) for symbol in a.keys() | b.keys())
+
+
+def _hull_text(hull: float | None) -> str:
+    if hull is None:
+        return "no hull energy in the data"
+    return "on the hull" if hull <= 0 else f"{hull:.3f} eV/atom above the hull"
+
+
+@lru_cache(maxsize=4096)
+def _pretty(key: str) -> str:
+    """A key as a formula in pymatgen's element order, without its grouping: 'O6Pt3Cd1' -> 'CdPt3O6'."""
+    from pymatgen.core import Composition
+
+    return "".join(part[:-1] if re.fullmatch(r"[A-Z][a-z]?1", part) else part
+                   for part in Composition(_key_amounts(key)).formula.split())
+
+
+def _system_label(amounts: dict[str, float]) -> str:
+    """The chemical system in formula order (electronegativity): 'Ba-Ti-O'."""
+    from pymatgen.core import Composition
+
+    return "-".join(re.match(r"[A-Z][a-z]?", part).group(0) for part in Composition(amounts).formula.split())
+
+
+def neighbours(formula: str | ParsedFormula, limit: int = NEIGHBOURS_LIMIT, spacegroup: int | None = None) -> list[dict]:
+    """The known compounds of the shared MP data closest to ``formula``, at most ``limit``, nearest first.
+
+    In turn, filling up to ``limit``: (1) the MP entries of the same reduced formula (``match``
+    'polymorph': the formula is known, a candidate of it is a new polymorph or the known one; an
+    entry in ``spacegroup`` comes first), (2) the other formulas of the same chemical system
+    ('system', nearest in composition: half the L1 distance of the atomic fractions, then on or
+    nearest the hull), (3) formulas of the same anonymous formula ('stoichiometry', e.g. ABC3)
+    sharing the most elements, then nearest in composition. Formulas of (2) and (3) are given by
+    their lowest-energy entry. Each is a dict: ``formula``, ``material_id``, ``dataset``,
+    ``spacegroup_number`` / ``spacegroup_symbol`` (spglib for entries the data gives none, at most
+    ``limit`` structures parsed a call and remembered), ``e_above_hull`` and
+    ``formation_energy_per_atom`` (eV/atom), ``band_gap`` (PBE, eV), ``n_polymorphs`` (MP entries of
+    that formula), ``match``, ``shared_elements`` and ``relation`` (one line). Raises
+    :class:`FormulaError` for a malformed formula, ``ValueError`` for a ``limit`` outside
+    1-``MAX_LOOKUP_ROWS``, ``generators.datasets.DataNotFoundError`` without the data.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LOOKUP_ROWS:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LOOKUP_ROWS}, got {limit!r}")
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    key = parsed.key
+    amounts = _key_amounts(key)
+    fractions = _fractions(amounts)
+    system, anonymous = "-".join(amounts), anonymous_formula(amounts.values())
+    index = neighbour_index()
+    chosen: list[tuple[int, str, list[str]]] = []  # (row, match, shared elements)
+
+    own = index.by_key.get(key)
+    if own is not None:
+        rows = own.tolist()
+        if spacegroup:
+            numbers = index.table["spacegroup_number"].to_numpy()
+            rows = [r for r in rows if numbers[r] == spacegroup] + [r for r in rows if numbers[r] != spacegroup]
+        chosen += [(r, "polymorph", list(amounts)) for r in rows[:limit]]
+    if len(chosen) < limit:
+        same = [r for r in index.by_system.get(system, []) if index.keys[r] != key]
+        same.sort(key=lambda r: (round(_distance(fractions, _fractions(_key_amounts(index.keys[r]))), 6), index.order(r)))
+        chosen += [(r, "system", list(amounts)) for r in same[:limit - len(chosen)]]
+    if len(chosen) < limit:
+        shared: dict[int, list[str]] = {}
+        for symbol in amounts:
+            for r in index.by_anonymous.get((anonymous, symbol), ()):
+                shared.setdefault(r, []).append(symbol)
+        ranked = sorted(((r, symbols) for r, symbols in shared.items() if index.keys[r] != key and len(symbols) < len(amounts)),
+                        key=lambda item: -len(item[1]))
+        if ranked:  # composition distances for the best-sharing formulas only
+            wanted = limit - len(chosen)
+            cut = len(ranked[min(wanted, len(ranked)) - 1][1])
+            ranked = [item for item in ranked if len(item[1]) >= cut]
+            ranked.sort(key=lambda item: (-len(item[1]), round(_distance(fractions, _fractions(_key_amounts(index.keys[item[0]]))), 6),
+                                          index.order(item[0])))
+            chosen += [(r, "stoichiometry", symbols) for r, symbols in ranked[:wanted]]
+
+    polymorphs = _polymorphs(index.table.iloc[[r for r, _, _ in chosen]])
+    parser = _Parser(index.stamp, limit)
+    label = _system_label(amounts)
+    found = []
+    for p, (row, match, symbols) in zip(polymorphs, chosen):
+        parser.fill(p)
+        p.spacegroup_symbol = spacegroup_symbol(p.spacegroup_number)
+        other = str(index.keys[row])
+        pretty = _pretty(other)
+        detail = f"{pretty} ({p.spacegroup_symbol or 'space group unknown'}, {_hull_text(p.e_above_hull)})"
+        if match == "polymorph":
+            same_group = bool(spacegroup) and p.spacegroup_number == spacegroup
+            relation = f"known polymorph{' in the same space group' if same_group else ''}: {detail}"
+        elif match == "system":
+            relation = f"same {label} system: {detail}"
+        else:
+            relation = f"same {anonymous} stoichiometry, shares {', '.join(symbols)}: {detail}"
+        found.append({
+            "formula": pretty, "material_id": p.material_id, "dataset": p.dataset,
+            "spacegroup_number": p.spacegroup_number, "spacegroup_symbol": p.spacegroup_symbol,
+            "e_above_hull": p.e_above_hull, "formation_energy_per_atom": p.formation_energy_per_atom, "band_gap": p.band_gap,
+            "n_polymorphs": len(index.by_key[other]), "match": match, "shared_elements": symbols, "relation": relation,
+        })
+    parser.save()
+    return found
+
+
+def neighbours_note(formula: str | ParsedFormula, found: list[dict], spacegroup: int | None = None) -> str:
+    """One line on how ``formula`` relates to its known neighbours (:func:`neighbours`' answer)."""
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    amounts = _key_amounts(parsed.key)
+    label, anonymous = _system_label(amounts), anonymous_formula(amounts.values())
+    if not found:
+        return f"no known {label} compound, nor a known {anonymous} compound sharing its elements"
+    first = found[0]
+    if first["match"] == "polymorph":
+        count = f"{first['n_polymorphs']} MP entr{'y' if first['n_polymorphs'] == 1 else 'ies'}"
+        if spacegroup and first["spacegroup_number"] == spacegroup:
+            return f"known compound {first['formula']} ({count}), one in the same space group {first['spacegroup_symbol']}"
+        return f"a new polymorph of known {first['formula']} ({count})"
+    if first["match"] == "system":
+        return f"a new composition in the known {label} system"
+    return f"no known {label} compound"
+
+
+def attach_neighbours(candidates: list[dict], limit: int = NEIGHBOURS_LIMIT) -> str | None:
+    """Give each search candidate ``neighbours`` (:func:`neighbours`) and ``neighbours_note`` (one line).
+
+    Never raises: without the shared data (``DataNotFoundError``, any ``OSError``) every candidate
+    from then on gets an empty list and a note saying neighbours are unavailable, and the reason is
+    returned (None when all went well); another failure marks that candidate only."""
+    unavailable = None
+    for candidate in candidates:
+        if unavailable is None:
+            try:
+                formula = candidate.get("reduced_formula") or candidate["formula"]
+                spacegroup = (candidate.get("checks") or {}).get("spacegroup_number")
+                found = neighbours(formula, limit, spacegroup)
+                candidate["neighbours"], candidate["neighbours_note"] = found, neighbours_note(formula, found, spacegroup)
+                continue
+            except OSError as exc:  # the shared data (DataNotFoundError) or the cache: none for any candidate
+                log.warning("lookup: no known neighbours (%s)", exc)
+                unavailable = f"{NEIGHBOURS_UNAVAILABLE}: {_one_line(exc)}"
+            except Exception as exc:  # this candidate only; the search's results stand without them
+                log.warning("lookup: no known neighbours of %r (%s)", candidate.get("formula"), exc)
+                candidate["neighbours"], candidate["neighbours_note"] = [], f"{NEIGHBOURS_UNAVAILABLE}: {_one_line(exc)}"
+                continue
+        candidate["neighbours"], candidate["neighbours_note"] = [], unavailable
+    return unavailable
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,9 +1,10 @@
 """The typed request: ``SearchSpec``, and the offline parser from plain language to it.
 
-A spec says what a materials scientist asked for: a crystal family or stoichiometry pattern,
-elements that must, may or must not appear, the anion class, novelty (not in MP, ICSD, a
-user's list), property targets, a space group, size limits, how many results, and the
-search budget. ``parse_request`` reads a request with deterministic rules (the offline
+A spec says what a materials scientist asked for: a crystal family, structure type or
+stoichiometry pattern, elements that must, may or must not appear, the anion class, novelty
+(not in MP, ICSD, a user's list), stability (how far above the convex hull), property targets,
+a space group or crystal system, layering, size limits, how many results, and the search
+budget. ``parse_request`` reads a request with deterministic rules (the offline
 planner's understanding); ``spec_conflicts`` explains requests that cannot be satisfied.
 
 Requests come from users and MCP clients, so the reader is bounded: at most
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from functools import lru_cache
+from math import gcd
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -24,7 +27,7 @@ from pymatgen.core import Element
 
 from tools.families import FAMILIES, HALOGENS, get_family
 from tools.limits import MAX_FORMULA_ATOMS, MAX_FORMULA_ELEMENTS, MAX_REQUEST_CHARS
-from tools.vocabulary import vocabulary
+from tools.vocabulary import StructureType, structure_type_named, vocabulary
 
 MAX_IGNORED_WORDS = 20
 
@@ -42,6 +45,7 @@ ANION_CLASSES: dict[str, frozenset[str]] = {
     "nitride": frozenset({"N"}),
     "phosphide": frozenset({"P"}),
     "arsenide": frozenset({"As"}),
+    "antimonide": frozenset({"Sb"}),
     "pnictide": frozenset({"N", "P", "As", "Sb"}),
     "carbide": frozenset({"C"}),
     "hydride": frozenset({"H"}),
@@ -52,6 +56,19 @@ ANION_CLASSES: dict[str, frozenset[str]] = {
 SINGLE_ANION_CLASS = {next(iter(members)): name for name, members in ANION_CLASSES.items() if len(members) == 1}
 ALL_ANIONS = frozenset().union(*ANION_CLASSES.values())
 NOVELTY_SETS = ("MP", "ICSD", "OQMD")
+# The seven crystal systems (pymatgen's names) and the space-group numbers of each.
+CRYSTAL_SYSTEMS: dict[str, range] = {
+    "triclinic": range(1, 3), "monoclinic": range(3, 16), "orthorhombic": range(16, 75), "tetragonal": range(75, 143),
+    "trigonal": range(143, 168), "hexagonal": range(168, 195), "cubic": range(195, 231),
+}
+CrystalSystem = Literal["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]
+# eV/atom: the loosest stability cut a request may set (the search's own limit, agent.graph.MAX_E_ABOVE_HULL).
+MAX_HULL_CUT = 1.0
+
+
+def crystal_system_of(spacegroup: int) -> str:
+    """The crystal system of a space group number (1-230)."""
+    return next(name for name, numbers in CRYSTAL_SYSTEMS.items() if spacegroup in numbers)
 
 
 class Budget(BaseModel):
@@ -85,6 +102,17 @@ class SearchSpec(BaseModel):
     high_density: bool = Field(False, description="the request asks for dense phases (as dense as possible)")
     low_energy: bool = True
     spacegroup: int | None = Field(None, ge=1, le=230)
+    crystal_system: CrystalSystem | None = Field(
+        None, description="the crystal system the request names ('cubic', 'rhombohedral' -> trigonal); "
+        "a space group of another system is a conflict ('hexagonal' also takes the trigonal groups)")
+    layered: bool = Field(False, description="the request asks for a layered (2D, van der Waals) crystal")
+    max_e_above_hull: float | None = Field(
+        None, ge=0, le=MAX_HULL_CUT,
+        description="eV/atom: good candidates lie at most this far above the convex hull ('stable' 0.05, 'metastable' or "
+        "'synthesizable' 0.1, 'within 30 meV/atom of the hull' 0.03; tools/data/vocabulary.yaml); None: the search's default")
+    structure_type: str | None = Field(
+        None, description="a structure type that is no catalogue family ('kesterite', 'NASICON'; tools/data/vocabulary.yaml): "
+        "its ratio, anion class and element groups are in the spec")
     n_elements: int | None = Field(None, ge=1, le=MAX_FORMULA_ELEMENTS,
                                    description="number of distinct elements ('binary' 2, 'ternary' 3, ...)")
     application: str | None = Field(None, description="the application the request names (tools/data/vocabulary.yaml)")
@@ -127,6 +155,13 @@ class SearchSpec(BaseModel):
     def _known_application(cls, name):
         if name and name not in {a.name for a in vocabulary().applications}:
             raise ValueError(f"unknown application {name!r}; choose from {', '.join(a.name for a in vocabulary().applications)}")
+        return name
+
+    @field_validator("structure_type")
+    @classmethod
+    def _known_structure_type(cls, name):
+        if name and not structure_type_named(name):
+            raise ValueError(f"unknown structure type {name!r}; choose from {', '.join(t.name for t in vocabulary().structure_types)}")
         return name
 
     @field_validator("family")
@@ -175,6 +210,8 @@ class SearchSpec(BaseModel):
     def summary(self) -> str:
         """One line a user can read back."""
         parts = [self.family.replace("_", " ") if self.family else (f"ratio {self.stoichiometry}" if self.stoichiometry else "crystal")]
+        if self.structure_type:
+            parts[0] += f" ({self.structure_type})"
         if self.anion_class:
             parts.append(self.anion_class)
         if self.required_elements:
@@ -195,18 +232,31 @@ class SearchSpec(BaseModel):
             parts.append("dense")
         if self.spacegroup:
             parts.append(f"space group {self.spacegroup}")
+        if self.crystal_system:
+            parts.append(self.crystal_system)
+        if self.layered:
+            parts.append("layered")
+        if self.max_e_above_hull is not None:
+            parts.append(f"within {self.max_e_above_hull:g} eV/atom of the hull")
         if self.n_elements:
             parts.append(f"{self.n_elements} elements")
+        needs = "; ".join("one of " + ", ".join(group) for group in self.required_any)
         if self.application:
-            needs = "; ".join("one of " + ", ".join(group) for group in self.required_any)
             parts.append(f"for {self.application}" + (f" ({needs})" if needs else ""))
+        elif needs:
+            parts.append(f"with {needs}")
         if self.ignored_words:
             parts.append("not understood: " + ", ".join(self.ignored_words))
         return "; ".join(parts)
 
 
 class RequestNotUnderstood(ValueError):
-    """The request names nothing genms can search for; the message says what is supported."""
+    """The request names nothing genms can search for; the message says what is supported and
+    ``ignored_words`` the words of the request that were not understood."""
+
+    def __init__(self, message: str, ignored_words: Sequence[str] = ()):
+        super().__init__(message)
+        self.ignored_words = list(ignored_words)
 
 
 class SpecConflict(ValueError):
@@ -221,7 +271,9 @@ SUPPORTED = (
     "'thiospinel'), an oxide family name ('titanate', 'ferrite'), the number of elements ('ternary'), "
     "novelty ('novel', 'not in the Materials Project', 'not in ICSD'), an application ('for battery cathodes', "
     "'solar absorber', 'thermoelectric' ...), a band gap ('band gap near 1.4 eV', 'metallic'), a density "
-    "('density near 5 g/cm3'), a space group ('Pnma'), and a count ('five ...')."
+    "('density near 5 g/cm3'), a space group ('Pnma') or crystal system ('cubic'), stability ('stable', 'metastable', "
+    "'within 50 meV/atom of the hull'), 'layered' / '2D', a structure type ('kesterite', 'NASICON', 'anti-perovskite', "
+    "'LiCoO2-type'), and a count ('five ...')."
 )
 
 # Groups people name when excluding ("without rare earths", "toxic-element-free"): tools/data/vocabulary.yaml.
@@ -257,8 +309,12 @@ _FORMULA_TOKEN = re.compile(r"(?:[A-Z][a-z]?\d*)+")
 
 def _masked(text: str) -> str:
     """The text with what only looks like elements blanked out (same length, so positions hold): family
-    aliases ('zinc blende', 'K2NiF4-type', 'ABX3') and space-group symbols ('Fm-3m', 'P4/nmm')."""
-    chars = list(text)
+    aliases ('zinc blende', 'K2NiF4-type', 'ABX3'), structure types ('alpha-NaFeO2 type'), formulae
+    written as a type ('a CsPbI3-like perovskite'), stability of another kind ('stable at 300 K') and
+    space-group symbols ('Fm-3m', 'P4/nmm')."""
+    words = [*_structure_type_spans(text), *((start, end) for start, end, _ in _formula_types(text)),
+             *((start, end) for start, end, _ in _stability(text)[1])]  # 'stable up to 1000 K' names no potassium
+    chars = list(_blanked(text, words))
     lowered = text.lower()
     for family in FAMILIES:
         for alias in family.aliases:
@@ -302,10 +358,13 @@ def _symbol_context(text: str, match: re.Match) -> bool:
     return bool(re.search(r"[A-Z][a-z]?\s*(,|and|or|-)\s*$", before) or re.match(r"^\s*(,|-|and\b|or\b)\s*[A-Z][a-z]?", after) or re.search(r"\b(with|containing|including|of|without|no|excluding|except|not)\s*$", before))
 
 
+_NON_PREFIX = re.compile(r"(?:^|[^A-Za-z])non[- ]?$", re.IGNORECASE)  # 'non-toxic', 'non toxic'
+
+
 class _Negations:
     """Which mentions in one request are negated ('without X', 'X-free', 'no X, Y or Z').
 
-    A mention is negated when it is followed by 'free', or when a negation word comes before
+    A mention is negated when it is followed by 'free' or follows 'non-', or when a negation word comes before
     it in the same clause and, after the first comma following the negation, only letters,
     spaces, hyphens and commas lead up to it: 'without any 3d metal, Co or Ni' negates Co and
     Ni, 'without Co, 5 Ni' does not negate Ni. The clause breaks, negations and list-ending
@@ -334,7 +393,7 @@ class _Negations:
 
     def negated(self, start: int, end: int) -> bool:
         """Is the mention at ``start:end`` negated?"""
-        if _FREE_SUFFIX.match(self.text, end):
+        if _FREE_SUFFIX.match(self.text, end) or _NON_PREFIX.search(self.text[max(0, start - 5):start]):
             return True
         clause_start = self.breaks[bisect_right(self.breaks, start) - 1] if self.breaks and self.breaks[0] <= start else 0
         latest = bisect_right(self.negation_ends, start) - 1
@@ -439,25 +498,161 @@ def _reader_words() -> frozenset[str]:
     words = set(vocabulary().known_words) | set(vocabulary().filler_words) | set(_NUMBER_WORDS) | set(_element_names())
     words |= {w for f in FAMILIES for name in (f.name, *f.aliases) for w in re.findall(r"[a-z]+", name.lower())}
     words |= {w for name in ANION_CLASSES for w in (name, name + "s")} | {"sulphide", "sulphides"}
-    words |= {"without", "no", "not", "containing", "excluding", "except", "free", "avoid", "avoiding", "but", "minus"}
+    words |= {"without", "no", "not", "non", "containing", "excluding", "except", "free", "avoid", "avoiding", "but", "minus"}
     return frozenset(words)
 
 
-def ignored_words(text: str) -> list[str]:
+def ignored_words(text: str, phrases: Sequence[tuple[int, int, str]] = ()) -> list[str]:
     """Words of the request the reader neither acts on nor skips as phrasing (at most MAX_IGNORED_WORDS),
-    so the user sees what was not understood: 'for battery cathodes' -> ['battery', 'cathodes']."""
+    so the user sees what was not understood: 'for battery cathodes' -> ['battery', 'cathodes'].
+    ``phrases`` (start, end, phrase) are listed whole at their place, instead of their words ('air-stable')."""
     known, seen = _reader_words(), []
-    for match in re.finditer(r"[A-Za-z]+", text):
-        word = match.group()
+    read = [(a, b) for a, b, _ in phrases] + [(a, b) for a, b, _ in _spacegroup_symbols(text)]  # 'Pnma', 'P6_3/mmc' are read
+    words = [(m.start(), m.group(), False) for m in re.finditer(r"[A-Za-z]+", _blanked(text, read))]
+    for _, word, phrase in sorted([*words, *((start, phrase, True) for start, _, phrase in phrases)], key=lambda item: item[0]):
         lowered = word.lower()
-        if len(word) < 2 or Element.is_valid_symbol(word) or lowered[:40] in seen:
+        if len(word) < 2 or lowered[:40] in seen:
             continue
-        if {lowered, lowered + "s", lowered.rstrip("s"), lowered.removesuffix("es")} & known:
+        if not phrase and (Element.is_valid_symbol(word) or _is_formula(word)
+                           or {lowered, lowered + "s", lowered.rstrip("s"), lowered.removesuffix("es")} & known):
             continue
         seen.append(lowered[:40])
         if len(seen) == MAX_IGNORED_WORDS:
             break
     return seen
+
+
+def _is_formula(word: str) -> bool:
+    """Is the word a formula of real elements ('LiFePO' of 'LiFePO4')? Those are read as elements, not ignored."""
+    return bool(_FORMULA_TOKEN.fullmatch(word)) and all(Element.is_valid_symbol(s) for s in re.findall(r"[A-Z][a-z]?", word))
+
+
+def _blanked(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """The text with ``spans`` (start, end) replaced by spaces (same length, so positions hold)."""
+    if not spans:
+        return text
+    chars = list(text)
+    for start, end in spans:
+        chars[start:end] = " " * (end - start)
+    return "".join(chars)
+
+
+# ---------------------------------------------------------------------------------------------- stability, symmetry, types
+
+# An energy per atom written in the request ('50 meV/atom', '0.08 eV per atom'), or one of the hull
+# without 'per atom' ('within 50 meV of the hull'). Plain, bounded pieces: linear. A negative energy
+# ('E_f below -1 eV/atom') is no distance to the hull.
+_ENERGY = re.compile(r"(?<![\d.\-\u2212])(\d{1,4}(?:\.\d{1,4})?)\s?(m?ev)(\s?(?:/|per)\s?atom\b)?", re.IGNORECASE)
+_OF_THE_HULL = re.compile(r"\s+(?:of|from|above|below|to)\s+(?:the\s+)?(?:mp\s+)?(?:convex\s+)?hull", re.IGNORECASE)
+_OTHER_QUANTITY = re.compile(r"formation|band ?gap|density|energy per atom|total energy", re.IGNORECASE)
+_HULL_WINDOW = 40  # characters before an energy in which a hull word must be ('E_hull < 0.08 eV/atom')
+
+
+def _explicit_hull_cut(text: str) -> float | None:
+    """The cut (eV/atom) the request writes as a number: 'within 50 meV/atom of the hull', 'E_hull < 0.08 eV/atom'.
+
+    The hull is named right after the number ('... of the hull') or shortly before it, with no other
+    quantity in between ('on the hull, with a formation energy below 1 eV/atom' sets no cut)."""
+    for match in _ENERGY.finditer(text):
+        after = _OF_THE_HULL.match(text, match.end())
+        if not after:
+            if not match.group(3) and match.group(2).lower() != "mev":
+                continue  # '1.5 eV' alone is a band gap, not a hull distance
+            before = text[max(0, match.start() - _HULL_WINDOW): match.start()]
+            hull = None
+            for hull in vocabulary().hull_words.finditer(before):
+                pass
+            if hull is None or _OTHER_QUANTITY.search(before, hull.end()):
+                continue
+        value = float(match.group(1))
+        return value / 1000 if match.group(2).lower() == "mev" else value
+    return None
+
+
+def _stability(text: str) -> tuple[float | None, list[tuple[int, int, str]]]:
+    """(cut in eV/atom above the hull or None, phrases about other stability: 'air-stable', 'stable in water').
+
+    A number the request writes wins; otherwise the loosest cut of the wordings named (tools/data/vocabulary.yaml)."""
+    wordings, cuts, unread = vocabulary().stability_wordings, [], []
+    for match in vocabulary().stability.finditer(text):
+        wording = wordings[match.lastindex - 1]
+        if wording.kind == "not_hull":
+            unread.append((match.start(), match.end(), match.group().lower()[:40]))
+        elif wording.kind == "cut":
+            cuts.append(wording.cut)
+    explicit = _explicit_hull_cut(text)
+    return (explicit if explicit is not None else max(cuts, default=None)), unread
+
+
+def _negated_before(text: str, start: int) -> int | None:
+    """Where a 'non-' / 'not ' right before ``start`` begins ('non-cubic', 'not layered'), else None."""
+    match = re.search(r"\b(?:non-?|not )$", text[max(0, start - 4):start], re.IGNORECASE)
+    return max(0, start - 4) + match.start() if match else None
+
+
+def _crystal_system(text: str) -> tuple[str | None, list[tuple[int, int, str]]]:
+    """(crystal system or None, phrases listed as not understood: a negated system, or every one of several)."""
+    systems, named, unread = list(vocabulary().crystal_systems), [], []
+    for match in vocabulary().crystal_system_words.finditer(text):
+        negated = _negated_before(text, match.start())
+        if negated is not None:
+            unread.append((negated, match.end(), text[negated:match.end()].lower()))
+        else:
+            named.append((match.start(), match.end(), systems[match.lastindex - 1]))
+    if len({system for _, _, system in named}) > 1:  # 'cubic or tetragonal': one system cannot say it
+        return None, sorted(unread + [(start, end, text[start:end].lower()) for start, end, _ in named])
+    return (named[0][2] if named else None), unread
+
+
+def _layered(text: str) -> tuple[bool, list[tuple[int, int, str]]]:
+    """(the request asks for a layered crystal, negated words listed as not understood: 'non-layered')."""
+    layered, unread = False, []
+    for match in vocabulary().layered.finditer(text):
+        negated = _negated_before(text, match.start())
+        if negated is not None:
+            unread.append((negated, match.end(), text[negated:match.end()].lower()))
+        else:
+            layered = True
+    return layered, unread
+
+
+def _structure_type_spans(text: str) -> list[tuple[int, int]]:
+    return [match.span() for stype in vocabulary().structure_types for match in stype.pattern.finditer(text)]
+
+
+def _structure_type(text: str) -> tuple[StructureType | None, list[tuple[int, int, str]]]:
+    """(the structure type the request names, or None; with several types, none and each listed as not understood)."""
+    named = sorted(((match.start(), match.end(), stype) for stype in vocabulary().structure_types
+                    for match in stype.pattern.finditer(text)), key=lambda item: item[:2])
+    if len({stype.name for _, _, stype in named}) > 1:
+        return None, [(start, end, text[start:end].lower()[:40]) for start, end, _ in named]
+    return (named[0][2] if named else None), []
+
+
+# A formula written as a structure type: 'a LiCoO2-type oxide', 'CsPbI3-like', 'isostructural with CuInSe2'.
+# A formula unit starts with a capital, so the pieces cannot overlap: linear.
+_FORMULA_UNITS = r"(?:[A-Z][a-z]?[0-9]{0,3}){2,8}"
+_FORMULA_TYPE = re.compile(rf"(?<![\w(])({_FORMULA_UNITS})[- ](?:like|type|structured|derived)\b"
+                           rf"|\bisostructural (?:with|to) ({_FORMULA_UNITS})(?![\w(])")
+
+
+def _formula_types(text: str) -> list[tuple[int, int, str | None]]:
+    """(start, end, atom ratio) of each formula written as a type; the ratio is None when no spec could hold it."""
+    found = []
+    for match in _FORMULA_TYPE.finditer(text):
+        group = 1 if match.group(1) else 2
+        counts: dict[str, int] = {}
+        for symbol, count in re.findall(r"([A-Z][a-z]?)([0-9]*)", match.group(group)):
+            if not Element.is_valid_symbol(symbol):
+                break
+            counts[symbol] = counts.get(symbol, 0) + int(count or 1)
+        else:
+            if len(counts) >= 2:
+                divisor = gcd(*counts.values())
+                parts = [count // divisor for count in counts.values()]
+                fits = len(parts) <= MAX_FORMULA_ELEMENTS and sum(parts) <= MAX_FORMULA_ATOMS
+                found.append((match.start(group), match.end(group), ":".join(map(str, parts)) if fits else None))
+    return found
 
 
 WORKING_IONS = ("Li", "Na", "K", "Mg", "Ca", "Zn", "Al")
@@ -502,7 +697,7 @@ def _band_gap(text: str) -> tuple[float | None, float | None, str | None]:
         low, high = float(between.group(1)), float(between.group(2))
         kind = "semiconductor" if re.search(r"\bsemiconduct", lowered) else "insulator" if re.search(r"\binsulat", lowered) else None
         return (low + high) / 2, max((high - low) / 2, 0.05), kind
-    near = re.search(r"band ?gap\D{0,25}?(\d+(?:\.\d+)?)\s*ev", lowered) or re.search(r"(?<!\d)(\d+(?:\.\d+)?)\s*ev\s*band ?gap", lowered)
+    near = re.search(r"band ?gap\D{0,25}?(\d+(?:\.\d+)?)\s*ev(?!\s*(?:/|per)\s*atom)", lowered) or re.search(r"(?<!\d)(\d+(?:\.\d+)?)\s*ev\s*band ?gap", lowered)
     if near:
         kind = "semiconductor" if re.search(r"\bsemiconduct", lowered) else "insulator" if re.search(r"\binsulat", lowered) else None
         return float(near.group(1)), None, kind
@@ -528,7 +723,8 @@ def _counted_nouns() -> str:
              if re.fullmatch(r"[a-z -]+", w)}
     words |= {name + "s" for name in (*ANION_CLASSES, *vocabulary().oxoanion_names)} | {"sulphides"}
     prefixes = "|".join(vocabulary().anion_prefixes)
-    return f"(?:(?:{prefixes})[- ]?)?(?:" + "|".join([*_GENERIC_NOUNS, *sorted(words, key=len, reverse=True)]) + ")"
+    types = [stype.pattern.pattern.removeprefix(r"\b(?:").removesuffix(r")\b") for stype in vocabulary().structure_types]
+    return f"(?:(?:{prefixes})[- ]?)?(?:" + "|".join([*_GENERIC_NOUNS, *sorted(words, key=len, reverse=True), *types]) + ")"
 
 
 def _count(text: str) -> int | None:
@@ -619,13 +815,22 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     required, excluded = set(), set()
     for symbol, start, end in _element_mentions(text):
         (excluded if negations.negated(start, end) else required).add(symbol)
-    for pattern, members in ELEMENT_GROUPS:
+    wanted_groups = []
+    for pattern, members, wanted in ELEMENT_GROUPS:
         for match in pattern.finditer(text):
-            (excluded if negations.negated(match.start(), match.end()) else set()).update(members)
+            if negations.negated(match.start(), match.end()):
+                excluded.update(members)
+            elif wanted and members not in wanted_groups:  # 'with an alkaline earth': one of them
+                wanted_groups.append(members)
+    for match in vocabulary().earth_abundant.finditer(text):
+        if not negations.negated(match.start(), match.end()):
+            excluded |= vocabulary().scarce_elements - required
     named, unwanted, oxide_class = _oxoanions(text, negations, prefixed)
     required |= named
     excluded |= unwanted
     anion_class = _anion_class(text) or _prefix_anion_class(prefixed) or oxide_class
+    stype, type_unread = _structure_type(text)  # 'kesterite': a ratio and an anion class; the request's own win
+    anion_class = anion_class or (stype.anion_class if stype else None)
     if anion_class in vocabulary().mixed_anion_classes:
         required |= set(ANION_CLASSES[anion_class])
     if re.search(r"\bany (?:other )?anions?\b", text, re.IGNORECASE) and re.search(_NEGATION, text, re.IGNORECASE):
@@ -635,6 +840,13 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     if system and all(Element.is_valid_symbol(s) for s in system.group(1).split("-")):
         allowed = set(system.group(1).split("-"))
     ratio = re.search(r"\b([0-9]+(?:\s*:\s*[0-9]+)+)\b", text)
+    family = family_mentioned(_blanked(text, _structure_type_spans(text)))  # 'anti-perovskite' names no perovskite
+    stoichiometry = re.sub(r"\s", "", ratio.group(1)) if ratio else (stype.stoichiometry if stype else None)
+    if stoichiometry is None and family is None:  # 'a CsPbI3-like compound': that formula's ratio
+        stoichiometry = next((found for _, _, found in _formula_types(text) if found), None)
+    max_e_above_hull, stability_unread = _stability(text)
+    crystal_system, system_unread = _crystal_system(text)
+    layered, layered_unread = _layered(text)
     band_gap, tolerance, electronic = _band_gap(text)
     application = application_fields(text, required, excluded)
     if application:  # the application's constraints; what the request states itself wins
@@ -649,18 +861,22 @@ def parse_request(text: str, **overrides) -> SearchSpec:
         application = {k: v for k, v in application.items() if v is not None}
     fields = {
         "request": original.strip(),
-        "family": family_mentioned(text),
-        "stoichiometry": re.sub(r"\s", "", ratio.group(1)) if ratio else None,
+        "family": family,
+        "stoichiometry": stoichiometry,
+        "structure_type": stype.name if stype else None,
         "required_elements": sorted(required),
         "allowed_elements": sorted(allowed) if allowed else None,
         "excluded_elements": sorted(excluded),
         "anion_class": anion_class,
         "n_elements": _element_count(text),
-        "ignored_words": ignored_words(text),
+        "ignored_words": ignored_words(text, [*stability_unread, *system_unread, *layered_unread, *type_unread]),
         "novel_against": _novelty(text),
         "band_gap": band_gap,
         "electronic": electronic,
         "spacegroup": _spacegroup(text),
+        "crystal_system": crystal_system,
+        "layered": layered or bool(stype and stype.layered),
+        "max_e_above_hull": max_e_above_hull,
         "density": _density(text),
         "high_density": bool(re.search(r"\b(?:dense|densest|denser|high[- ]density|highest density)\b", text, re.IGNORECASE)),
         "generator": _generator(text),
@@ -668,6 +884,11 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     if tolerance is not None:
         fields["band_gap_tolerance"] = tolerance
     fields.update(application)
+    groups = [sorted(members - excluded) for members in wanted_groups if not members & set(fields["required_elements"])]
+    if groups:  # a named group is met by an element the request names ('a rare-earth nickelate with La')
+        fields["required_any"] = [*fields.get("required_any", []), *(g for g in groups if g)]
+    if stype and stype.require_any:  # 'NASICON': one XO4 polyanion former
+        fields["required_any"] = [*fields.get("required_any", []), *([el for el in group if el not in excluded] for group in stype.require_any)]
     if (count := _count(text)) is not None:
         fields["n_results"] = min(count, 100)
     if (sites := _max_sites(text)) is not None:
@@ -684,7 +905,7 @@ def parse_request(text: str, **overrides) -> SearchSpec:
     if not any(searchable):
         unread = f" (not understood: {', '.join(spec.ignored_words)})" if spec.ignored_words else ""
         raise RequestNotUnderstood(f"could not find a crystal family, composition or property in {original.strip()!r}{unread}. "
-                                   + SUPPORTED)
+                                   + SUPPORTED, spec.ignored_words)
     problems = spec_conflicts(spec)
     if problems:
         raise SpecConflict("the request cannot be satisfied: " + "; ".join(problems))
@@ -729,6 +950,10 @@ def spec_conflicts(spec: SearchSpec) -> list[str]:
         problems.append(f"ratio {spec.stoichiometry} is not a {family.name.replace('_', ' ')} ratio ({ratios})")
     if spec.electronic == "metal" and spec.band_gap:
         problems.append("a metal cannot have a band gap")
+    if spec.crystal_system and spec.spacegroup:
+        actual = crystal_system_of(spec.spacegroup)
+        if actual != spec.crystal_system and not (spec.crystal_system == "hexagonal" and actual == "trigonal"):
+            problems.append(f"space group {spec.spacegroup} is {actual}, not {spec.crystal_system}")
     if spec.n_elements:
         if len(spec.required_elements) > spec.n_elements:
             problems.append(f"{len(spec.required_elements)} required elements do not fit a compound of {spec.n_elements} elements")
