@@ -73,3 +73,31 @@ def test_the_report_lists_every_candidate_that_does_not_answer(tmp_path):
     assert [(f["case"], f["formula"]) for f in result["request_failures"]] == [("cr", "MgAl2S4")]
     text = markdown(result, suite, None, [])
     assert "## Candidates that do not answer their request" in text and "MgAl2S4" in text and "missing required Cr" in text
+
+
+def test_a_band_gap_window_keeps_wide_gap_fluorides_out_of_a_solar_absorber_request():
+    from tools.gap_estimate import estimate_band_gaps, pbe_window
+    from tools.proposer import propose_offline
+    from tools.spec import parse_request
+
+    spec = parse_request("a lead-free halide perovskite solar absorber")
+    low, high = pbe_window(spec.band_gap, spec.band_gap_tolerance)
+    assert low == 0.0 and 2.0 < high < 2.5  # 1.4 ± 0.4 eV measured, on the PBE scale, widened by the error
+    proposals = propose_offline(spec, 8, seed=0)
+    assert len(proposals) == 8
+    gaps = estimate_band_gaps([p.formula for p in proposals])
+    assert all(low <= gap <= high for gap in gaps), list(zip([p.formula for p in proposals], gaps))
+    assert all("estimated PBE band gap" in p.rationale for p in proposals)
+    failures = request_failures("CsCaF3", spec.model_copy(update={"novel_against": []}))
+    assert any("estimated PBE band gap" in f and "outside" in f for f in failures), failures
+
+
+def test_crystal_gfn_is_not_asked_when_the_request_constrains_more_than_elements():
+    from agent.planner import Planner
+    from tools.spec import parse_request
+
+    planner = Planner()
+    for request in ("a novel oxide photocatalyst for water splitting", "a novel phosphor host",
+                    "a ternary compound with a band gap near 2 eV"):
+        reward, why = planner.gfn_choice(parse_request(request))
+        assert reward is None and "formula proposer honours them" in why, request

@@ -8,8 +8,8 @@ candidate the search returns against them with :func:`request_failures`:
   (``tools.screen.screen_one``: charge balance, novelty, family template and site rules, atom
   ratio, element counts, required / excluded / allowed elements, anion class, redox);
 - what the named application implies (``tools/data/vocabulary.yaml``): working ion, redox
-  metal, elements to avoid, the band-gap window (a composition-only estimate, with its error
-  as margin), a metal or not;
+  metal, elements to avoid, the band-gap window (a composition-only PBE estimate against the
+  window on the PBE scale, widened by the estimate's error), a metal or not;
 - stability: the energy above the hull under the request's cut.
 """
 
@@ -18,10 +18,6 @@ from __future__ import annotations
 from tools.composition import is_metal
 from tools.formula import FormulaError, parse_formula
 from tools.spec import SearchSpec, application_fields
-
-# eV: the composition-only gap estimate's error, added to the application's window either side.
-GAP_ESTIMATE_MARGIN = 0.6
-
 
 def expected_spec(fields: dict) -> SearchSpec:
     """A spec from hand-written fields; a named application adds what it implies (the working
@@ -41,17 +37,14 @@ def expected_spec(fields: dict) -> SearchSpec:
 def _gap_failure(formula: str, spec: SearchSpec) -> str | None:
     if spec.band_gap is None:
         return None
-    try:
-        from tools.gap_estimate import estimate_band_gap
-    except ImportError:  # the estimator is optional for this check
-        return None
+    from tools.gap_estimate import estimate_band_gap, pbe_window
+
     gap = estimate_band_gap(formula)
-    low = spec.band_gap - spec.band_gap_tolerance - GAP_ESTIMATE_MARGIN
-    high = spec.band_gap + spec.band_gap_tolerance + GAP_ESTIMATE_MARGIN
+    low, high = pbe_window(spec.band_gap, spec.band_gap_tolerance)
     if low <= gap <= high:
         return None
-    return (f"estimated band gap {gap:.1f} eV outside {max(low, 0):.1f}-{high:.1f} eV "
-            f"({spec.band_gap:g} ± {spec.band_gap_tolerance:g} eV asked, ± {GAP_ESTIMATE_MARGIN} eV estimate error)")
+    return (f"estimated PBE band gap {gap:.1f} eV outside {low:.1f}-{high:.1f} eV, the PBE-scale window of the "
+            f"{spec.band_gap:g} ± {spec.band_gap_tolerance:g} eV asked (tools.gap_estimate.pbe_window)")
 
 
 def request_failures(formula: str, spec: SearchSpec, e_above_hull: float | None = None) -> list[str]:

@@ -229,12 +229,16 @@ def gfn_reward_for(spec) -> tuple[str | None, str]:
     """Crystal-GFN's reward for a search spec, or None, with the reason either way.
 
     Crystal-GFN fits open exploration under a property target: no family or stoichiometry
-    pattern (the formula proposer and prototypes serve those), a band-gap target (reward
+    pattern (the formula proposer and prototypes serve those), no anion class, element group,
+    element count or application (its sampler cannot be held to them), a band-gap target (reward
     ``band_gap:TARGET``) or a request for dense phases (``density``), and required elements
     within the model's 22 (at least two elements allowed).
     """
     if spec.family or spec.stoichiometry:
         return None, "a family or stoichiometry is given (formula proposer and prototypes fit)"
+    if spec.anion_class or spec.required_any or spec.n_elements or spec.application:  # its sampler honours elements only
+        return None, ("an anion class, element groups, an element count or an application is given (the formula "
+                      "proposer honours them)")
     if spec.band_gap is not None:
         reward, what = f"band_gap:{spec.band_gap:g}", f"a band gap near {spec.band_gap:g} eV"
     elif getattr(spec, "high_density", False):

@@ -16,6 +16,7 @@ generator, weighted by score, so that different seeds give different proposals.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -510,14 +511,35 @@ def propose_offline(spec: SearchSpec, n: int, seed: int | None = None, avoid: se
     if spec.allowed_elements is not None and not spec.family and not spec.stoichiometry:
         for candidate in _system_candidates(spec):
             _add(pool, spec, None, candidate, index, avoid)
-        return _draw_preferring_novel(pool, spec, n, rng)
+        return _draw_preferring_novel(_in_gap_window(pool, spec), spec, n, rng)
     for family, template in _templates(spec):
         candidates = _enumerate(spec, family, template, rng, tries=max(2000, 100 * n))
         if family is not None and template == family.templates[0]:
             candidates += _substitute(spec, family, rng, tries=max(200, 20 * n))
         for candidate in candidates:
             _add(pool, spec, family, candidate, index, avoid)
-    return _draw_preferring_novel(pool, spec, n, rng)
+    return _draw_preferring_novel(_in_gap_window(pool, spec), spec, n, rng)
+
+
+def _in_gap_window(pool: dict, spec: SearchSpec) -> dict:
+    """The pool without formulae whose estimated band gap (composition-only, ``tools.gap_estimate``)
+    lies outside the requested window widened by the estimate's error; the rest scored by how near
+    the window's middle (a solar absorber's 1.4 eV keeps iodides and sulfides, not CsCaF3 at ~7 eV)."""
+    if spec.band_gap is None or not pool:
+        return pool
+    from tools.gap_estimate import estimate_band_gaps, pbe_window
+
+    keys = list(pool)
+    gaps = estimate_band_gaps([pool[key][1].formula for key in keys])
+    low, high = pbe_window(spec.band_gap, spec.band_gap_tolerance)
+    middle, half = (low + high) / 2, (high - low) / 2
+    kept = {}
+    for key, gap in zip(keys, gaps):
+        if low <= gap <= high:
+            score, proposal = pool[key]
+            note = f"; estimated PBE band gap {gap:.1f} eV (composition-only; {low:.1f}-{high:.1f} eV fits {spec.band_gap:g} eV measured)"
+            kept[key] = (score - ((gap - middle) / half) ** 2, dataclasses.replace(proposal, rationale=proposal.rationale + note))
+    return kept
 
 
 def _add(pool, spec, family, candidate: _Candidate, index, avoid) -> None:
