@@ -384,11 +384,20 @@ def _stop_reason(state: SearchState) -> str:
 
 
 def rank_key(spec: SearchSpec):
-    """Good first; then closeness to a requested density (g/cm^3), energy above hull, formation energy."""
+    """Good first; then the requested crystal system, closeness to a requested density (g/cm^3),
+    energy above hull, formation energy."""
+    from tools.spec import CRYSTAL_SYSTEMS
+
+    wanted = CRYSTAL_SYSTEMS.get(spec.crystal_system or "")
+    if spec.crystal_system == "hexagonal":  # the hexagonal crystal family holds the trigonal groups too
+        wanted = range(143, 195)
+
     def key(c: dict) -> tuple:
         density_miss = abs(c["density"] - spec.density) if spec.density is not None and c.get("density") else 0.0
         hull = c["e_above_hull"] if c["e_above_hull"] is not None else 9.0
-        return (c not in good_candidates([c], spec.max_e_above_hull), round(density_miss, 1), hull, c["formation_energy_per_atom"])
+        other_system = wanted is not None and (c["checks"].get("spacegroup_number") or 0) not in wanted
+        return (c not in good_candidates([c], spec.max_e_above_hull), other_system, round(density_miss, 1), hull,
+                c["formation_energy_per_atom"])
     return key
 
 

@@ -101,3 +101,17 @@ def test_crystal_gfn_is_not_asked_when_the_request_constrains_more_than_elements
                     "a ternary compound with a band gap near 2 eV"):
         reward, why = planner.gfn_choice(parse_request(request))
         assert reward is None and "formula proposer honours them" in why, request
+
+
+def test_candidates_of_the_requested_crystal_system_rank_first():
+    from agent.graph import rank_key
+    from tools.spec import parse_request
+
+    def candidate(number, hull):
+        return {"plausible": True, "e_above_hull": hull, "formation_energy_per_atom": -2.0, "density": None,
+                "checks": {"cif_valid": True, "structurally_valid": True, "charge_balanced": True, "spacegroup_number": number}}
+
+    pnma, cubic, trigonal = candidate(62, 0.01), candidate(221, 0.05), candidate(167, 0.02)
+    assert sorted([pnma, cubic], key=rank_key(parse_request("a cubic perovskite oxide"))) == [cubic, pnma]
+    assert sorted([pnma, cubic], key=rank_key(parse_request("a perovskite oxide"))) == [pnma, cubic]
+    assert sorted([pnma, trigonal], key=rank_key(parse_request("a hexagonal perovskite oxide"))) == [trigonal, pnma]
