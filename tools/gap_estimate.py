@@ -363,11 +363,14 @@ def split_of(key: str, seed: int = SPLIT_SEED) -> str:
     return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
-def load_dataset():
-    """The shared band-gap table with each row's canonical key and split (a new DataFrame)."""
+def load_dataset(rows: int | None = None, seed: int = 0):
+    """The shared band-gap table with each row's canonical key and split (a new DataFrame); with
+    ``rows``, a seeded sample of that many rows (parsing every formula takes seconds)."""
     from generators.datasets import BAND_GAP_FILE, read_table
 
     table = read_table(BAND_GAP_FILE, ["formula", "band_gap"]).copy()
+    if rows is not None and rows < len(table):
+        table = table.sample(n=rows, random_state=seed).copy()
     keys = [parse_formula(str(f)).key for f in table["formula"]]
     table["key"] = keys
     table["split"] = [split_of(k) for k in keys]
@@ -548,8 +551,9 @@ def write_artifact(artifact: dict, path: Path = ARTIFACT_PATH) -> None:
 
 
 def evaluate(path: Path = ARTIFACT_PATH, split: str = "test", sample: int | None = None, seed: int = 0) -> dict:
-    """Figures of the committed artifact on one split (optionally a seeded sample of its rows)."""
-    table = load_dataset()
+    """Figures of the committed artifact on one split (optionally a seeded sample of its rows,
+    drawn from a seeded sample of the whole table large enough to hold them)."""
+    table = load_dataset(rows=None if sample is None else 20 * sample, seed=seed)
     rows = table[table["split"] == split]
     if sample is not None and sample < len(rows):
         rows = rows.sample(n=sample, random_state=seed)
