@@ -316,9 +316,11 @@ def score(state: SearchState) -> dict:
     candidates = []
     chosen = list(best.values())
     steps = spec.budget.relax_steps
+    # every chosen structure relaxed in one batch (tools.batch_relax), each stopping on its own
+    relaxed_all = score_structures([structure for *_, structure in chosen], relax=True, max_steps=steps, fmax=0.1,
+                                   progress=lambda stage, done, total: _progress(stage, done, total)) if steps and chosen else []
     for index, (item, generated, report, structure) in enumerate(chosen):
-        _progress("relax", index, len(chosen), item["formula"])
-        relaxed = score_structures([structure], relax=True, max_steps=steps, fmax=0.1)[0] if steps else None
+        relaxed = relaxed_all[index] if relaxed_all else None
         if relaxed is not None and not relaxed["plausible"]:
             relaxed = None  # keep the static score when relaxation breaks the structure
         candidates.append(_candidate(item, generated, report, relaxed))

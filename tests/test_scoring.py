@@ -178,7 +178,9 @@ def test_relaxed_scoring_returns_relaxed_cif(srtio3, perturb):
 
 
 def test_a_relaxation_that_fails_costs_its_own_structure(srtio3, rocksalt_nacl, monkeypatch):
-    """Bad arguments refuse the call up front; a structure that breaks the relaxation gets the reason."""
+    """Bad arguments refuse the call up front; a structure that breaks the (batched) relaxation gets
+    the reason when the structures are relaxed one at a time after the batch failed."""
+    import tools.batch_relax
     import tools.relaxation
 
     with pytest.raises(ValueError, match="fmax must lie"):
@@ -190,7 +192,14 @@ def test_a_relaxation_that_fails_costs_its_own_structure(srtio3, rocksalt_nacl, 
             raise ValueError("FIRE diverged")  # an error the structure caused, whatever its type
         return real(structure, **options)
 
+    def batch_breaks_on_strontium(structures, **options):
+        if any("Sr" in s.composition for s in structures):
+            raise ValueError("FIRE diverged")
+        return real_many(structures, **options)
+
+    real_many = tools.batch_relax.relax_many
     monkeypatch.setattr(tools.relaxation, "relax", breaks_on_strontium)
+    monkeypatch.setattr(tools.batch_relax, "relax_many", batch_breaks_on_strontium)
     broken, fine = score_structures([srtio3, rocksalt_nacl], relax=True, max_steps=5)
     assert broken["reason"] == "relaxation failed: ValueError: FIRE diverged" and not broken["plausible"]
     assert fine["plausible"] and fine["relaxed_cif"] and fine["relax_steps"] >= 1

@@ -9,6 +9,7 @@ compounds span are rejected with the reason. Energies in eV/atom, forces eV/Å, 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from tools.energy import EnergyPrediction, UnsupportedStructureError, check_supp
 from tools.formation_energy import elemental_references
 from tools.hull import energy_above_hull
 from tools.structure import StructureError, read_text_file, structural_validity, write_cif
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,43 @@ def _fill_energies(report: dict, structure: Structure, prediction: EnergyPredict
     report["reason"] = reason or report["reason"]
 
 
+class _ProgressRaised(Exception):
+    """The progress callback raised inside a batched relaxation (carries the exception as cause)."""
+
+
+def _relax_all(structures: list[Structure], fmax: float, max_steps: int,
+               progress: Callable[[str, int, int], None] | None) -> list:
+    """Every structure relaxed together (``tools.batch_relax.relax_many``); a result or the exception
+    that structure raised. When the batch fails, each structure is relaxed alone, so that one
+    bad structure costs only its own result (and the log says so)."""
+    from tools.batch_relax import relax_many
+    from tools.relaxation import relax
+
+    total = len(structures)
+
+    def on_step(active: int, step: int) -> None:
+        try:
+            progress("relax", total - active, total)
+        except BaseException as exc:  # the caller's own stop ('search stopped'): not a failed batch
+            raise _ProgressRaised from exc
+
+    try:
+        return relax_many(structures, fmax=fmax, max_steps=max_steps, on_step=on_step if progress else None)
+    except _ProgressRaised as raised:
+        raise raised.__cause__ from None
+    except Exception as exc:  # noqa: BLE001 - find the structure that broke it, keep the others
+        log.warning("batched relaxation failed (%s: %s); relaxing the %d structures one at a time", type(exc).__name__, exc, total)
+    results: list = []
+    for done, structure in enumerate(structures, start=1):
+        try:
+            results.append(relax(structure, fmax=fmax, max_steps=max_steps))
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+        if progress:
+            progress("relax", done, total)
+    return results
+
+
 def score_structures(
     structures: Sequence[Structure],
     labels: Sequence[str] | None = None,
@@ -122,7 +162,6 @@ def score_structures(
     ``progress(stage, done, total)`` reports long work.
     """
     from tools.relaxation import check_relax_options
-    from tools.relaxation import relax as relax_structure
 
     if relax:  # the call's arguments, refused before any work (a failure inside the loop is one item's)
         check_relax_options(fmax, max_steps)
@@ -135,13 +174,10 @@ def score_structures(
         if reports[i]["reason"] is None:
             scored.append((i, structure))
     if relax:
-        for done, (i, structure) in enumerate(list(scored), start=1):
-            try:
-                result = relax_structure(structure, fmax=fmax, max_steps=max_steps)
-            except Exception as exc:  # this structure broke the relaxation; the others go on
-                reports[i]["reason"] = f"relaxation failed: {type(exc).__name__}: {exc}"
-                if progress:
-                    progress("relax", done, len(scored))
+        results = _relax_all([s for _, s in scored], fmax, max_steps, progress)
+        for position, ((i, structure), result) in enumerate(zip(list(scored), results)):
+            if isinstance(result, Exception):  # this structure broke the relaxation; the others go on
+                reports[i]["reason"] = f"relaxation failed: {type(result).__name__}: {result}"
                 continue
             reports[i].update(
                 relaxed_cif=write_cif(result.structure),
@@ -153,9 +189,7 @@ def score_structures(
             reason = structural_validity(result.structure).reason
             if reason:
                 reports[i]["reason"] = f"after relaxation: {reason}"
-            scored[done - 1] = (i, result.structure)
-            if progress:
-                progress("relax", done, len(scored))
+            scored[position] = (i, result.structure)
         scored = [(i, s) for i, s in scored if reports[i]["reason"] is None]
     predictions = predict(
         [s for _, s in scored], on_batch=(lambda n: progress("score", n, len(scored))) if progress else None
