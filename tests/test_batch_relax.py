@@ -25,8 +25,8 @@ def rattled():
 
 
 def test_batched_relaxation_gives_the_one_at_a_time_results(rattled):
-    alone = [relax(s, fmax=0.05, max_steps=20) for s in rattled]
-    together = relax_many(rattled, fmax=0.05, max_steps=20, batch_size=2)  # two batches per step
+    alone = [relax(s, fmax=0.05, max_steps=12) for s in rattled]
+    together = relax_many(rattled, fmax=0.05, max_steps=12, batch_size=2)  # two batches per step
     for one, batch in zip(alone, together):
         assert batch.final_energy_per_atom == pytest.approx(one.final_energy_per_atom, abs=1e-3)
         assert batch.initial_energy_per_atom == pytest.approx(one.initial_energy_per_atom, abs=1e-4)
@@ -80,7 +80,7 @@ def test_scoring_relaxes_in_one_batch_and_isolates_a_structure_that_breaks_it(ra
     monkeypatch.setattr(batch_relax, "relax_many", counted_many)
     monkeypatch.setattr(relaxation, "relax", counted_one)
     seen = []
-    reports = score_structures(rattled, relax=True, max_steps=10, fmax=0.1, progress=lambda *event: seen.append(event))
+    reports = score_structures(rattled, relax=True, max_steps=4, fmax=0.1, progress=lambda *event: seen.append(event))
     assert calls == {"batched": 1, "alone": 0} and all(r["relax_steps"] is not None for r in reports)
     assert ("relax", 3, 3) in seen
 
@@ -88,7 +88,7 @@ def test_scoring_relaxes_in_one_batch_and_isolates_a_structure_that_breaks_it(ra
         raise RuntimeError("one structure broke the batch")
 
     monkeypatch.setattr(batch_relax, "relax_many", broken_many)
-    reports = score_structures(rattled, relax=True, max_steps=10, fmax=0.1)
+    reports = score_structures(rattled, relax=True, max_steps=4, fmax=0.1)
     assert calls["alone"] == 3 and "relaxing the 3 structures one at a time" in caplog.text
     assert reports[1]["reason"] == "relaxation failed: RuntimeError: model failure"
     assert reports[0]["relax_steps"] is not None and reports[2]["relax_steps"] is not None
