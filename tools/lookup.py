@@ -290,35 +290,43 @@ class LookupIndex:
         return self.table.iloc[positions] if positions is not None else self.table.iloc[:0]
 
 
+def _cached_table(name: str, columns: list[str], dtypes: dict, build) -> tuple[pd.DataFrame, bool]:
+    """(table, read from the cache) for a table kept as ``name`` in the user cache directory: read
+    when the file is there with the expected ``columns``, else ``build()`` and written atomically.
+    No writable cache directory or a damaged file costs a rebuild (logged), never the look-up."""
+    from memory.paths import user_cache_dir
+
+    cache = None
+    try:
+        cache = user_cache_dir() / name
+    except OSError as exc:  # no writable cache directory: the table lives in memory only
+        log.warning("lookup: no cache directory (%s); %s is rebuilt in each process", exc, name)
+    if cache is not None and cache.is_file():
+        try:
+            table = pd.read_csv(cache, dtype=dtypes)
+            if list(table.columns) == columns:
+                return table, True
+        except (OSError, ValueError, EOFError) as exc:  # a damaged cache file: rebuilt below
+            log.warning("lookup: rebuilding the damaged cache %s (%s)", cache.name, exc)
+    table = build()
+    if cache is not None:
+        try:
+            _atomic_write(cache, lambda path: table.to_csv(path, index=False, compression={"method": "gzip", "compresslevel": 1}))
+        except OSError as exc:
+            log.warning("lookup: could not cache %s (%s)", name, exc)
+    return table, False
+
+
 _index_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
 def _cached_index() -> LookupIndex:
-    from memory.paths import user_cache_dir
 
     started = time.perf_counter()
     stamp = data_stamp()
-    table, from_cache, cache = None, False, None
-    try:
-        cache = user_cache_dir() / f"lookup_index_{stamp}.csv.gz"
-    except OSError as exc:  # no writable cache directory: index in memory only
-        log.warning("lookup: no cache directory (%s); the index is rebuilt in each process", exc)
-    if cache is not None and cache.is_file():
-        try:
-            table = pd.read_csv(cache, dtype={"key": str, "kind": str, "material_id": str, "split": str})
-            from_cache = list(table.columns) == _COLUMNS
-        except (OSError, ValueError, EOFError) as exc:  # a damaged cache file: rebuilt below
-            log.warning("lookup: rebuilding the damaged index cache %s (%s)", cache.name, exc)
-        if not from_cache:
-            table = None
-    if table is None:
-        table = build_index_table()
-        if cache is not None:
-            try:
-                _atomic_write(cache, lambda path: table.to_csv(path, index=False, compression={"method": "gzip", "compresslevel": 1}))
-            except OSError as exc:
-                log.warning("lookup: could not cache the index (%s)", exc)
+    table, from_cache = _cached_table(f"lookup_index_{stamp}.csv.gz", _COLUMNS,
+                                      {"key": str, "kind": str, "material_id": str, "split": str}, build_index_table)
     groups = table.groupby("key", sort=False).indices
     return LookupIndex(table, groups, stamp, time.perf_counter() - started, from_cache)
 
@@ -627,31 +635,12 @@ _neighbour_lock = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _cached_neighbour_index() -> NeighbourIndex:
-    from memory.paths import user_cache_dir
 
     started = time.perf_counter()
     stamp = data_stamp()
-    table, from_cache, cache = None, False, None
-    try:
-        cache = user_cache_dir() / f"lookup_neighbours_{stamp}.csv.gz"
-    except OSError as exc:
-        log.warning("lookup: no cache directory (%s); the neighbour index is rebuilt in each process", exc)
-    if cache is not None and cache.is_file():
-        try:
-            table = pd.read_csv(cache, dtype={"key": str, "kind": str, "material_id": str, "split": str,
-                                              "chemsys": str, "anonymous": str})
-            from_cache = list(table.columns) == _NEIGHBOUR_COLUMNS
-        except (OSError, ValueError, EOFError) as exc:
-            log.warning("lookup: rebuilding the damaged neighbour cache %s (%s)", cache.name, exc)
-        if not from_cache:
-            table = None
-    if table is None:
-        table = build_neighbour_table(lookup_index())
-        if cache is not None:
-            try:
-                _atomic_write(cache, lambda path: table.to_csv(path, index=False, compression={"method": "gzip", "compresslevel": 1}))
-            except OSError as exc:
-                log.warning("lookup: could not cache the neighbour index (%s)", exc)
+    dtypes = {"key": str, "kind": str, "material_id": str, "split": str, "chemsys": str, "anonymous": str}
+    table, from_cache = _cached_table(f"lookup_neighbours_{stamp}.csv.gz", _NEIGHBOUR_COLUMNS, dtypes,
+                                      lambda: build_neighbour_table(lookup_index()))
     keys = table["key"].to_numpy()
     first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.array([], dtype=int)
     by_key = {keys[start]: np.arange(start, end) for start, end in zip(first, [*first[1:], len(keys)])}
