@@ -117,24 +117,24 @@ _SUBJECT_FIELDS = ("family", "stoichiometry", "allowed_elements", "anion_class",
                    "band_gap", "electronic", "spacegroup", "n_elements", "density")
 
 
-def _understood(text: str) -> tuple[bool, str | None, list[str]]:
-    """(the text reads as a search request, the conflict that stops it if any, the words of a reading
+def _understood(text: str):
+    """(the spec the text reads as, or None; the conflict that stops it if any; the words of a reading
     that misses its subject: the request's words not understood)."""
     try:
         spec = parse_request(text)
     except SpecConflict as exc:
-        return False, str(exc), []
+        return None, str(exc), []
     except RequestNotUnderstood as exc:
-        return False, None, exc.ignored_words
+        return None, None, exc.ignored_words
     subject = any(getattr(spec, name) for name in _SUBJECT_FIELDS)
-    return True, None, [] if subject else spec.ignored_words
+    return spec, None, [] if subject else spec.ignored_words
 
 
-def _ask_back(text: str, unread: list[str], searchable: bool) -> AIMessage:
-    """A question instead of a search whose key word was not understood."""
+def _ask_back(unread: list[str], spec) -> AIMessage:
+    """A question instead of a search whose key word was not understood (``spec``: what it reads as, if anything)."""
     words = ", ".join(f"'{w}'" for w in unread)
-    if searchable:
-        read = parse_request(text).summary()
+    if spec is not None:
+        read = spec.summary()
         return AIMessage(content=f"{ASK_BACK} I did not understand {words}, so a search would look only for: {read}. "
                                  "Say 'yes' to search anyway, or say what you mean as a crystal family (perovskite, "
                                  "spinel ...), an anion class (oxide, sulfide, nitride ...), an atom ratio such as 1:1:2, a "
@@ -173,10 +173,10 @@ def plan(text: str) -> AIMessage:
         if family:
             return _tool_call("describe_family", {"name": family})
         return AIMessage(content=HELP) if _ABOUT_GENMS.search(text) else _tool_call("retrieve_knowledge", {"query": text, "k": 3})
-    searchable, conflict, unread = _understood(text)
-    if unread and (searchable or _SEARCH_WORDS.search(text) or vocabulary().novelty.search(text)):
-        return _ask_back(text, unread, searchable)
-    if searchable:
+    spec, conflict, unread = _understood(text)
+    if unread and (spec is not None or _SEARCH_WORDS.search(text) or vocabulary().novelty.search(text)):
+        return _ask_back(unread, spec)
+    if spec is not None:
         return _tool_call("search_materials", {"request": text})
     return AIMessage(content=f"I cannot search for that: {conflict}" if conflict else HELP)
 
