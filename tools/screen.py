@@ -45,14 +45,18 @@ class ScreenedFormula:
         return asdict(self)
 
 
-def _compliance(parsed: ParsedFormula, spec: SearchSpec) -> str | None:
-    """Why the formula does not comply with the spec, or None."""
+def _site_reading(parsed: ParsedFormula, spec: SearchSpec):
+    """The requested family's best site assignment of the formula (None without a family with site rules)."""
+    return best_site_assignment(spec.family, parsed) if spec.family and has_site_rules(spec.family) else None
+
+
+def _compliance(parsed: ParsedFormula, spec: SearchSpec, reading) -> str | None:
+    """Why the formula does not comply with the spec, or None (``reading``: :func:`_site_reading`)."""
     elements = set(parsed.reduced_amounts)
     if spec.family and not get_family(spec.family).fits(parsed):
         family = get_family(spec.family)
         return f"not a {family.name.replace('_', ' ')} ({', '.join(t.name for t in family.templates)} with {', '.join(sorted(family.anions)) or 'no'} anions)"
     if spec.family and has_site_rules(spec.family):
-        reading = best_site_assignment(spec.family, parsed)
         if reading is None:
             return f"no charge-balanced reading as a {spec.family.replace('_', ' ')}"
         if not reading.ok:
@@ -167,13 +171,14 @@ def screen_one(formula: str, spec: SearchSpec, rationale: str = "", source: str 
     if reason:
         result.rejected_by, result.reason = "uniqueness", reason
         return result
-    reason = _compliance(parsed, spec) or _redox(parsed, balance.oxidation_states or {}, spec)
+    reading = _site_reading(parsed, spec)
+    reason = _compliance(parsed, spec, reading) or _redox(parsed, balance.oxidation_states or {}, spec)
     if reason:
         result.rejected_by, result.reason = "compliance", reason
         return result
     result.passed, result.score = True, rank_score(balance, prior)
-    if spec.family and has_site_rules(spec.family):
-        result.sites = best_site_assignment(spec.family, parsed).describe()
+    if reading is not None:
+        result.sites = reading.describe()
     return result
 
 
