@@ -6,7 +6,6 @@ GaAs (measured 1.42 eV) sits near 0.2 eV and CuInS2 (measured ~1.5 eV) near 0 in
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -17,6 +16,7 @@ from tools.gap_estimate import (
     MODEL_CARD_PATH,
     estimate_band_gap,
     estimate_band_gaps,
+    read_artifact,
     evaluate,
     feature_names,
     featurize,
@@ -96,7 +96,7 @@ def test_features_shape_and_finite():
 
 def test_artifact_is_plain_json_and_small():
     assert ARTIFACT_PATH.stat().st_size <= 2_000_000
-    artifact = json.loads(ARTIFACT_PATH.read_text(encoding="utf-8"))
+    artifact = read_artifact()
     assert artifact["format"] == "genms-gap-estimate/1"
     assert artifact["features"] == feature_names()
 

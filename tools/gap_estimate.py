@@ -8,7 +8,7 @@ and for a non-metal a regressor that gives the gap. The input is the formula alo
 absolute deviation) of pymatgen element properties, the anion's electronegativity, the
 electronegativity difference, the number of elements, the element fractions, and SMACT's
 charge-balance verdict (:func:`tools.composition.charge_balance`). The fitted weights are plain
-numbers in ``tools/data/gap_estimate.json`` (no pickle); the model card is
+numbers in ``tools/data/gap_estimate.json.gz`` (gzip-compressed JSON, no pickle); the model card is
 ``tools/data/gap_estimate.md``.
 
 Use: :func:`estimate_band_gap` (one formula) and :func:`estimate_band_gaps` (many, vectorised),
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import hashlib
 import json
 import math
@@ -49,7 +50,7 @@ from tools.formula import FormulaError, parse_formula
 __all__ = ["ARTIFACT_PATH", "FormulaError", "estimate_band_gap", "estimate_band_gaps", "featurize", "in_domain",
            "pbe_window"]
 
-ARTIFACT_PATH = Path(__file__).with_name("data") / "gap_estimate.json"
+ARTIFACT_PATH = Path(__file__).with_name("data") / "gap_estimate.json.gz"  # gzip: the base64 weights shrink by a quarter
 MODEL_CARD_PATH = Path(__file__).with_name("data") / "gap_estimate.md"
 FORMAT = "genms-gap-estimate/1"
 
@@ -311,8 +312,13 @@ class GapModel:
 @lru_cache(maxsize=4)
 def load_model(path: str | None = None) -> GapModel:
     """The fitted model of the committed artifact (read once per process)."""
-    with open(path or ARTIFACT_PATH, encoding="utf-8") as handle:
-        return GapModel(json.load(handle))
+    return GapModel(read_artifact(Path(path) if path else ARTIFACT_PATH))
+
+
+def read_artifact(path: Path = ARTIFACT_PATH) -> dict:
+    """The artifact's JSON (gzip-compressed on disk)."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def estimate_band_gaps(formulas: Iterable[str]) -> list[float]:
@@ -544,9 +550,10 @@ TRAINING = {
 
 
 def write_artifact(artifact: dict, path: Path = ARTIFACT_PATH) -> None:
-    """Write the artifact atomically (stable key order, so diffs stay readable)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(artifact, indent=1) + "\n", encoding="utf-8")
+    """Write the artifact atomically, gzip-compressed with no timestamp (a rebuild gives the same bytes)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9) as packed:
+        packed.write((json.dumps(artifact, indent=1) + "\n").encode("utf-8"))
     tmp.replace(path)
 
 
