@@ -552,7 +552,7 @@ TRAINING = {
 def write_artifact(artifact: dict, path: Path = ARTIFACT_PATH) -> None:
     """Write the artifact atomically, gzip-compressed with no timestamp (a rebuild gives the same bytes)."""
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9) as packed:
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=9) as packed:
         packed.write((json.dumps(artifact, indent=1) + "\n").encode("utf-8"))
     tmp.replace(path)
 
